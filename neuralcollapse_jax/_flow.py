@@ -1,0 +1,326 @@
+"""The exact gradient flow `d theta/dt = -grad L(theta)`, integrated with Diffrax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._dataset import Dataset
+from ._loss import check_loss, loss as loss_value
+from ._model import TwoLayerReLU
+from ._progress import LogTimeProgressMeter
+from ._trajectory import Status, Trajectory
+
+
+Recorder = Callable[[TwoLayerReLU, Dataset], Any]
+
+DEFAULT_RTOL = 1e-8
+DEFAULT_MAX_STEPS = 100_000
+
+
+def log_times(
+    t1: float, num: int = 100, t_min: float | None = None, include_zero: bool = True
+) -> np.ndarray:
+    """Save times `0, t_min, ..., t1`, log-spaced (`num` points after 0).
+
+    `t_min` defaults to `t1 * 1e-4`. Suited to the flow's phases, which span many
+    decades of time.
+    """
+    if not (np.isfinite(t1) and t1 > 0):
+        raise ValueError(f"t1 must be positive and finite, got {t1}")
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    t_min = t1 * 1e-4 if t_min is None else t_min
+    if not 0 < t_min <= t1:
+        raise ValueError(f"t_min must be in (0, t1], got {t_min}")
+    ts = np.geomspace(t_min, t1, num) if num > 1 else np.array([t1])
+    ts[-1] = t1
+    return np.concatenate([[0.0], ts]) if include_zero else ts
+
+
+def gradient(
+    model: TwoLayerReLU, data: Dataset, loss: str = "cross_entropy", reduction: str = "sum"
+) -> TwoLayerReLU:
+    """`grad L(theta)` as a `TwoLayerReLU`-shaped PyTree (`relu'(0) = 0`)."""
+    return jax.grad(loss_value)(model, data, loss, reduction)
+
+
+def vector_field(loss: str, reduction: str) -> Callable:
+    """The Diffrax vector field `(t, theta, data) -> -grad L(theta)` of the flow.
+
+    With `relu'(0) = 0` this is the papers' regular vector field (ICLR 2024, App. E;
+    NeurIPS 2025 App. C.1 with `xi_ij = 0` on the boundary).
+    """
+
+    def vf(t, y: TwoLayerReLU, data: Dataset) -> TwoLayerReLU:
+        del t
+        g = gradient(y, data, loss, reduction)
+        return jax.tree.map(jnp.negative, g)
+
+    return vf
+
+
+def default_atol(model: TwoLayerReLU, rtol: ArrayLike) -> Array:
+    """Scale-free absolute tolerance `rtol * rms(theta(0))`.
+
+    The state starts at size `eps` (down to 1e-12) and grows by orders of magnitude, so
+    a fixed absolute tolerance is either meaningless at the start or wasteful later.
+    Tying it to the initial RMS entry keeps the error control relative at every scale.
+    """
+    leaves = [model.W, model.V]
+    sq = sum(jnp.sum(x**2) for x in leaves)
+    count = sum(x.size for x in leaves)
+    rms = jnp.sqrt(sq / count)
+    return jnp.asarray(rtol) * rms
+
+
+def evals_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
+    """`(evaluations per step, evaluations at start)` of a Runge-Kutta solver.
+
+    Diffrax does not count vector-field evaluations; for explicit Runge-Kutta methods
+    they follow from the tableau: `s` stages per step, one fewer with FSAL, plus one at
+    the start for FSAL. (A solver may define `evals_per_step` itself.)
+    """
+    if hasattr(solver, "evals_per_step"):
+        return solver.evals_per_step()
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:
+        raise ValueError(f"cannot count gradient evaluations of {type(solver).__name__}")
+    stages = len(tableau.c) + 1
+    if tableau.fsal:
+        return stages - 1, 1
+    return stages, 0
+
+
+def _status(result, final_ok: Array) -> Array:
+    """Map a Diffrax result and the finiteness of the final state to a `Status` code."""
+    code = jnp.where(
+        result == diffrax.RESULTS.successful,
+        Status.SUCCESS,
+        jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED),
+    )
+    return jnp.where(final_ok, code, Status.NONFINITE).astype(jnp.int32)
+
+
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _validate(model, data, t1, ts, loss, reduction, rtol, atol, max_steps) -> None:
+    if not isinstance(model, TwoLayerReLU):
+        raise ValueError(f"model must be a TwoLayerReLU, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a Dataset, got {type(data).__name__}")
+    if model.W.ndim != 2 or data.x.ndim != 2:
+        raise ValueError(
+            "gradient_flow takes a single model and data set; use jax.vmap for batches"
+        )
+    if model.in_dim != data.dim:
+        raise ValueError(
+            f"model input dimension {model.in_dim} does not match data dimension {data.dim}"
+        )
+    check_loss(loss, reduction, model.out_dim, data.num_classes)
+    if max_steps is not None and (int(max_steps) != max_steps or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps}")
+    concrete = lambda x: not isinstance(x, jax.core.Tracer)  # noqa: E731
+    if concrete(t1):
+        t1v = float(np.asarray(t1))
+        if not (np.isfinite(t1v) and t1v > 0):
+            raise ValueError(f"t1 must be positive and finite, got {t1v}")
+    if concrete(ts):
+        tsv = np.asarray(ts)
+        if tsv.ndim != 1 or tsv.size == 0:
+            raise ValueError(f"saveat must be a non-empty 1-D array of times, got {tsv.shape}")
+        if not np.all(np.isfinite(tsv)) or np.any(np.diff(tsv) < 0) or tsv[0] < 0:
+            raise ValueError("saveat times must be finite, non-negative and increasing")
+        if concrete(t1) and tsv[-1] > float(np.asarray(t1)) * (1 + 1e-12):
+            raise ValueError(f"saveat times must lie in [0, t1]; last is {tsv[-1]} > t1")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and concrete(tol):
+            v = np.asarray(tol)
+            if v.ndim != 0 or not np.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {tol}")
+    if concrete(model.W) and concrete(model.V) and not (
+        np.all(np.isfinite(np.asarray(model.W))) and np.all(np.isfinite(np.asarray(model.V)))
+    ):
+        raise ValueError("the initial model has non-finite weights")
+
+
+def save_function(
+    loss: str, reduction: str, save_params: bool, record: Mapping[str, Recorder] | None
+) -> Callable:
+    """What is stored at each save time: the loss, optionally the parameters, and the
+    recorded diagnostics (so that long runs on large data stay small in memory)."""
+    record = dict(record or {})
+
+    def fn(t, y: TwoLayerReLU, data: Dataset):
+        del t
+        out = {
+            "loss": loss_value(y, data, loss, reduction),
+            "records": {name: f(y, data) for name, f in record.items()},
+        }
+        if save_params:
+            out["params"] = (y.W, y.V)
+        return out
+
+    return fn
+
+
+def gradient_flow(
+    model: TwoLayerReLU,
+    data: Dataset,
+    *,
+    t1: float | ArrayLike,
+    saveat: ArrayLike | None = None,
+    loss: str = "cross_entropy",
+    reduction: str = "sum",
+    rtol: float | ArrayLike = DEFAULT_RTOL,
+    atol: float | ArrayLike | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    solver: diffrax.AbstractSolver | None = None,
+    record: Mapping[str, Recorder] | None = None,
+    save_params: bool = True,
+    progress: bool = False,
+    dt0: float | None = None,
+) -> Trajectory:
+    r"""Integrate the exact gradient flow `d theta/dt = -grad L(theta)` from `model`.
+
+    The ReLU is not smoothed: the vector field is the papers' regular one
+    (`relu'(0) = 0`). Integration uses Diffrax with an adaptive step (`PIDController`)
+    and never raises on solver failure: the outcome is in `Trajectory.status`.
+
+    Works under `jax.jit` and `jax.vmap` (batch over models, init scales, seeds, data of
+    equal shape, `t1`, tolerances and save times: all are traced, nothing recompiles
+    per value).
+
+    **Arguments:**
+
+    - `model`: the initial network `theta(0)`.
+    - `data`: the training `Dataset`.
+    - `t1`: the horizon (time starts at 0).
+    - `saveat`: increasing save times in `[0, t1]` (default `log_times(t1)`).
+    - `loss`, `reduction`: see `neuralcollapse_jax.loss`. Default: sum cross-entropy.
+    - `rtol`: relative tolerance of the step-size controller (default `1e-8`).
+    - `atol`: absolute tolerance; default `rtol * rms(theta(0))` (see `default_atol`),
+      which keeps the error control meaningful for any init scale.
+    - `max_steps`: step budget; running out gives `Status.MAX_STEPS`, not an exception.
+    - `solver`: a Diffrax solver (default `diffrax.Tsit5()`).
+    - `record`: diagnostics to record at the save times, `{name: fn(model, data)}`.
+    - `save_params`: keep the parameters at every save time (default). Turn off for
+      long runs on large data and rely on `record` and `Trajectory.final`.
+    - `progress`: show a progress bar (log-scaled in time).
+    - `dt0`: initial step (default: chosen automatically).
+
+    **Returns:**
+
+    A `Trajectory`.
+    """
+    if saveat is None:
+        if isinstance(t1, jax.core.Tracer):
+            raise ValueError("pass saveat explicitly when t1 is traced")
+        saveat = log_times(float(np.asarray(t1)))
+    _validate(model, data, t1, saveat, loss, reduction, rtol, atol, max_steps)
+    if solver is None:
+        solver = diffrax.Tsit5()
+    dtype = model.W.dtype
+    t1 = jnp.asarray(t1, dtype=dtype)
+    ts = jnp.asarray(saveat, dtype=dtype)
+    rtol = jnp.asarray(rtol, dtype=dtype)
+    atol = default_atol(model, rtol) if atol is None else jnp.asarray(atol, dtype=dtype)
+    return _solve(
+        model,
+        data,
+        t1,
+        ts,
+        rtol,
+        atol,
+        solver=solver,
+        loss=loss,
+        reduction=reduction,
+        max_steps=int(max_steps),
+        record=tuple(sorted((record or {}).items())),
+        save_params=save_params,
+        progress=progress,
+        dt0=dt0,
+    )
+
+
+@eqx.filter_jit
+def _solve(
+    model,
+    data,
+    t1,
+    ts,
+    rtol,
+    atol,
+    *,
+    solver,
+    loss,
+    reduction,
+    max_steps,
+    record,
+    save_params,
+    progress,
+    dt0,
+) -> Trajectory:
+    fn = save_function(loss, reduction, save_params, dict(record))
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True)]
+    )
+    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    meter = LogTimeProgressMeter(t1=t1) if progress else diffrax.NoProgressMeter()
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field(loss, reduction)),
+        solver,
+        t0=jnp.zeros((), t1.dtype),
+        t1=t1,
+        dt0=dt0,
+        y0=model,
+        args=data,
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=meter,
+    )
+    saved, final = sol.ys
+    final = jax.tree.map(lambda x: x[-1], final)
+    per_step, at_start = evals_per_step(solver)
+    if dt0 is None:
+        at_start += 2  # Diffrax's automatic initial step evaluates the field twice.
+    num_steps = sol.stats["num_steps"]
+    stats = {
+        "num_steps": num_steps,
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+        "grad_evals": at_start + per_step * num_steps,
+    }
+    # A NaN/inf state is never accepted by the controller (Diffrax turns a NaN error
+    # estimate into a rejection), so a blow-up shows as a failed run whose last state
+    # has a non-finite gradient or loss: check both there.
+    ok = (
+        _all_finite(final)
+        & _all_finite(vector_field(loss, reduction)(None, final, data))
+        & jnp.isfinite(loss_value(final, data, loss, reduction))
+    )
+    models = None
+    if save_params:
+        W, V = saved["params"]
+        models = TwoLayerReLU(W, V, model.leak)
+    return Trajectory(
+        ts=ts,
+        models=models,
+        loss=saved["loss"],
+        records=saved["records"],
+        final=final,
+        stats=stats,
+        status=_status(sol.result, ok),
+    )
