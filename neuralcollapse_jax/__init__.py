@@ -1,7 +1,9 @@
 """neuralcollapse_jax: exact gradient-flow dynamics of shallow ReLU networks."""
 
 from . import datasets as datasets
+from . import metrics as metrics, theory as theory
 from ._dataset import Dataset as Dataset
+from ._descent import gradient_descent as gradient_descent, log_steps as log_steps
 from ._flow import (
     default_atol as default_atol,
     gradient as gradient,

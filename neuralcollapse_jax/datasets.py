@@ -77,8 +77,12 @@ def orthogonally_separable(
 
     with `a = mu_d (K-1)`, `b = (1 + mu_s)/2 - a`, `c = (1 - mu_s)/2`. Then any two points
     of different classes have cosine exactly `-mu_d` and two points of the same class
-    have cosine `a + b + c <g, g'> >= a + b - c = mu_s`. Points are scaled to norms
-    uniform in `norm_range` and (if `rotate`) rotated by a random orthogonal matrix.
+    have cosine `a + b + c <g, g'> >= a + b - c = mu_s`. When `a > (1 + mu_s)/2` (large
+    `mu_d`), `g` is drawn on the positive orthant of `P_k` instead, with
+    `b = max(mu_s - a, 0)` and `c = 1 - a - b`, so that `<g, g'> >= 0` and the in-class
+    cosines are `>= a + b >= mu_s`. Either way the requested `(mu_s, mu_d)` hold; the
+    measured `separability` can only be larger. Points are scaled to norms uniform in
+    `norm_range` and (if `rotate`) rotated by a random orthogonal matrix.
 
     **Arguments:**
 
@@ -87,8 +91,7 @@ def orthogonally_separable(
     - `points_per_class`: an int or one size per class.
     - `dim`: `D`; must be at least `3K` when `mu_s < 1` (`2K` when `mu_s = 1`).
     - `mu_s`: within-class cosine lower bound, in `(0, 1]`.
-    - `mu_d`: cross-class cosine bound, in `[0, 1/(K-1)]`, and at most
-      `(1 + mu_s)/(2(K-1))` for this construction.
+    - `mu_d`: cross-class cosine bound, in `[0, 1/(K-1)]` (no data set can have more).
     - `norm_range`: `(X_min, X_max)`, `0 < X_min <= X_max`.
     - `rotate`: apply a random rotation (otherwise the blocks are axis-aligned).
 
@@ -106,14 +109,15 @@ def orthogonally_separable(
             f"[0, 1/(K-1)] = [0, {max_mu_d(k):.6g}]"
         )
     a = mu_d * (k - 1)
-    b = (1.0 + mu_s) / 2.0 - a
-    c = (1.0 - mu_s) / 2.0
-    if b < -1e-15:
-        raise ValueError(
-            f"mu_d = {mu_d} with mu_s = {mu_s} is not reachable by this generator for "
-            f"K = {k}: need mu_d <= (1 + mu_s)/(2(K-1)) = {(1 + mu_s) / (2 * (k - 1)):.6g}"
-        )
-    b = max(b, 0.0)
+    # Private noise on the whole sphere of P_k when the budget allows it; otherwise on
+    # its positive orthant, where <g, g'> >= 0 makes every in-class cosine >= a + b.
+    orthant = a > (1.0 + mu_s) / 2.0
+    if orthant:
+        b = max(mu_s - a, 0.0)
+        c = 1.0 - a - b
+    else:
+        b = (1.0 + mu_s) / 2.0 - a
+        c = (1.0 - mu_s) / 2.0
     lo, hi = norm_range
     if not (0.0 < lo <= hi and np.isfinite(hi)):
         raise ValueError(f"norm_range must satisfy 0 < min <= max < inf, got {norm_range}")
@@ -135,6 +139,7 @@ def orthogonally_separable(
     x[np.arange(n), k + labels] = np.sqrt(b)
     if c > 0:
         g = np.asarray(jax.random.normal(k_noise, (n, p)), dtype=np.float64)
+        g = np.abs(g) if orthant else g
         g = g / np.linalg.norm(g, axis=1, keepdims=True)
         for cls in range(k):
             rows = labels == cls

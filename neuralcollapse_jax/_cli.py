@@ -1,0 +1,47 @@
+"""The `ncjax` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class CliError(Exception):
+    """A bad option or input: reported as one line on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, exit code 2
+        sys.stderr.write(f"ncjax: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ncjax",
+        description="Exact gradient-flow dynamics of shallow ReLU networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from . import _cli_run
+
+    _cli_run.add_parser(sub)
+    # --- subcommands: each module adds a parser whose `func(args) -> int` runs it ---
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        sys.stderr.write(f"ncjax: error: {e}\n")
+        return 2
+    except ValueError as e:  # validation errors of the library
+        msg = " ".join(str(e).split())
+        sys.stderr.write(f"ncjax: error: {msg}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""Gradient descent and SGD through Optax: the discrete baseline of the flow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import ArrayLike
+
+from ._dataset import Dataset
+from ._flow import Recorder, _all_finite, _validate, save_function
+from ._loss import loss as loss_value
+from ._model import TwoLayerReLU
+from ._trajectory import Status, Trajectory
+
+
+def log_steps(steps: int, num: int = 100) -> np.ndarray:
+    """Distinct integer save steps `0, ..., steps`, roughly log-spaced."""
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    s = np.unique(np.round(np.geomspace(1, steps, num)).astype(np.int64))
+    return np.concatenate([[0], s])
+
+
+def gradient_descent(
+    model: TwoLayerReLU,
+    data: Dataset,
+    *,
+    learning_rate: float | ArrayLike,
+    steps: int,
+    batch_size: int | None = None,
+    key=None,
+    save_steps: ArrayLike | None = None,
+    loss: str = "cross_entropy",
+    reduction: str = "sum",
+    optimizer: optax.GradientTransformation | None = None,
+    record: Mapping[str, Recorder] | None = None,
+    save_params: bool = True,
+) -> Trajectory:
+    r"""Gradient descent `theta <- theta - lr grad L(theta)` (or SGD), through Optax.
+
+    Gradient descent is the explicit Euler method for the flow, so as `learning_rate`
+    shrinks it converges to the flow at first order with time `t = learning_rate * step`.
+    With `batch_size`, each epoch visits the samples in a fresh random order in batches of
+    `batch_size` (the last batch of an epoch may be smaller; `ceil(n / batch_size)` steps
+    per epoch), as PyTorch's `DataLoader(shuffle=True)` does.
+
+    **Arguments:**
+
+    - `model`, `data`, `loss`, `reduction`, `record`, `save_params`: as in
+      `gradient_flow`. With `"mean"` and batches, the mean is over the batch.
+    - `learning_rate`: the step size (may be a traced array).
+    - `steps`: number of updates.
+    - `batch_size`: minibatch size (default: full batch).
+    - `key`: PRNG key for the batch order (default `jax.random.key(0)`).
+    - `save_steps`: increasing integer steps in `[0, steps]` at which to save (default
+      `log_steps(steps)`).
+    - `optimizer`: an Optax optimizer (default `optax.sgd(learning_rate)`); e.g.
+      `optax.sgd(lr, momentum=0.9)`.
+
+    **Returns:**
+
+    A `Trajectory` with `ts = learning_rate * save_steps`; `stats["grad_evals"]` counts
+    (mini)batch gradients.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    steps = int(steps)
+    if save_steps is None:
+        save_steps = log_steps(steps)
+    if not isinstance(save_steps, jax.core.Tracer):
+        ss = np.asarray(save_steps)
+        if ss.ndim != 1 or ss.size == 0 or not np.issubdtype(ss.dtype, np.integer):
+            raise ValueError("save_steps must be a non-empty 1-D array of integers")
+        if np.any(np.diff(ss) < 0) or ss[0] < 0 or ss[-1] > steps:
+            raise ValueError(f"save_steps must be increasing and lie in [0, {steps}]")
+    if not isinstance(learning_rate, jax.core.Tracer):
+        lr = np.asarray(learning_rate)
+        if lr.ndim != 0 or not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
+    if batch_size is not None:
+        if int(batch_size) != batch_size or not 1 <= batch_size:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if batch_size > data.num_samples:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the number of samples {data.num_samples}"
+            )
+        batch_size = int(batch_size)
+    _validate(model, data, 1.0, np.zeros(1), loss, reduction, None, None, None)
+    if key is None:
+        key = jax.random.key(0)
+    dtype = model.W.dtype
+    return _descend(
+        model,
+        data,
+        jnp.asarray(learning_rate, dtype),
+        jnp.asarray(save_steps, jnp.int32),
+        key,
+        steps=steps,
+        batch_size=batch_size,
+        loss=loss,
+        reduction=reduction,
+        optimizer=optimizer,
+        record=tuple(sorted((record or {}).items())),
+        save_params=save_params,
+    )
+
+
+def _batch(data: Dataset, key, step, batch_size: int) -> tuple[Dataset, jax.Array]:
+    """The minibatch of `step`: a fresh permutation per epoch, padded last batch."""
+    n = data.num_samples
+    per_epoch = -(-n // batch_size)
+    epoch, b = step // per_epoch, step % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    pos = b * batch_size + jnp.arange(batch_size)
+    valid = pos < n
+    idx = perm[jnp.minimum(pos, n - 1)]
+    return Dataset(data.x[idx], data.y[idx], data.num_classes), valid.astype(data.x.dtype)
+
+
+@eqx.filter_jit
+def _descend(
+    model,
+    data,
+    learning_rate,
+    save_steps,
+    key,
+    *,
+    steps,
+    batch_size,
+    loss,
+    reduction,
+    optimizer,
+    record,
+    save_params,
+) -> Trajectory:
+    opt = optax.sgd(learning_rate) if optimizer is None else optimizer
+    fn = save_function(loss, reduction, save_params, dict(record))
+
+    def one_step(k, carry):
+        m, opt_state = carry
+        if batch_size is None:
+            g = jax.grad(loss_value)(m, data, loss, reduction)
+        else:
+            batch, weights = _batch(data, key, k, batch_size)
+            g = jax.grad(loss_value)(m, batch, loss, reduction, weights)
+        updates, opt_state = opt.update(g, opt_state, m)
+        return optax.apply_updates(m, updates), opt_state
+
+    def segment(carry, target):
+        m, opt_state, k = carry
+        m, opt_state = jax.lax.fori_loop(k, target, one_step, (m, opt_state))
+        return (m, opt_state, target), fn(None, m, data)
+
+    init = (model, opt.init(eqx.filter(model, eqx.is_inexact_array)), jnp.int32(0))
+    (final, opt_state, _), saved = jax.lax.scan(segment, init, save_steps)
+    final, _ = jax.lax.fori_loop(save_steps[-1], steps, one_step, (final, opt_state))
+    models = None
+    if save_params:
+        models = TwoLayerReLU(*saved["params"], leak=model.leak)
+    ok = _all_finite(final) & jnp.isfinite(loss_value(final, data, loss, reduction))
+    n_steps = jnp.asarray(steps)
+    stats = {
+        "num_steps": n_steps,
+        "num_accepted_steps": n_steps,
+        "num_rejected_steps": jnp.zeros_like(n_steps),
+        "grad_evals": n_steps,
+    }
+    return Trajectory(
+        ts=learning_rate * save_steps.astype(learning_rate.dtype),
+        models=models,
+        loss=saved["loss"],
+        records=saved["records"],
+        final=final,
+        stats=stats,
+        status=jnp.where(ok, Status.SUCCESS, Status.NONFINITE).astype(jnp.int32),
+    )

@@ -1,0 +1,251 @@
+"""The exact gradient flow: accuracy against an independent integrator, the
+conservation law, jit/vmap, status reporting, and input validation."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy.integrate import solve_ivp
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import datasets
+
+
+T1 = 40.0
+TS = np.concatenate([[0.0], np.geomspace(1e-2, T1, 12)])
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    key = jax.random.key(0)
+    return datasets.orthogonally_separable(
+        key, 3, (4, 5, 6), 12, mu_s=0.5, mu_d=0.2, norm_range=(0.5, 1.5)
+    )
+
+
+def _flat(model):
+    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
+
+
+def _scipy_reference(model, data, ts, loss="cross_entropy"):
+    """DOP853 at rtol 1e-13 on the same (regular, relu'(0) = 0) vector field."""
+    flat, unravel = ravel_pytree(model)
+    field = jax.jit(lambda y: -ravel_pytree(nc.gradient(unravel(y), data, loss))[0])
+    scale = float(np.sqrt(np.mean(np.asarray(flat) ** 2)))
+    sol = solve_ivp(
+        lambda t, y: np.asarray(field(jnp.asarray(y))),
+        (0.0, ts[-1]),
+        np.asarray(flat),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-16 * scale,
+        t_eval=ts,
+    )
+    assert sol.success
+    return sol.y.T
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-3, 1e-5, 1e-8])
+def test_accuracy_against_scipy_dop853(small_problem, eps):
+    """Default tolerances, float64: relative error <= 1e-6 at every save time."""
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, eps)
+    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS)
+    assert int(traj.status) == nc.Status.SUCCESS
+    ref = _scipy_reference(model, small_problem, TS)
+    for k in range(len(TS)):
+        ours = _flat(traj.model_at(k))
+        err = np.linalg.norm(ours - ref[k]) / np.linalg.norm(ref[k])
+        assert err <= 1e-6, (TS[k], err)
+    # the flow went somewhere: the loss fell by orders of magnitude
+    assert traj.loss[-1] < 1e-2 * traj.loss[0]
+
+
+def test_conservation_of_balance(small_problem):
+    """Along the flow, ||w_j||^2 - ||v_j||^2 is constant for every neuron (Du et al.)."""
+    model = nc.TwoLayerReLU.init(jax.random.key(2), 12, 8, 3, 1e-2)
+    ts = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 30)])
+    traj = nc.gradient_flow(model, small_problem, t1=1e3, saveat=ts)
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)  # (T, h)
+    size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+    drift = np.abs(balance - balance[0]) / size
+    assert size[-1].max() > 1e4 * size[0].max()  # the weights grew a lot
+    assert drift.max() < 1e-7, drift.max()
+
+
+def test_jit_and_vmap_over_scales_and_seeds_match_single_runs(small_problem):
+    scales = jnp.array([1e-1, 1e-4, 1e-7])
+    keys = jax.random.split(jax.random.key(4), 3)
+    ts = jnp.asarray(TS)
+
+    def run(key, scale):
+        model = nc.TwoLayerReLU.init(key, 12, 8, 3, scale)
+        return nc.gradient_flow(model, small_problem, t1=T1, saveat=ts, save_params=True)
+
+    batched = jax.jit(jax.vmap(run))(keys, scales)
+    successes = 0
+    for b in range(3):
+        single = run(keys[b], float(scales[b]))
+        assert int(batched.status[b]) == int(single.status)
+        if int(single.status) != nc.Status.SUCCESS:
+            continue
+        successes += 1
+        # Batched matrix products may round differently in the last bit, and the
+        # adaptive controller turns that into slightly different step sequences: the
+        # runs agree to within the solver's accuracy (relative 1e-6), not bit for bit.
+        for k in range(len(TS)):
+            a = _flat(nc.TwoLayerReLU(batched.models.W[b, k], batched.models.V[b, k]))
+            ref = _flat(single.model_at(k))
+            assert np.linalg.norm(a - ref) <= 1e-6 * np.linalg.norm(ref)
+        np.testing.assert_allclose(batched.loss[b], single.loss, rtol=1e-7)
+        steps_b, steps_s = int(batched.stats["num_steps"][b]), int(single.stats["num_steps"])
+        assert abs(steps_b - steps_s) <= 0.05 * steps_s
+    assert successes >= 2
+
+
+def test_no_recompile_across_values(small_problem):
+    """t1, tolerances and save times are traced: new values reuse the compiled solve."""
+    from neuralcollapse_jax._flow import _solve
+
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 12, 8, 3, 1e-3)
+    nc.gradient_flow(model, small_problem, t1=5.0, saveat=np.linspace(0, 5, 4))
+    before = _solve._cached._cache_size()
+    nc.gradient_flow(
+        model, small_problem, t1=7.0, saveat=np.linspace(0, 7, 4), rtol=1e-7, atol=1e-12
+    )
+    model2 = nc.TwoLayerReLU.init(jax.random.key(5), 12, 8, 3, 1e-6)
+    nc.gradient_flow(model2, small_problem, t1=6.0, saveat=np.linspace(0, 6, 4), rtol=1e-7)
+    assert _solve._cached._cache_size() == before
+
+
+def test_binary_exponential_flow_against_scipy(getkey):
+    data = datasets.orthogonally_separable(getkey(), 2, (5, 7), 10, 0.4, 0.3)
+    model = nc.TwoLayerReLU.init(getkey(), 10, 6, 1, 1e-4)
+    ts = np.array([0.0, 1.0, 5.0, 20.0])
+    traj = nc.gradient_flow(model, data, t1=20.0, saveat=ts, loss="exponential")
+    ref = _scipy_reference(model, data, ts, "exponential")
+    for k in range(len(ts)):
+        err = np.linalg.norm(_flat(traj.model_at(k)) - ref[k]) / np.linalg.norm(ref[k])
+        assert err <= 1e-6
+
+
+def test_records_and_memory_light_saving(small_problem):
+    model = nc.TwoLayerReLU.init(jax.random.key(6), 12, 8, 3, 1e-3)
+    record = {"norm_W": lambda m, d: jnp.linalg.norm(m.W), "f0": lambda m, d: m(d.x)[0]}
+    light = nc.gradient_flow(
+        model, small_problem, t1=T1, saveat=TS, record=record, save_params=False
+    )
+    full = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS)
+    assert light.models is None
+    assert light.records["f0"].shape == (len(TS), 3)
+    np.testing.assert_allclose(
+        light.records["norm_W"], jnp.linalg.norm(full.models.W, axis=(1, 2)), rtol=1e-12
+    )
+    np.testing.assert_allclose(light.final.W, full.final.W, rtol=1e-12)
+    np.testing.assert_allclose(full.final.W, full.models.W[-1], rtol=1e-12)
+
+
+def test_max_steps_is_reported_not_raised(small_problem):
+    model = nc.TwoLayerReLU.init(jax.random.key(7), 12, 8, 3, 1e-3)
+    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, max_steps=5)
+    assert int(traj.status) == nc.Status.MAX_STEPS
+    assert "max_steps" in traj.message()
+    assert not bool(traj.ok)
+    assert np.isinf(np.asarray(traj.loss[-1]))  # unsaved times are marked
+
+
+def test_nonfinite_is_reported(small_problem):
+    # An enormous initialization overflows the exponential of the logits.
+    model = nc.TwoLayerReLU.init(jax.random.key(8), 12, 8, 3, 1e90)
+    traj = nc.gradient_flow(model, small_problem, t1=1.0, saveat=np.array([0.0, 1.0]))
+    assert int(traj.status) != nc.Status.SUCCESS
+
+
+def test_float32_works(small_problem):
+    data = small_problem.astype(jnp.float32)
+    model = nc.TwoLayerReLU.init(jax.random.key(9), 12, 8, 3, 1e-3, dtype=jnp.float32)
+    traj = nc.gradient_flow(model, data, t1=T1, saveat=TS, rtol=1e-5)
+    assert traj.models.W.dtype == jnp.float32
+    assert int(traj.status) == 0
+    ref = _scipy_reference(
+        nc.TwoLayerReLU(model.W.astype(jnp.float64), model.V.astype(jnp.float64)),
+        small_problem,
+        TS,
+    )
+    err = np.linalg.norm(_flat(traj.model_at(-1)) - ref[-1]) / np.linalg.norm(ref[-1])
+    assert err < 1e-3
+
+
+def test_explicit_solver(small_problem):
+    model = nc.TwoLayerReLU.init(jax.random.key(10), 12, 8, 3, 1e-3)
+    a = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, solver=diffrax.Dopri5())
+    b = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, solver=diffrax.Tsit5())
+    np.testing.assert_allclose(a.final.W, b.final.W, rtol=1e-5, atol=1e-9)
+    assert int(a.stats["grad_evals"]) > int(a.stats["num_steps"])
+
+
+def test_grad_evals_count_is_exact(small_problem):
+    """Count vector-field calls through a host callback and compare."""
+    calls = []
+    model = nc.TwoLayerReLU.init(jax.random.key(11), 12, 8, 3, 1e-2)
+    field = nc.vector_field("cross_entropy", "sum")
+
+    def counting(t, y, args):
+        jax.debug.callback(lambda: calls.append(1), ordered=True)
+        return field(t, y, args)
+
+    traj = nc.gradient_flow(model, small_problem, t1=2.0, saveat=np.array([0.0, 2.0]))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(counting),
+        diffrax.Tsit5(),
+        0.0,
+        2.0,
+        None,
+        model,
+        args=small_problem,
+        stepsize_controller=diffrax.PIDController(
+            rtol=nc._flow.DEFAULT_RTOL, atol=nc.default_atol(model, nc._flow.DEFAULT_RTOL)
+        ),
+        max_steps=10_000,
+    )
+    assert int(sol.stats["num_steps"]) == int(traj.stats["num_steps"])
+    assert int(traj.stats["grad_evals"]) == len(calls)
+
+
+def test_bad_inputs(small_problem):
+    model = nc.TwoLayerReLU.init(jax.random.key(12), 12, 8, 3, 1e-3)
+    flow = lambda **kw: nc.gradient_flow(model, small_problem, **{"t1": 1.0, **kw})
+    with pytest.raises(ValueError, match="t1"):
+        flow(t1=-1.0)
+    with pytest.raises(ValueError, match="t1"):
+        flow(t1=float("inf"))
+    with pytest.raises(ValueError, match="increasing"):
+        flow(saveat=np.array([0.0, 0.5, 0.2]))
+    with pytest.raises(ValueError, match=r"\[0, t1\]"):
+        flow(saveat=np.array([0.0, 2.0]))
+    with pytest.raises(ValueError, match="rtol"):
+        flow(rtol=0.0)
+    with pytest.raises(ValueError, match="atol"):
+        flow(atol=-1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        flow(max_steps=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        flow(loss="hinge")
+    with pytest.raises(ValueError, match="dimension"):
+        nc.gradient_flow(nc.TwoLayerReLU.init(jax.random.key(0), 5, 8, 3, 1e-3),
+                         small_problem, t1=1.0)
+    bad = nc.TwoLayerReLU(model.W.at[0, 0].set(jnp.nan), model.V)
+    with pytest.raises(ValueError, match="non-finite"):
+        nc.gradient_flow(bad, small_problem, t1=1.0)
+    with pytest.raises(ValueError, match="Dataset"):
+        nc.gradient_flow(model, (small_problem.x, small_problem.y), t1=1.0)
+
+
+def test_log_times():
+    ts = nc.log_times(100.0, 5)
+    assert ts[0] == 0.0 and ts[-1] == 100.0 and len(ts) == 6
+    assert np.all(np.diff(ts) > 0)
+    with pytest.raises(ValueError, match="t1"):
+        nc.log_times(0.0)
