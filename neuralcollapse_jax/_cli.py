@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """A bad option or input: reported as one line on stderr with exit code 2."""
 
 
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cli_run.add_parser(sub)
     # --- subcommands: each module adds a parser whose `func(args) -> int` runs it ---
+    from ._sweep import _cli as _cli_sweep
+
+    _cli_sweep.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""Gradient descent through Optax: first-order convergence to the flow, SGD batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import datasets
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = datasets.orthogonally_separable(
+        jax.random.key(0), 3, (4, 5, 6), 12, mu_s=0.5, mu_d=0.2, norm_range=(0.5, 1.5)
+    )
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, 0.3)
+    return data, model
+
+
+def _rel(a, b):
+    fa = np.concatenate([np.ravel(a.W), np.ravel(a.V)])
+    fb = np.concatenate([np.ravel(b.W), np.ravel(b.V)])
+    return np.linalg.norm(fa - fb) / np.linalg.norm(fb)
+
+
+def test_one_step_is_explicit_euler(problem):
+    data, model = problem
+    gd = nc.gradient_descent(model, data, learning_rate=0.05, steps=1)
+    g = nc.gradient(model, data)
+    np.testing.assert_allclose(gd.final.W, model.W - 0.05 * g.W, rtol=1e-14)
+    np.testing.assert_allclose(gd.final.V, model.V - 0.05 * g.V, rtol=1e-14)
+    np.testing.assert_allclose(gd.ts, [0.0, 0.05])
+
+
+def test_converges_to_flow_at_first_order(problem):
+    data, model = problem
+    T = 2.0
+    flow = nc.gradient_flow(model, data, t1=T, saveat=np.array([0.0, T]), rtol=1e-12)
+    errors = []
+    for lr in (4e-3, 2e-3, 1e-3):
+        steps = int(round(T / lr))
+        gd = nc.gradient_descent(model, data, learning_rate=lr, steps=steps)
+        errors.append(_rel(gd.final, flow.final))
+    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(np.abs(rates - 1.0) < 0.15), (errors, rates)
+    assert errors[-1] < 1e-2
+
+
+def test_save_steps_and_records(problem):
+    data, model = problem
+    gd = nc.gradient_descent(
+        model,
+        data,
+        learning_rate=0.01,
+        steps=50,
+        save_steps=np.array([0, 10, 50]),
+        record={"nW": lambda m, d: jnp.linalg.norm(m.W)},
+    )
+    np.testing.assert_allclose(gd.ts, [0.0, 0.1, 0.5])
+    np.testing.assert_allclose(gd.records["nW"], jnp.linalg.norm(gd.models.W, axis=(1, 2)))
+    ten = nc.gradient_descent(model, data, learning_rate=0.01, steps=10)
+    np.testing.assert_allclose(gd.models.W[1], ten.final.W, rtol=1e-14)
+    assert float(gd.loss[0]) == pytest.approx(float(nc.loss(model, data)))
+
+
+def test_sgd_epoch_visits_every_sample_once(problem):
+    """With lr -> one epoch of SGD on the mean loss equals sum of batch gradients."""
+    data, model = problem
+    n = data.num_samples  # 15 samples, batches of 4: 4 steps per epoch (4, 4, 4, 3)
+    sgd = nc.gradient_descent(
+        model, data, learning_rate=1e-9, steps=4, batch_size=4, reduction="sum",
+        key=jax.random.key(5),
+    )
+    full = nc.gradient(model, data, reduction="sum")
+    # to first order in lr, one epoch moves by -lr * (sum of all per-sample gradients)
+    np.testing.assert_allclose((model.W - sgd.final.W) / 1e-9, full.W, rtol=1e-5, atol=1e-9)
+    assert int(sgd.stats["grad_evals"]) == 4
+    assert n == 15
+
+
+def test_sgd_with_optax_momentum_runs(problem):
+    data, model = problem
+    out = nc.gradient_descent(
+        model, data, learning_rate=0.1, steps=200, batch_size=5, reduction="mean",
+        optimizer=optax.sgd(0.1, momentum=0.9),
+    )
+    assert int(out.status) == 0
+    assert float(out.loss[-1]) < float(out.loss[0])
+
+
+def test_vmap_over_learning_rates(problem):
+    data, model = problem
+    lrs = jnp.array([1e-2, 2e-2])
+    batched = jax.vmap(
+        lambda lr: nc.gradient_descent(model, data, learning_rate=lr, steps=20)
+    )(lrs)
+    single = nc.gradient_descent(model, data, learning_rate=2e-2, steps=20)
+    np.testing.assert_allclose(batched.final.W[1], single.final.W, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_inputs(problem):
+    data, model = problem
+    with pytest.raises(ValueError, match="learning_rate"):
+        nc.gradient_descent(model, data, learning_rate=-1.0, steps=3)
+    with pytest.raises(ValueError, match="steps"):
+        nc.gradient_descent(model, data, learning_rate=0.1, steps=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        nc.gradient_descent(model, data, learning_rate=0.1, steps=3, batch_size=1000)
+    with pytest.raises(ValueError, match="save_steps"):
+        nc.gradient_descent(
+            model, data, learning_rate=0.1, steps=3, save_steps=np.array([0, 5])
+        )
+    with pytest.raises(ValueError, match="binary"):
+        nc.gradient_descent(model, data, learning_rate=0.1, steps=3, loss="exponential")
