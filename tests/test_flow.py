@@ -156,11 +156,17 @@ def test_max_steps_is_reported_not_raised(small_problem):
     assert np.isinf(np.asarray(traj.loss[-1]))  # unsaved times are marked
 
 
-def test_nonfinite_is_reported(small_problem):
-    # An enormous initialization overflows the exponential of the logits.
-    model = nc.TwoLayerReLU.init(jax.random.key(8), 12, 8, 3, 1e90)
-    traj = nc.gradient_flow(model, small_problem, t1=1.0, saveat=np.array([0.0, 1.0]))
-    assert int(traj.status) != nc.Status.SUCCESS
+def test_nonfinite_is_reported(getkey):
+    # Margins of -1e4 overflow the exponential loss: exp(1e4) = inf in float64.
+    data = datasets.orthogonally_separable(getkey(), 2, (3, 3), 8, 0.5, 0.5)
+    model = nc.TwoLayerReLU.init(getkey(), 8, 4, 1, 1.0)
+    big = nc.TwoLayerReLU(model.W * 100.0, -100.0 * jnp.abs(model.V) * 1e2)
+    assert not np.isfinite(float(nc.loss(big, data, "exponential")))
+    traj = nc.gradient_flow(
+        big, data, t1=1.0, saveat=np.array([0.0, 1.0]), loss="exponential", max_steps=50
+    )
+    assert int(traj.status) == nc.Status.NONFINITE
+    assert "non-finite" in traj.message()
 
 
 def test_float32_works(small_problem):
