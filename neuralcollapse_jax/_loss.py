@@ -39,6 +39,29 @@ def check_loss(loss: str, reduction: str, out_dim: int, num_classes: int) -> Non
         raise ValueError("loss='square' with out_dim = 1 needs K = 2 classes")
 
 
+def _cross_entropy(
+    f: Float[Array, "n K"], y: Int[Array, " n"], num_classes: int
+) -> Float[Array, " n"]:
+    """`log(1 + sum_{k != y} exp(f_k - f_y))`, accurate for tiny losses.
+
+    The usual `logsumexp(f) - f_y` cancels catastrophically once the loss falls below
+    the float resolution (late in the flow, margins grow like `log t`): its gradient
+    `softmax(f) - e_y` then rounds the target entry to zero and the flow stops. Here the
+    differences `d_k = f_k - f_y` are formed first; when all are negative, `log1p` of
+    the sum of their exponentials keeps full relative precision in value and gradient.
+    """
+    target = jax.nn.one_hot(y, num_classes, dtype=bool)
+    d = f - jnp.take_along_axis(f, y[:, None], axis=-1)
+    others = jnp.where(target, -jnp.inf, d)
+    top = jnp.max(others, axis=-1)
+    # exp of a clipped argument: the branch not taken must stay finite for the gradient
+    # (`where`, not `minimum`: the latter splits the derivative at a tie)
+    clipped = jnp.where(others <= 0.0, others, 0.0)
+    small = jnp.log1p(jnp.sum(jnp.exp(clipped), axis=-1))
+    large = jax.nn.logsumexp(d, axis=-1)
+    return jnp.where(top <= 0.0, small, large)
+
+
 def per_sample_loss(
     loss: str, f: Float[Array, "n K_out"], y: Int[Array, " n"], num_classes: int
 ) -> Float[Array, " n"]:
@@ -52,9 +75,7 @@ def per_sample_loss(
       `s_i` (`out_dim = 1`, `K = 2`).
     """
     if loss == "cross_entropy":
-        return jax.nn.logsumexp(f, axis=-1) - jnp.take_along_axis(
-            f, y[:, None], axis=-1
-        )[:, 0]
+        return _cross_entropy(f, y, num_classes)
     if loss in ("exponential", "logistic"):
         margin = (2 * y - 1).astype(f.dtype) * f[:, 0]
         if loss == "exponential":

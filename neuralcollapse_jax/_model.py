@@ -176,47 +176,62 @@ class TwoLayerReLU(eqx.Module):
                 raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         if dtype is None:
             dtype = jnp.result_type(float)
-        scale = jnp.asarray(scale, dtype=dtype)
-        kw, kv = jax.random.split(key)
-        if init == "gaussian":
-            W = jax.random.normal(kw, (in_dim, width), dtype)
-            V = jax.random.normal(kv, (out_dim, width), dtype)
-        elif init == "lecun":
-            W = jax.random.normal(kw, (in_dim, width), dtype) / jnp.sqrt(in_dim)
-            V = jax.random.normal(kv, (out_dim, width), dtype) / jnp.sqrt(width)
-        elif init == "balanced":
-            W = jax.random.normal(kw, (in_dim, width), dtype) / jnp.sqrt(in_dim)
-            if out_dim == 1:
-                V = jnp.where(jax.random.bernoulli(kv, 0.5, (1, width)), 1.0, -1.0)
-                V = V.astype(dtype)
-            else:
-                V = jax.random.normal(kv, (out_dim, width), dtype)
-                V = V / jnp.linalg.norm(V, axis=0, keepdims=True)
-            V = V * jnp.linalg.norm(W, axis=0, keepdims=True)
-        else:  # semi_local
+        if init == "semi_local":
             if data is None:
                 raise ValueError('init="semi_local" needs the data: pass data=Dataset')
             if data.dim != in_dim:
+                raise ValueError(f"data has dimension {data.dim} but in_dim is {in_dim}")
+            if out_dim == 1 and data.num_classes != 2:
+                raise ValueError("out_dim = 1 needs a binary data set (K = 2)")
+            if out_dim != 1 and out_dim != data.num_classes:
                 raise ValueError(
-                    f"data has dimension {data.dim} but in_dim is {in_dim}"
+                    f"out_dim {out_dim} differs from the number of classes "
+                    f"{data.num_classes}"
                 )
-            x = jnp.asarray(data.x, dtype)
-            idx = jax.random.randint(kw, (width,), 0, data.num_samples)
-            xs = x[idx]
-            W = (xs / jnp.linalg.norm(xs, axis=1, keepdims=True)).T
-            labels = data.y[idx]
-            if out_dim == 1:
-                if data.num_classes != 2:
-                    raise ValueError("out_dim = 1 needs a binary data set (K = 2)")
-                V = (2.0 * labels - 1.0).astype(dtype)[None, :]
-            else:
-                if out_dim != data.num_classes:
-                    raise ValueError(
-                        f"out_dim {out_dim} differs from the number of classes "
-                        f"{data.num_classes}"
-                    )
-                V = pseudo_labels(out_dim, dtype)[:, labels]
-        return TwoLayerReLU(scale * W, scale * V, leak=leak)
+        W, V = _sample(
+            key,
+            jnp.asarray(scale, dtype=dtype),
+            data if init == "semi_local" else None,
+            in_dim=int(in_dim),
+            width=int(width),
+            out_dim=int(out_dim),
+            init=init,
+            dtype=jnp.dtype(dtype),
+        )
+        return TwoLayerReLU(W, V, leak=leak)
+
+
+@eqx.filter_jit
+def _sample(key, scale, data, *, in_dim, width, out_dim, init, dtype):
+    """The random draw of `TwoLayerReLU.init`, compiled once per shape and kind (eager
+    dispatch of its dozen small ops costs more than the draw)."""
+    kw, kv = jax.random.split(key)
+    if init == "gaussian":
+        W = jax.random.normal(kw, (in_dim, width), dtype)
+        V = jax.random.normal(kv, (out_dim, width), dtype)
+    elif init == "lecun":
+        W = jax.random.normal(kw, (in_dim, width), dtype) / jnp.sqrt(in_dim)
+        V = jax.random.normal(kv, (out_dim, width), dtype) / jnp.sqrt(width)
+    elif init == "balanced":
+        W = jax.random.normal(kw, (in_dim, width), dtype) / jnp.sqrt(in_dim)
+        if out_dim == 1:
+            V = jnp.where(jax.random.bernoulli(kv, 0.5, (1, width)), 1.0, -1.0)
+            V = V.astype(dtype)
+        else:
+            V = jax.random.normal(kv, (out_dim, width), dtype)
+            V = V / jnp.linalg.norm(V, axis=0, keepdims=True)
+        V = V * jnp.linalg.norm(W, axis=0, keepdims=True)
+    else:  # semi_local
+        x = jnp.asarray(data.x, dtype)
+        idx = jax.random.randint(kw, (width,), 0, data.num_samples)
+        xs = x[idx]
+        W = (xs / jnp.linalg.norm(xs, axis=1, keepdims=True)).T
+        labels = data.y[idx]
+        if out_dim == 1:
+            V = (2.0 * labels - 1.0).astype(dtype)[None, :]
+        else:
+            V = pseudo_labels(out_dim, dtype)[:, labels]
+    return scale * W, scale * V
 
 
 TwoLayerReLU.__init__.__doc__ = """**Arguments:**
