@@ -18,6 +18,14 @@ from ._model import (
     augment as augment,
     pseudo_labels as pseudo_labels,
 )
+from ._reproduce import reproduce as reproduce
+from ._sweep import (
+    SweepConfig as SweepConfig,
+    load_sweep as load_sweep,
+    plot_sweep as plot_sweep,
+    sweep as sweep,
+)
+from ._sliding import SlidingReLU as SlidingReLU
 from ._trajectory import Status as Status, Trajectory as Trajectory
 
 

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._sweep import _cli as _cli_sweep
 
     _cli_sweep.add_parser(sub)
+    from ._reproduce import _cli as _cli_reproduce
+
+    _cli_reproduce.add_parser(sub)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,6 +100,45 @@ def evals_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
     return stages, 0
 
 
+REGULAR_SOLVERS = {
+    "regular": diffrax.Tsit5,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "bosh3": diffrax.Bosh3,
+}
+SOLVER_NAMES: tuple[str, ...] = ("sliding", *REGULAR_SOLVERS)
+
+
+def resolve_solver(
+    solver: diffrax.AbstractSolver | str | None, loss: str, reduction: str
+) -> diffrax.AbstractSolver:
+    """The Diffrax solver that `gradient_flow` uses for `solver=`.
+
+    `"sliding"`: `SlidingReLU` (Filippov sliding on the ReLU kinks, Tsit5 tableau).
+    `None` (default), `"regular"` (= `"tsit5"`), `"dopri5"`, `"dopri8"`, `"bosh3"`: that
+    Diffrax solver on the regular field (`relu'(0) = 0`). A solver instance is used as
+    given; a `SlidingReLU` gets the flow's `loss` and `reduction`.
+    """
+    from ._sliding import SlidingReLU
+
+    if solver is None:
+        solver = "regular"
+    if isinstance(solver, str):
+        if solver == "sliding":
+            return SlidingReLU(loss=loss, reduction=reduction)
+        if solver not in REGULAR_SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVER_NAMES}")
+        return REGULAR_SOLVERS[solver]()
+    if isinstance(solver, SlidingReLU):
+        return dataclasses.replace(solver, loss=loss, reduction=reduction)
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(
+            f"solver must be a name in {SOLVER_NAMES} or a Diffrax solver, got {solver!r}"
+        )
+    return solver
+
+
 def _status(result, final_ok: Array) -> Array:
     """Map a Diffrax result and the finiteness of the final state to a `Status` code."""
     code = jnp.where(
@@ -185,7 +225,7 @@ def gradient_flow(
     rtol: float | ArrayLike = DEFAULT_RTOL,
     atol: float | ArrayLike | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
-    solver: diffrax.AbstractSolver | None = None,
+    solver: diffrax.AbstractSolver | str | None = None,
     record: Mapping[str, Recorder] | None = None,
     save_params: bool = True,
     progress: bool = False,
@@ -212,7 +252,11 @@ def gradient_flow(
     - `atol`: absolute tolerance; default `rtol * rms(theta(0))` (see `default_atol`),
       which keeps the error control meaningful for any init scale.
     - `max_steps`: step budget; running out gives `Status.MAX_STEPS`, not an exception.
-    - `solver`: a Diffrax solver (default `diffrax.Tsit5()`).
+    - `solver`: `"regular"` (default: Diffrax `Tsit5` on the regular field
+      `relu'(0) = 0`), `"sliding"` (`SlidingReLU`, which holds the pairs that slide on
+      their kink `<x_i, w_j> = 0` there instead of chattering across it: use it on data
+      such as MNIST where the regular field chatters; see the docs page *Sliding*),
+      another name in `SOLVER_NAMES`, or a Diffrax solver instance.
     - `record`: diagnostics to record at the save times, `{name: fn(model, data)}`.
     - `save_params`: keep the parameters at every save time (default). Turn off for
       long runs on large data and rely on `record` and `Trajectory.final`.
@@ -228,8 +272,7 @@ def gradient_flow(
             raise ValueError("pass saveat explicitly when t1 is traced")
         saveat = log_times(float(np.asarray(t1)))
     _validate(model, data, t1, saveat, loss, reduction, rtol, atol, max_steps)
-    if solver is None:
-        solver = diffrax.Tsit5()
+    solver = resolve_solver(solver, loss, reduction)
     dtype = model.W.dtype
     t1 = jnp.asarray(t1, dtype=dtype)
     ts = jnp.asarray(saveat, dtype=dtype)
@@ -272,8 +315,10 @@ def _solve(
     dt0,
 ) -> Trajectory:
     fn = save_function(loss, reduction, save_params, dict(record))
+    solver_stats = getattr(solver, "stats", None)
     saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True)]
+        subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True)],
+        solver_state=solver_stats is not None,
     )
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     meter = LogTimeProgressMeter(t1=t1) if progress else diffrax.NoProgressMeter()
@@ -305,6 +350,8 @@ def _solve(
         "num_rejected_steps": sol.stats["num_rejected_steps"],
         "grad_evals": at_start + per_step * num_steps,
     }
+    if solver_stats is not None:  # e.g. the sliding solver's mode switches
+        stats.update(solver_stats(sol.solver_state))
     # A NaN/inf state is never accepted by the controller (Diffrax turns a NaN error
     # estimate into a rejection), so a blow-up shows as a failed run whose last state
     # has a non-finite gradient or loss: check both there.

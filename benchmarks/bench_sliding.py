@@ -1,0 +1,295 @@
+"""Sliding solver against the regular flow and gradient descent on MNIST digits {0,1,2}.
+
+Problems (float64, h = 50, Gaussian init of std 1e-3, sum cross-entropy, inputs
+centered by their mean):
+
+- M300: the first 100 test images of each digit 0, 1, 2 (in file order), horizon T = 1;
+- M3147: all 3147 test digits {0, 1, 2}, horizon where the loss falls under 1% of its
+  initial value (found by the run itself).
+
+Measured in one run:
+
+1. M300 reference: gradient descent (relu'(0) = 0) with learning rates lr, lr/2, lr/4,
+   Richardson-extrapolated (2 theta(lr/4) - theta(lr/2)); the GD errors are shown too.
+2. M300: plain Diffrax Tsit5 on the regular field (rtol 1e-5, atol 1e-5 x eps) against
+   the sliding solver at several tolerances: gradient evaluations, steps, wall time,
+   relative error at T.
+3. M300: wall time of gradient descent through Optax (`gradient_descent`) at the
+   accuracy of the sliding solver (the largest tried learning rate that is as accurate).
+4. M3147: wall time of the sliding solver (compilation reported separately).
+5. M300 late phase: gradient evaluations of the sliding solver against the horizon T
+   from 1 to 1e4 (table and plot).
+
+Usage: `python benchmarks/bench_sliding.py [--quick] [--out DIR]`. `--quick` shrinks
+every problem (a smoke run of a minute or two); the numbers are then not the targets'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import neuralcollapse_jax as nc  # noqa: E402
+
+
+EPS = 1e-3
+WIDTH = 50
+
+
+def _flat(model) -> np.ndarray:
+    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
+
+
+def _timed(fn, *args, **kwargs):
+    """(result, first call seconds, second call seconds): compile+run, then run."""
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, first, time.perf_counter() - t
+
+
+def _flow(model, data, t1, rtol, solver, max_steps=400_000):
+    traj = nc.gradient_flow(
+        model,
+        data,
+        t1=t1,
+        saveat=jnp.array([0.0, t1]),
+        rtol=rtol,
+        atol=rtol * EPS,
+        solver=solver,
+        max_steps=max_steps,
+        save_params=False,
+    )
+    return traj
+
+
+def _descent(model, data, lr, steps):
+    """Full-batch gradient descent through Optax (the library's `gradient_descent`)."""
+    traj = nc.gradient_descent(
+        model,
+        data,
+        learning_rate=lr,
+        steps=steps,
+        save_steps=np.array([0, steps]),
+        save_params=False,
+    )
+    return traj.final
+
+
+def _device() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    cores = os.cpu_count()
+    cpu = platform.processor() or platform.machine()
+    return f"{d.platform} ({kind}), {cores} CPU cores, {cpu}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the plot")
+    parser.add_argument("--skip-m3147", action="store_true")
+    parser.add_argument("--skip-late", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    os.makedirs(args.out, exist_ok=True)
+    print(f"# bench_sliding{' --quick' if quick else ''}")
+    print(f"device: {_device()}; jax {jax.__version__}, float64")
+
+    per_class = 20 if quick else 100
+    data = nc.datasets.mnist(per_class=per_class)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, WIDTH, 3, EPS)
+    T = 0.1 if quick else 1.0
+    name = f"M{data.num_samples}"
+    print(
+        f"\n## {name}: n = {data.num_samples}, h = {WIDTH}, eps = {EPS}, T = {T}, "
+        f"initial loss {float(nc.loss(model, data)):.4g}"
+    )
+
+    # 1. reference: GD with shrinking steps, Richardson-extrapolated
+    lrs = [4e-5, 2e-5, 1e-5] if quick else [1.6e-5, 8e-6, 4e-6]
+    gd = {}
+    for lr in lrs:
+        steps = int(round(T / lr))
+        final, first, _ = _timed_once(_descent, model, data, lr, steps)
+        gd[lr] = (_flat(final), first, steps)
+    ref = 2 * gd[lrs[-1]][0] - gd[lrs[-2]][0]
+    norm = np.linalg.norm(ref)
+    err = lambda x: float(np.linalg.norm(x - ref) / norm)  # noqa: E731
+    print(
+        "\n### reference: gradient descent (Optax), Richardson 2 theta(lr/4) - theta(lr/2)"
+    )
+    print("| lr | steps = grad evals | wall s | rel. error at T |")
+    print("|---|---|---|---|")
+    for lr in lrs:
+        x, wall, steps = gd[lr]
+        print(f"| {lr:g} | {steps} | {wall:.1f} | {err(x):.2e} |")
+    print(
+        f"(error of the reference itself: about the lr/4 error over 2, "
+        f"{err(gd[lrs[-1]][0]) / 2:.1e}, if GD is in its first-order regime)"
+    )
+
+    # 2. regular Tsit5 against the sliding solver
+    rows = []
+    runs = [("regular (Tsit5)", "regular", 1e-5)]
+    for rtol in [1e-5, 1e-6] if quick else [1e-5, 1e-6]:
+        runs.append(("sliding (Tsit5)", "sliding", rtol))
+    for label, solver, rtol in runs:
+        traj, first, second = _timed(_flow, model, data, T, rtol, solver)
+        st = {k: int(v) for k, v in traj.stats.items()}
+        rows.append((label, rtol, st, first - second, second, err(_flat(traj.final))))
+    base_evals = rows[0][2]["grad_evals"]
+    print(f"\n### {name}: flow solvers to T = {T} (atol = rtol x eps)")
+    print(
+        "| solver | rtol | grad evals | steps (rejected) | wall s | compile s | "
+        "rel. error at T | evals: Tsit5 / this | sliding pairs (max) | entries / exits |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, rtol, st, comp, wall, e in rows:
+        pairs = f"{st.get('sliding_pairs', '-')} ({st.get('sliding_max_pairs', '-')})"
+        moves = f"{st.get('sliding_entries', '-')} / {st.get('sliding_exits', '-')}"
+        print(
+            f"| {label} | {rtol:g} | {st['grad_evals']} | {st['num_steps']} "
+            f"({st['num_rejected_steps']}) | {wall:.1f} | {comp:.1f} | {e:.2e} | "
+            f"{base_evals / st['grad_evals']:.1f}x | {pairs} | {moves} |"
+        )
+
+    # 3. GD (Optax) at the sliding solver's accuracy
+    best = rows[1]
+    target = best[5]
+    fit = [lr for lr in lrs if err(gd[lr][0]) <= target]
+    print(
+        f"\n### {name}: gradient descent at the accuracy of sliding rtol {best[1]:g} "
+        f"(error {target:.2e})"
+    )
+    if fit:
+        lr = max(fit)
+        print(
+            f"GD lr {lr:g}: {gd[lr][1]:.1f} s, error {err(gd[lr][0]):.2e}; sliding "
+            f"{best[4]:.1f} s: GD / sliding = {gd[lr][1] / best[4]:.1f}x"
+        )
+    else:
+        # GD's error is first order: the lr that reaches the target, and its time
+        lr0 = lrs[0]
+        e0 = err(gd[lr0][0])
+        lr = lr0 * target / e0
+        est = gd[lr0][1] * lr0 / lr
+        print(
+            f"every GD run was less accurate; at first order lr = {lr:.2g} reaches "
+            f"it in about {est:.0f} s (from lr {lr0:g}): GD / sliding = "
+            f"{est / best[4]:.0f}x"
+        )
+    for label, rtol, st, comp, wall, e in rows[1:]:
+        better = [lr for lr in lrs if err(gd[lr][0]) <= e]
+        if better:
+            lr = max(better)
+            print(
+                f"sliding rtol {rtol:g} ({e:.2e}, {wall:.1f} s) vs GD lr {lr:g} "
+                f"({err(gd[lr][0]):.2e}, {gd[lr][1]:.1f} s): {gd[lr][1] / wall:.1f}x"
+            )
+
+    # 4. M3147
+    if not args.skip_m3147:
+        big = nc.datasets.mnist() if not quick else nc.datasets.mnist(per_class=200)
+        bmodel = nc.TwoLayerReLU.init(jax.random.key(0), big.dim, WIDTH, 3, EPS)
+        l0 = float(nc.loss(bmodel, big))
+        ts = np.geomspace(1e-3, 10.0, 81)
+        traj = nc.gradient_flow(
+            bmodel,
+            big,
+            t1=10.0,
+            saveat=ts,
+            rtol=1e-5,
+            atol=1e-5 * EPS,
+            save_params=False,
+            max_steps=100_000,
+        )
+        loss = np.asarray(traj.loss)
+        below = np.nonzero(loss < 0.01 * l0)[0]
+        T_big = float(ts[below[0]]) if below.size else 10.0
+        tb, first, second = _timed(_flow, bmodel, big, T_big, 1e-5, "sliding", 100_000)
+        st = {k: int(v) for k, v in tb.stats.items()}
+        print(
+            f"\n### M{big.num_samples}: sliding rtol 1e-5 to T = {T_big:.3g} "
+            f"(loss {float(tb.loss[-1]):.4g} < 1% of {l0:.4g})"
+        )
+        print(
+            "| wall s (compiled) | compile s | grad evals | steps (rejected) | "
+            "sliding pairs (max) | overflow | status |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        print(
+            f"| {second:.1f} | {first - second:.1f} | {st['grad_evals']} | "
+            f"{st['num_steps']} ({st['num_rejected_steps']}) | {st['sliding_pairs']} "
+            f"({st['sliding_max_pairs']}) | {st['sliding_overflow']} | {tb.message()} |"
+        )
+
+    # 5. late phase
+    if not args.skip_late:
+        horizons = [1.0, 10.0, 100.0] if quick else [1.0, 10.0, 100.0, 1e3, 1e4]
+        # one run per horizon (Diffrax counts the steps of a whole solve)
+        print(f"\n### {name}: late phase, sliding rtol 1e-5: cost against the horizon")
+        print("| T | loss at T | grad evals | steps (rejected) | evals / previous |")
+        print("|---|---|---|---|---|")
+        evals = []
+        prev = None
+        for T_h in horizons:
+            tr = _flow(model, data, T_h, 1e-5, "sliding", 400_000)
+            st = {k: int(v) for k, v in tr.stats.items()}
+            evals.append(st["grad_evals"])
+            ratio = "" if prev is None else f"{st['grad_evals'] / prev:.2f}"
+            print(
+                f"| {T_h:g} | {float(tr.loss[-1]):.4g} | {st['grad_evals']} | "
+                f"{st['num_steps']} ({st['num_rejected_steps']}) | {ratio} |"
+            )
+            prev = st["grad_evals"]
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            ax.loglog(horizons, evals, "o-", label="sliding (rtol 1e-5)")
+            ax.loglog(
+                horizons,
+                evals[0] * np.asarray(horizons),
+                "k--",
+                lw=0.8,
+                label="linear growth",
+            )
+            ax.set_xlabel("horizon T")
+            ax.set_ylabel("gradient evaluations")
+            ax.set_title(f"{name}: cost of the late phase")
+            ax.legend()
+            fig.tight_layout()
+            path = os.path.join(
+                args.out, f"sliding_late_phase{'_quick' if quick else ''}.png"
+            )
+            fig.savefig(path, dpi=120)
+            print(f"plot: {path}")
+        except ImportError:
+            print("matplotlib not installed: no plot")
+    return 0
+
+
+def _timed_once(fn, *args):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t, None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

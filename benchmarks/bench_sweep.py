@@ -1,0 +1,423 @@
+"""Sweep throughput against a Python loop of `gradient_flow` calls and a naive `vmap`.
+
+Reference sweep: `datasets.block_orthogonal()` (K = 3, 20 points per class, D = 30),
+h = 50, "lecun" init (W std eps/sqrt(D), V std eps/sqrt(h)), sum cross-entropy,
+T = 2000, Tsit5 with rtol 1e-6 and atol 1e-6 * eps, 100 log-spaced saves of the loss,
+float64; 16 init scales in [1e-6, 1e-2] x 4 seeds = 64 runs.
+
+    python benchmarks/bench_sweep.py            # CPU: loop vs naive vmap vs sweep
+    python benchmarks/bench_sweep.py --quick    # a short smoke run
+    python benchmarks/bench_sweep.py --gpu      # accelerator: runs/s against B
+    python benchmarks/bench_sweep.py --memory   # compiled memory against B
+
+Every table prints the device, the figures and the ratio to the baselines measured in
+the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+
+def _setup(dtype: str):
+    import jax
+
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    return jax
+
+
+def problem(num_scales: int, num_seeds: int, t1: float, dtype: str, order: str = "grid"):
+    """The reference problem's data, and the (scale, seed) of every run."""
+    import jax
+    import numpy as np
+
+    import neuralcollapse_jax as nc
+
+    data = nc.datasets.block_orthogonal(jax.random.key(0), dtype=dtype)
+    scales = np.geomspace(1e-6, 1e-2, num_scales)
+    runs = [(float(s), int(seed)) for s in scales for seed in range(num_seeds)]
+    if order == "shuffled":
+        rng = np.random.default_rng(0)
+        runs = [runs[k] for k in rng.permutation(len(runs))]
+    return data, runs
+
+
+def config(num_scales, num_seeds, t1, dtype, rtol, **execution):
+    return {
+        "name": "bench",
+        "data": {"generator": "block_orthogonal"},
+        "model": {"width": 50, "init": "lecun"},
+        "flow": {
+            "t1": t1,
+            "rtol": rtol,
+            "atol_per_scale": rtol,
+            "num_saves": 100,
+            "solver": "tsit5",
+        },
+        "grid": {
+            "scale": {"geomspace": [1e-6, 1e-2, num_scales]},
+            "seed": list(range(num_seeds)),
+        },
+        "record": [],
+        "dtype": dtype,
+        "execution": execution,
+    }
+
+
+def single_run(data, scale, seed, t1, rtol, dtype):
+    import diffrax
+    import jax
+
+    import neuralcollapse_jax as nc
+
+    model = nc.TwoLayerReLU.init(
+        jax.random.key(seed), data.dim, 50, 3, scale, init="lecun", dtype=dtype
+    )
+    return nc.gradient_flow(
+        model,
+        data,
+        t1=t1,
+        saveat=nc.log_times(t1, 100, t_min=t1 * 1e-4),
+        rtol=rtol,
+        atol=rtol * scale,
+        solver=diffrax.Tsit5(),
+        save_params=False,
+    )
+
+
+def naive_vmap_fn(data, t1, rtol, dtype):
+    """`jit(vmap(gradient_flow))` over all runs at once: the MEASUREMENTS.md baseline."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    import neuralcollapse_jax as nc
+
+    ts = jnp.asarray(nc.log_times(t1, 100, t_min=t1 * 1e-4), dtype=dtype)
+
+    def one(scale, seed):
+        model = nc.TwoLayerReLU.init(
+            jax.random.key(seed), data.dim, 50, 3, scale, init="lecun", dtype=dtype
+        )
+        traj = nc.gradient_flow(
+            model,
+            data,
+            t1=jnp.asarray(t1, dtype),
+            saveat=ts,
+            rtol=rtol,
+            atol=rtol * scale,
+            solver=diffrax.Tsit5(),
+            save_params=False,
+        )
+        return traj.loss, traj.stats["num_steps"], traj.status
+
+    return jax.jit(jax.vmap(one))
+
+
+def flops_per_step(n=60, D=30, h=50, K=3, evals=6) -> float:
+    """Arithmetic of one Tsit5 step of the reference problem.
+
+    One gradient: forward `X W` (2nDh), `phi V^T` (2nhK); backward `dV = R^T phi`
+    (2nKh), `R V` (2nKh), `dW = X^T (.)` (2nDh): `4nDh + 6nhK` flops (elementwise work
+    is lower order). Tsit5 (FSAL) evaluates 6 gradients per step; its stage
+    combinations add about `2 * 6 * 6 * (D + K) h` flops.
+    """
+    grad = 4 * n * D * h + 6 * n * h * K
+    stages = 2 * 6 * 6 * (D + K) * h
+    return evals * grad + stages
+
+
+def timed(fn, repeat=1):
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def timed_cpu(fn):
+    """Wall time, CPU time of this process (all threads), and the result."""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+def device_line(jax) -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
+    return (
+        f"{d.platform} ({kind}), {len(jax.devices())} device(s), {cores} CPU cores, "
+        f"jax {jax.__version__}, python {platform.python_version()}"
+    )
+
+
+def bench_cpu(args) -> None:
+    jax = _setup("float64")
+    import numpy as np
+
+    import neuralcollapse_jax as nc
+
+    S, R, t1 = (4, 2, 200.0) if args.quick else (16, 4, 2000.0)
+    rtol, dtype = 1e-6, "float64"
+    data, runs = problem(S, R, t1, dtype)
+    print(f"device: {device_line(jax)}")
+    print(
+        f"reference sweep: {S} scales x {R} seeds = {len(runs)} runs, T = {t1}, "
+        f"rtol {rtol}, {dtype}"
+    )
+
+    # 1. Sequential Python loop of gradient_flow calls (compiled once, then timed).
+    jax.block_until_ready(single_run(data, *runs[0], t1, rtol, dtype).loss)
+
+    def loop():
+        out = []
+        for scale, seed in runs:
+            traj = single_run(data, scale, seed, t1, rtol, dtype)
+            out.append((np.asarray(traj.loss), int(traj.stats["num_steps"])))
+        return out
+
+    # 2. Naive vmap over all runs.
+    f = naive_vmap_fn(data, t1, rtol, dtype)
+    sc = jax.numpy.asarray([r[0] for r in runs])
+    se = jax.numpy.asarray([r[1] for r in runs])
+    jax.block_until_ready(f(sc, se))
+
+    def naive():
+        return jax.block_until_ready(f(sc, se))
+
+    # 3. The sweep (warm: compiled by a first call).
+    cfg = config(
+        S,
+        R,
+        t1,
+        dtype,
+        rtol,
+        progress=False,
+        **({"workers": args.workers} if args.workers else {}),
+    )
+    t_first, _ = timed(lambda: nc.sweep(cfg, progress=False))
+
+    def swept():
+        return nc.sweep(cfg, progress=False)
+
+    rows = []
+    # Interleave the three (the machine may be shared): best of `repeat` each.
+    t_loop = t_naive = t_sweep = float("inf")
+    c_loop = c_naive = c_sweep = float("inf")
+    load = []
+    for _ in range(args.repeat):
+        load.append(os.getloadavg()[0])
+        t, c, loop_out = timed_cpu(loop)
+        t_loop, c_loop = min(t_loop, t), min(c_loop, c)
+        t, c, naive_out = timed_cpu(naive)
+        t_naive, c_naive = min(t_naive, t), min(c_naive, c)
+        t, c, ds = timed_cpu(swept)
+        t_sweep, c_sweep = min(t_sweep, t), min(c_sweep, c)
+    load.append(os.getloadavg()[0])
+    steps = np.array([s for _, s in loop_out])
+    # The sweep's numbers are the loop's numbers (runs in the same order: scale, seed).
+    loss_loop = np.stack([loss for loss, _ in loop_out]).reshape(S, R, -1)
+    same = np.array_equal(ds["loss"].values, loss_loop)
+    n = len(runs)
+    rows.append(("loop of gradient_flow", t_loop, n / t_loop, 1.0, c_loop / n))
+    rows.append(
+        ("naive jit(vmap) (all runs)", t_naive, n / t_naive, t_loop / t_naive, c_naive / n)
+    )
+    ex = nc._sweep._api.resolve_execution(nc.SweepConfig(cfg), n)
+    rows.append(
+        (
+            f"sweep ({ex.workers} workers, chunk {ex.chunk_size}, batch {ex.batch_size})",
+            t_sweep,
+            n / t_sweep,
+            t_loop / t_sweep,
+            c_sweep / n,
+        )
+    )
+    print(
+        f"steps per run: mean {steps.mean():.0f}, max {steps.max()} "
+        f"(naive vmap pays max/mean = {steps.max() / steps.mean():.2f})"
+    )
+    print(f"sweep first call (with compilation): {t_first:.2f} s; loop/naive timed warm")
+    print(f"sweep == loop, element by element: {same}")
+    print(
+        f"1-min load average during the timings: "
+        f"{', '.join(f'{x:.1f}' for x in load)} (a shared machine distorts wall times)"
+    )
+    print()
+    print("| method | wall (s) | runs/s | x loop | CPU s/run |")
+    print("|---|---|---|---|---|")
+    for name, t, rate, ratio, cpu in rows:
+        print(f"| {name} | {t:.2f} | {rate:.1f} | {ratio:.2f} | {cpu:.3f} |")
+
+
+def bench_gpu(args) -> None:
+
+    import neuralcollapse_jax as nc
+
+    sizes = [64, 1024, 4096] if args.quick else [64, 256, 1024, 4096, 16384]
+    dtypes = ["float32", "float64"]
+    peak = {"float64": args.peak_fp64, "float32": args.peak_fp32}
+    rows = []
+    for dtype in dtypes:
+        jax = _setup(dtype)
+        rtol = 1e-6 if dtype == "float64" else 1e-4
+        t1 = 2000.0
+        print(f"device: {device_line(jax)}", flush=True)
+        for B in sizes:
+            seeds = max(1, B // 64)
+            S = B // seeds
+            cfg = config(
+                S,
+                seeds,
+                t1,
+                dtype,
+                rtol,
+                progress=False,
+                chunk_size=min(B, args.chunk),
+                batch_size=min(B, args.chunk),
+            )
+            t_first, _ = timed(lambda: nc.sweep(cfg, progress=False))
+            t, ds = timed(lambda: nc.sweep(cfg, progress=False))
+            steps = ds["num_steps"].values
+            floor = B * steps.mean() * flops_per_step() / (peak[dtype] * 1e12)
+            naive_rate = float("nan")
+            if B in args.naive_at:
+                data, runs = problem(S, seeds, t1, dtype, order="shuffled")
+                f = naive_vmap_fn(data, t1, rtol, dtype)
+                sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
+                se = jax.numpy.asarray([r[1] for r in runs])
+                jax.block_until_ready(f(sc, se))
+                tn, _ = timed(lambda: jax.block_until_ready(f(sc, se)))
+                naive_rate = B / tn
+            mem = jax.devices()[0].memory_stats() or {}
+            rows.append(
+                (
+                    dtype,
+                    B,
+                    B / t,
+                    naive_rate,
+                    (B / t) / naive_rate,
+                    B / floor,
+                    steps.mean(),
+                    steps.max(),
+                    t_first - t,
+                    mem.get("peak_bytes_in_use", float("nan")) / 2**20,
+                )
+            )
+            print(rows[-1], flush=True)
+    print()
+    print(
+        f"floor: mean steps x {flops_per_step() / 1e6:.2f} MFLOP/step at "
+        f"{args.peak_fp64} TFLOP/s (fp64), {args.peak_fp32} TFLOP/s (fp32)"
+    )
+    print(
+        "| dtype | B | sweep runs/s | naive vmap runs/s | x naive | floor runs/s | "
+        "mean steps | max steps | compile (s) | peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.0f} | "
+            f"{r[6]:.0f} | {r[7]} | {r[8]:.1f} | {r[9]:.0f} |"
+        )
+
+
+def bench_memory(args) -> None:
+    """Compiled memory of one chunk against its size B (no run: `memory_analysis`)."""
+    jax = _setup("float64")
+    import numpy as np
+
+    import neuralcollapse_jax as nc
+    from neuralcollapse_jax._sweep import _plan, _solve
+
+    print(f"device: {device_line(jax)}")
+    print(
+        "| B | batch | temp MiB | output MiB | temp / B (KiB) | recorded / run (KiB) | "
+        "params x max_steps / run (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for B in [16, 64] if args.quick else [16, 64, 256, 1024]:
+        for batch in (1, B):
+            cfg = nc.SweepConfig(
+                config(B, 1, 2000.0, "float64", 1e-6, chunk_size=B, batch_size=batch)
+            )
+            plan = _plan.make_plan(cfg)
+            block = plan.blocks[0]
+            from neuralcollapse_jax._sweep._api import _chunk_inputs
+
+            params, x, y = _chunk_inputs(plan, block, block.runs, np.float64)
+            spec = dict(_solve.block_spec(block, "float64"), batched_atol=batch > 1)
+            W, V, atol = _solve.initial_models(spec, params, x, y, True, np.float64)
+            args_ = (
+                {
+                    "W": W,
+                    "V": V,
+                    "t1": params["t1"],
+                    "ts": params["ts"],
+                    "rtol": params["rtol"],
+                    "atol": atol,
+                },
+                x,
+                y,
+            )
+            fn = _solve.chunk_function(spec, {}, batch, True)
+            ma = fn.lower(*args_).compile().memory_analysis()
+            temp = ma.temp_size_in_bytes
+            outb = ma.output_size_in_bytes
+            recorded = 101 * 8 + 8 * 4
+            params_steps = (30 * 50 + 3 * 50) * 8 * 100_000
+            print(
+                f"| {B} | {batch} | {temp / 2**20:.2f} | {outb / 2**20:.3f} | "
+                f"{temp / B / 1024:.1f} | {recorded / 1024:.2f} | "
+                f"{params_steps / 2**20:.0f} |"
+            )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--gpu", action="store_true", help="runs/s against B on an accelerator")
+    p.add_argument("--memory", action="store_true", help="compiled memory against B")
+    p.add_argument("--repeat", type=int, default=1, help="CPU: timed repetitions (best)")
+    p.add_argument("--workers", type=int, help="CPU: sweep worker threads (default: cores)")
+    p.add_argument("--chunk", type=int, default=4096, help="GPU: runs per chunk")
+    p.add_argument(
+        "--naive-at",
+        type=int,
+        nargs="*",
+        default=[4096],
+        help="GPU: batch sizes at which to time the naive vmap too",
+    )
+    p.add_argument(
+        "--peak-fp64",
+        type=float,
+        default=67.0,
+        help="TFLOP/s for the floor (H100 SXM: 67 fp64 tensor, 34 vector)",
+    )
+    p.add_argument(
+        "--peak-fp32",
+        type=float,
+        default=67.0,
+        help="TFLOP/s for the floor (H100 SXM: 67 fp32 vector)",
+    )
+    args = p.parse_args()
+    if args.gpu:
+        bench_gpu(args)
+    elif args.memory:
+        bench_memory(args)
+    else:
+        bench_cpu(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

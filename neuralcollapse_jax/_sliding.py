@@ -1,0 +1,355 @@
+r"""Filippov sliding on ReLU kinks: a Diffrax solver that does not chatter.
+
+The flow of the papers is the differential inclusion `d theta/dt in -dL(theta)`
+(Clarke subdifferential). With `z_ij = <x_i, w_j>`, `r_i = -dl/df(x_i)` and
+`c_ij = <r_i, v_j>` it reads (NeurIPS 2025, App. C.1)
+
+    dw_j/dt = sum_i s_ij c_ij x_i,      dv_j/dt = sum_i r_i relu(z_ij),
+
+with `s_ij = relu'(z_ij)` off the kink and any `s_ij in [leak, 1]` on it. Only the
+`w`-equation depends on the choice. The solution computed here is the one that gradient
+descent converges to as its step shrinks: a pair `(i, j)` whose two one-sided
+velocities both point at its boundary `z_ij = 0` *slides* on it, with the `s_ij` that
+keeps `dz_ij/dt = 0` (Filippov's convention). For a neuron `j` with sliding set `S_j`
+this is a projection,
+
+    dw_j/dt = (I - P_j) a_j,    a_j = sum_{i not in S_j} s_ij c_ij x_i,
+
+where `P_j` projects onto `span{x_i : i in S_j}`; the sliding weights are
+`s_ij = eta_ij / c_ij` with `eta = -G^{-1} X_S a_j`, `G = X_S X_S^T`. A pair is held while
+its `s_ij` lies in `[leak, 1]` and `c_ij < 0` (an attracting boundary); it leaves to the
+inactive side when `s_ij < leak` and to the active side when `s_ij > 1`.
+
+The sliding set is part of the solver state: Diffrax commits a new solver state only
+when a step is accepted, so the mode changes only between accepted steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ._dataset import Dataset
+from ._loss import per_sample_loss
+from ._model import TwoLayerReLU
+
+
+class _Field(eqx.Module):
+    """The flow's quantities at one state, for a fixed sliding set."""
+
+    dW: Float[Array, "D h"]  # projected w-velocity (the vector field)
+    dV: Float[Array, "K h"]
+    Z: Float[Array, "n h"]  # preactivations z_ij
+    C: Float[Array, "n h"]  # c_ij = <r_i, v_j>
+    A: Float[Array, "D h"]  # a_j: w-velocity of the non-sliding pairs, unprojected
+
+
+class _Mode(eqx.Module):
+    """A sliding set in the form the vector field uses it."""
+
+    mask: Bool[Array, "n h"]  # (i, j) slides
+    xs: Float[Array, "h m D"]  # X_{S_j}, zero rows for empty slots
+    ginv: Float[Array, "h m m"]  # G_j^{-1} on the used slots, zero elsewhere
+
+
+class SlidingState(eqx.Module):
+    """Solver state of `SlidingReLU`: the sliding set and the last field evaluation.
+
+    Counters are cumulative over accepted steps (Diffrax keeps the old state when a
+    step is rejected).
+    """
+
+    idx: Int[Array, "h m"]  # sliding sample indices per neuron, -1 = empty slot
+    field: _Field  # at the current state, with the sliding set `idx` (FSAL)
+    positive: Bool[Array, "n h"]  # z_ij > 0 at the start of the last accepted step
+    entries: Int[Array, ""]
+    exits: Int[Array, ""]
+    overflow: Int[Array, ""]
+    max_pairs: Int[Array, ""]
+    mode_changes: Int[Array, ""]  # accepted steps whose sliding set changed
+
+
+def _masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
+    """Inverse of each neuron's Gram matrix restricted to its used slots.
+
+    Empty slots get an identity block so that the batched Cholesky factorisation is
+    well posed, then are zeroed. A relative ridge of `1e3 * eps` keeps it defined when
+    sliding samples are (nearly) linearly dependent; the projection is then exact to
+    that level. (A Cholesky solve is several times cheaper than a pseudo-inverse here.)
+    """
+    outer = used[:, :, None] & used[:, None, :]
+    m = G.shape[-1]
+    eye = jnp.eye(m, dtype=G.dtype)
+    diag = jnp.diagonal(G, axis1=1, axis2=2)
+    scale = jnp.max(jnp.where(used, diag, 0.0), axis=1)[:, None, None]
+    ridge = 1e3 * jnp.finfo(G.dtype).eps * jnp.where(scale > 0, scale, 1.0)
+    Gm = jnp.where(outer, G, 0.0) + jnp.where(used[:, :, None], ridge, 1.0) * eye[None]
+    factor = jax.scipy.linalg.cho_factor(Gm)
+    inv = jax.scipy.linalg.cho_solve(factor, jnp.broadcast_to(eye, Gm.shape))
+    return jnp.where(outer, inv, 0.0)
+
+
+def _slot_mask(idx: Int[Array, "h m"], n: int) -> Bool[Array, "n h"]:
+    h = idx.shape[0]
+    cols = jnp.broadcast_to(jnp.arange(h, dtype=idx.dtype)[:, None], idx.shape)
+    rows = jnp.where(idx >= 0, idx, jnp.asarray(n, idx.dtype))  # dropped by the scatter
+    return jnp.zeros((n, h), bool).at[rows, cols].set(True, mode="drop")
+
+
+def _project(A: Array, xs: Array, ginv: Array) -> Array:
+    """`(I - P_j) a_j` for every neuron: `a_j + X_S^T eta_j`, `eta_j = -G^{-1} X_S a_j`."""
+    eta = -jnp.einsum("jmk,jk->jm", ginv, jnp.einsum("jmd,dj->jm", xs, A))
+    return A + jnp.einsum("jmd,jm->dj", xs, eta)
+
+
+def _evaluate(
+    W: Array, V: Array, data: Dataset, mode: _Mode, loss: str, reduction: str, leak: float
+) -> _Field:
+    """One gradient evaluation: the sliding vector field and its by-products."""
+    x = data.x
+    Z = x @ W
+    positive = Z > 0
+    H = jnp.where(positive, Z, leak * Z)
+    slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
+
+    def total(F):
+        per = per_sample_loss(loss, F, data.y, data.num_classes)
+        return jnp.mean(per) if reduction == "mean" else jnp.sum(per)
+
+    R = -jax.grad(total)(H @ V.T)
+    C = R @ V
+    dV = R.T @ H
+    A = x.T @ jnp.where(mode.mask, 0.0, C * slope)
+    dW = _project(A, mode.xs, mode.ginv)
+    return _Field(dW=dW, dV=dV, Z=Z, C=C, A=A)
+
+
+def _empty_mode(n: int, h: int, m: int, D: int, dtype) -> _Mode:
+    return _Mode(
+        mask=jnp.zeros((n, h), bool),
+        xs=jnp.zeros((h, m, D), dtype),
+        ginv=jnp.zeros((h, m, m), dtype),
+    )
+
+
+def _update_mode(
+    state: SlidingState, x: Array, leak: float, iterations: int, tol: float
+) -> tuple[Array, _Mode, _Field, dict[str, Array]]:
+    """Decide the sliding set at the start of a step, from the stored evaluation.
+
+    Candidates to enter are pairs whose `z_ij` changed sign over the last accepted step
+    with `c_ij < 0`; together with the current sliding pairs they are checked jointly
+    for `s_ij in [leak, 1]`, dropping the failures and re-checking (an active-set
+    iteration for the neuron's box-constrained least-squares problem). Everything works
+    on the `m x m` Gram matrices of the slots; no `n x n` matrix is formed.
+
+    Returns the new slot indices, the mode, the first stage under that mode (from the
+    stored evaluation: no new gradient evaluation), and counters.
+    """
+    f = state.field
+    n, h = f.Z.shape
+    m = state.idx.shape[1]
+    old = _slot_mask(state.idx, n)
+    positive = f.Z > 0
+    cand = (positive != state.positive) & ~old & (f.C < 0)
+    # Priority: current sliding pairs, then candidates closest to their boundary.
+    absz = jnp.abs(f.Z)
+    scale = jnp.mean(absz, axis=0, keepdims=True) + jnp.finfo(f.Z.dtype).tiny
+    score = jnp.where(old, 3.0, jnp.where(cand, 1.0 + 1.0 / (1.0 + absz / scale), 0.0))
+    vals, idx = jax.lax.top_k(score.T, m)  # (h, m)
+    slot = vals > 0
+    overflow = jnp.sum(score > 0) - jnp.sum(slot)
+    xs = jnp.where(slot[..., None], x[idx], 0.0)
+    cs = jnp.take_along_axis(f.C.T, idx, axis=1)
+    zs = jnp.take_along_axis(f.Z.T, idx, axis=1)
+    slope = jnp.where(zs > 0, 1.0, leak).astype(zs.dtype)
+    was = jnp.take_along_axis(old.T, idx, axis=1) & slot
+    # a_j over all pairs (nothing excluded), from the stored a_j and the old slots.
+    a_full = f.A + jnp.einsum("jmd,jm->dj", xs, jnp.where(was, cs * slope, 0.0))
+    G = jnp.einsum("jmd,jkd->jmk", xs, xs)
+    q_full = jnp.einsum("jmd,dj->jm", xs, a_full)
+    cneg = jnp.where(cs < 0, cs, -1.0)
+
+    def check(used):
+        ginv = _masked_inverse(G, used)
+        q = q_full - jnp.einsum("jmk,jk->jm", G, jnp.where(used, cs * slope, 0.0))
+        eta = -jnp.einsum("jmk,jk->jm", ginv, q)
+        s = eta / cneg
+        return used & (cs < 0) & (s >= leak - tol) & (s <= 1.0 + tol)
+
+    used = slot
+    for _ in range(iterations):
+        used = check(used)
+    ginv = _masked_inverse(G, used)
+    new_idx = jnp.where(used, idx, -1)
+    mask = _slot_mask(new_idx, n)
+    mode = _Mode(mask=mask, xs=jnp.where(used[..., None], xs, 0.0), ginv=ginv)
+    A = a_full - jnp.einsum("jmd,jm->dj", mode.xs, jnp.where(used, cs * slope, 0.0))
+    first = _Field(dW=_project(A, mode.xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
+    entries = jnp.sum(used & ~was)
+    exits = jnp.sum(old) - jnp.sum(used & was)
+    counters = dict(entries=entries, exits=exits, overflow=overflow, pairs=jnp.sum(used))
+    return new_idx, mode, first, counters
+
+
+class SlidingReLU(diffrax.AbstractAdaptiveSolver):
+    r"""Explicit Runge-Kutta with Filippov sliding on the ReLU kinks.
+
+    Integrates `d theta/dt in -dL(theta)` for `TwoLayerReLU` models, holding each
+    (sample, neuron) pair whose boundary `<x_i, w_j> = 0` attracts from both sides on
+    that boundary (see the module docstring and the docs page *Sliding*). The ReLU is
+    not smoothed. Between mode changes the step is the one of the wrapped tableau
+    (`Tsit5` by default), with its error estimate and dense output; the sliding set is
+    decided from the last stage of the previous step (first same as last), so a step
+    costs exactly the tableau's `stages - 1` gradient evaluations.
+
+    Used as `diffeqsolve(ODETerm(vector_field(loss, reduction)), SlidingReLU(...),
+    y0=model, args=data, ...)`; the term is only used for Diffrax's initial step
+    selection. `gradient_flow(..., solver="sliding")` does this.
+
+    **Arguments:**
+
+    - `inner`: a first-same-as-last explicit Runge-Kutta solver (`diffrax.Tsit5()`,
+      `diffrax.Dopri5()`, `diffrax.Bosh3()`).
+    - `loss`, `reduction`: as in `neuralcollapse_jax.loss`.
+    - `max_sliding`: slots per neuron (`m`). A pair that would slide but finds no free
+      slot stays regular (correct, but it may chatter); counted in the `overflow` stat.
+    - `iterations`: active-set iterations of the joint check of a neuron's sliding pairs.
+    - `tol`: slack on `s_ij in [leak, 1]`.
+    """
+
+    inner: diffrax.AbstractERK = diffrax.Tsit5()
+    loss: str = eqx.field(static=True, default="cross_entropy")
+    reduction: str = eqx.field(static=True, default="sum")
+    max_sliding: int = eqx.field(static=True, default=32)
+    iterations: int = eqx.field(static=True, default=3)
+    tol: float = eqx.field(static=True, default=1e-6)
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+
+    def __check_init__(self):
+        tableau = getattr(self.inner, "tableau", None)
+        if tableau is None or not tableau.fsal or tableau.implicit:
+            raise ValueError(
+                "SlidingReLU needs a first-same-as-last explicit Runge-Kutta solver "
+                f"(Tsit5, Dopri5, Bosh3), got {type(self.inner).__name__}"
+            )
+        if int(self.max_sliding) != self.max_sliding or self.max_sliding < 1:
+            raise ValueError(
+                f"max_sliding must be a positive integer, got {self.max_sliding}"
+            )
+        if int(self.iterations) != self.iterations or self.iterations < 1:
+            raise ValueError(
+                f"iterations must be a positive integer, got {self.iterations}"
+            )
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.inner.interpolation_cls
+
+    def order(self, terms):
+        return self.inner.order(terms)
+
+    def error_order(self, terms):
+        return self.inner.error_order(terms)
+
+    def evals_per_step(self) -> tuple[int, int]:
+        """`(gradient evaluations per step, at start)`: the tableau's stages minus one
+        per step (the first stage is the last one of the previous step, re-projected),
+        plus one evaluation at the start."""
+        return len(self.inner.tableau.c), 1
+
+    def _eval(self, y: TwoLayerReLU, data: Dataset, mode: _Mode) -> _Field:
+        return _evaluate(y.W, y.V, data, mode, self.loss, self.reduction, y.leak)
+
+    def init(self, terms, t0, t1, y0: TwoLayerReLU, args: Dataset) -> SlidingState:
+        del terms, t0, t1
+        n = args.x.shape[0]
+        D, h = y0.W.shape
+        m = min(self.max_sliding, n)
+        field = self._eval(y0, args, _empty_mode(n, h, m, D, y0.W.dtype))
+        zero = jnp.zeros((), jnp.int32)
+        return SlidingState(
+            idx=jnp.full((h, m), -1, jnp.int32),
+            field=field,
+            positive=field.Z > 0,
+            entries=zero,
+            exits=zero,
+            overflow=zero,
+            max_pairs=zero,
+            mode_changes=zero,
+        )
+
+    def func(self, terms, t0, y0: TwoLayerReLU, args: Dataset):
+        # The regular field (no sliding set): used by Diffrax for the first step size.
+        n = args.x.shape[0]
+        D, h = y0.W.shape
+        f = self._eval(y0, args, _empty_mode(n, h, 1, D, y0.W.dtype))
+        return TwoLayerReLU(f.dW, f.dV, y0.leak)
+
+    def step(self, terms, t0, t1, y0: TwoLayerReLU, args: Dataset, solver_state, made_jump):
+        del terms, made_jump  # the first stage is always recomputed from the state
+        state: SlidingState = solver_state
+        data = args
+        leak = y0.leak
+        idx, mode, first, counters = _update_mode(
+            state, data.x, leak, self.iterations, self.tol
+        )
+        tab = self.inner.tableau
+        dt = t1 - t0
+        dtype = y0.W.dtype
+        # Stage increments k_s = dt f_s as (W, V) pairs; explicit RK (Diffrax's tableau).
+        ks = [(dt * first.dW, dt * first.dV)]
+        last = None
+        for s, a_row in enumerate(tab.a_lower):
+            a_row = np.asarray(a_row)
+            Ws = y0.W + sum(float(a) * k[0] for a, k in zip(a_row, ks) if a != 0)
+            Vs = y0.V + sum(float(a) * k[1] for a, k in zip(a_row, ks) if a != 0)
+            last = _evaluate(Ws, Vs, data, mode, self.loss, self.reduction, leak)
+            ks.append((dt * last.dW, dt * last.dV))
+        # First same as last: the last stage is at y1 = y0 + sum_s b_s k_s.
+        W1, V1 = Ws, Vs
+        b_err = np.asarray(tab.b_error)
+        eW = sum(float(b) * k[0] for b, k in zip(b_err, ks) if b != 0)
+        eV = sum(float(b) * k[1] for b, k in zip(b_err, ks) if b != 0)
+        y1 = TwoLayerReLU(W1, V1, leak)
+        y_error = TwoLayerReLU(eW, eV, leak)
+        k_stack = TwoLayerReLU(
+            jnp.stack([k[0] for k in ks]).astype(dtype),
+            jnp.stack([k[1] for k in ks]).astype(dtype),
+            leak,
+        )
+        dense_info = dict(y0=y0, y1=y1, k=k_stack)
+        changed = (counters["entries"] + counters["exits"]) > 0
+        new_state = SlidingState(
+            idx=idx,
+            field=last,
+            positive=first.Z > 0,
+            entries=state.entries + counters["entries"].astype(jnp.int32),
+            exits=state.exits + counters["exits"].astype(jnp.int32),
+            overflow=state.overflow + counters["overflow"].astype(jnp.int32),
+            max_pairs=jnp.maximum(state.max_pairs, counters["pairs"].astype(jnp.int32)),
+            mode_changes=state.mode_changes + changed.astype(jnp.int32),
+        )
+        return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+
+    @staticmethod
+    def stats(state: SlidingState) -> dict[str, Any]:
+        """What the solver did, from its final state: `sliding_entries`,
+        `sliding_exits` (cumulative), `sliding_pairs` (sliding at the end),
+        `sliding_max_pairs`, `sliding_overflow` (pairs refused for lack of a slot,
+        summed over steps) and `mode_changes` (accepted steps that changed the set)."""
+        return {
+            "sliding_entries": state.entries,
+            "sliding_exits": state.exits,
+            "sliding_pairs": jnp.sum(state.idx >= 0).astype(jnp.int32),
+            "sliding_max_pairs": state.max_pairs,
+            "sliding_overflow": state.overflow,
+            "mode_changes": state.mode_changes,
+        }

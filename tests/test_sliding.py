@@ -1,0 +1,318 @@
+"""Filippov sliding on the ReLU kinks: hand-worked cases with known sliding sets,
+gradient descent as its step shrinks, the conservation law, agreement with the regular
+flow where nothing slides, jit/vmap, and the solver's statistics."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.special import expi
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import datasets
+from neuralcollapse_jax._sliding import SlidingReLU
+
+
+THETA = np.pi / 3
+# x_1 positive, x_2 negative at an acute angle THETA; E is the unit vector orthogonal to
+# x_2 on x_1's side: x_1 = cos(THETA) x_2 + sin(THETA) E.
+X2 = np.array([[1.0, 0.0], [np.cos(THETA), np.sin(THETA)]])
+E = np.array([np.sin(THETA), -np.cos(THETA)])
+
+
+def _flow(*args, **kwargs):
+    return nc.gradient_flow(*args, **{"solver": "sliding", **kwargs})
+
+
+def _two_points():
+    return nc.Dataset(X2, np.array([1, 0]))
+
+
+def _descent(model, data, lr, steps, loss):
+    """Plain gradient descent with relu'(0) = 0 (independent of the flow's code)."""
+
+    @jax.jit
+    def run(model):
+        def body(_, m):
+            g = nc.gradient(m, data, loss)
+            return jax.tree.map(lambda a, b: a - lr * b, m, g)
+
+        return jax.lax.fori_loop(0, steps, body, model)
+
+    out = run(model)
+    return np.concatenate([np.ravel(out.W), np.ravel(out.V)])
+
+
+def _flat(model):
+    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
+
+
+def test_one_neuron_slides_with_closed_form():
+    """One neuron, exponential loss, started on the boundary of the negative point x_2.
+
+    There both one-sided velocities of z_2 = <x_2, w> point at 0 (the active side is
+    repelled by x_2, the inactive side pulled by x_1), so w slides on x_2's orthogonal
+    line: w = s E, and with v = s (balanced) ds/dt = a s exp(-a s^2), a = sin(THETA),
+    i.e. Ei(a s(t)^2) = Ei(a s(0)^2) + 2 a t. The sliding weight is
+    xi = cos(THETA) exp(-f_1) in (0, 1).
+    """
+    s0, t1 = 0.5, 5.0
+    ts = np.linspace(0.0, t1, 11)
+    model = nc.TwoLayerReLU(jnp.asarray(s0 * E)[:, None], jnp.array([[s0]]))
+    traj = _flow(
+        model,
+        _two_points(),
+        t1=t1,
+        saveat=ts,
+        loss="exponential",
+        rtol=1e-8,
+        solver="sliding",
+    )
+    assert int(traj.status) == nc.Status.SUCCESS
+    a = np.sin(THETA)
+    s_ref = np.array(
+        [
+            brentq(lambda s: expi(a * s * s) - expi(a * s0 * s0) - 2 * a * t, s0, 50.0)
+            for t in ts
+        ]
+    )
+    W = np.asarray(traj.models.W)[:, :, 0]
+    s = W @ E
+    np.testing.assert_allclose(s, s_ref, rtol=1e-6)
+    # it stayed on the boundary (to the entry overshoot, far below s ~ 1)
+    assert np.max(np.abs(W @ X2[1])) < 1e-6
+    assert int(traj.stats["sliding_pairs"]) == 1
+    assert int(traj.stats["sliding_entries"]) == 1
+    assert int(traj.stats["sliding_exits"]) == 0
+    # the regular field (relu'(0) = 0) chatters here: it needs orders of magnitude more
+    regular = nc.gradient_flow(
+        model,
+        _two_points(),
+        t1=0.5,
+        saveat=np.array([0.0, 0.5]),
+        loss="exponential",
+        rtol=1e-8,
+        solver="regular",
+        max_steps=2000,
+    )
+    assert int(regular.status) == nc.Status.MAX_STEPS
+
+
+def test_enters_from_the_active_side():
+    """Start inside x_2's active side: z_2 falls to 0, the pair enters and stays."""
+    s0 = 0.5
+    w0 = s0 * E + 0.05 * X2[1]
+    model = nc.TwoLayerReLU(jnp.asarray(w0)[:, None], jnp.array([[s0]]))
+    ts = np.linspace(0.0, 3.0, 31)
+    traj = _flow(
+        model,
+        _two_points(),
+        t1=3.0,
+        saveat=ts,
+        loss="exponential",
+        rtol=1e-8,
+        solver="sliding",
+    )
+    z2 = np.asarray(traj.models.W)[:, :, 0] @ X2[1]
+    assert z2[0] > 0.04
+    entered = np.argmax(np.abs(z2) < 1e-6)
+    assert 0 < entered < 30
+    assert np.all(np.abs(z2[entered:]) < 1e-6)
+    assert int(traj.stats["sliding_entries"]) == 1
+
+
+def _exit_problem():
+    """Neuron 1 slides on x_2 while neuron 2 (negative output, aligned with x_2) grows.
+
+    Neuron 1's sliding weight is xi = cos(THETA) exp(-f_1 - f_2); neuron 2 drives
+    f_1 + f_2 down, so xi reaches 1 and neuron 1 must leave to x_2's active side.
+    """
+    s0, b = 0.05, 0.3
+    W = np.stack([s0 * E, b * X2[1]], axis=1)
+    V = np.array([[s0, -b]])
+    return nc.TwoLayerReLU(W, V), _two_points()
+
+
+def test_leaves_the_boundary_when_xi_exceeds_one():
+    model, data = _exit_problem()
+    ts = np.linspace(0.0, 4.0, 401)
+    traj = _flow(model, data, t1=4.0, saveat=ts, loss="exponential", rtol=1e-10)
+    assert int(traj.status) == nc.Status.SUCCESS
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    z = np.einsum("nd,tdh->tnh", X2, W)
+    f = np.einsum("tnh,tkh->tn", np.maximum(z, 0.0), V)
+    xi = np.cos(THETA) * np.exp(-f[:, 0] - f[:, 1])
+    z21 = z[:, 1, 0]
+    crossing = np.argmax(xi > 1.0)  # first save time where the sliding weight passes 1
+    assert 50 < crossing < 350
+    assert np.all(np.abs(z21[5:crossing]) < 1e-7), np.abs(z21[5:crossing]).max()
+    # Once xi > 1 both one-sided velocities point into the active side. The exit is
+    # decided at the start of a step, so it may lag the crossing by up to one step.
+    left = np.argmax(z21 > 1e-6)
+    assert crossing <= left <= crossing + 10, (crossing, left)
+    assert np.all(np.diff(z21[left:]) > 0)
+    assert int(traj.stats["sliding_exits"]) >= 1
+
+
+@pytest.mark.parametrize("problem", ["exit", "closed_form"])
+def test_matches_gradient_descent_at_first_order(problem):
+    """GD with relu'(0) = 0 converges to the sliding solution as lr -> 0, at rate 1.
+
+    While a pair slides, GD's `z_ij` oscillates across the boundary with an amplitude
+    O(lr) whose phase at the final step is erratic; the closed-form case is therefore
+    compared in the sliding coordinates (`<w, E>`, `v`), the exit case (which has left
+    its boundary by `t1`) in all parameters.
+    """
+    if problem == "exit":
+        model, data = _exit_problem()
+        t1 = 4.0
+        coords = lambda flat: flat  # noqa: E731
+    else:
+        model = nc.TwoLayerReLU(jnp.asarray(0.5 * E)[:, None], jnp.array([[0.7]]))
+        data, t1 = _two_points(), 3.0
+        coords = lambda flat: np.array([flat[:2] @ E, flat[2]])  # noqa: E731
+    traj = _flow(
+        model, data, t1=t1, saveat=np.array([0.0, t1]), loss="exponential", rtol=1e-11
+    )
+    ref = coords(_flat(traj.final))
+    errors = []
+    for lr in (4e-3, 2e-3, 1e-3, 5e-4):
+        gd = coords(_descent(model, data, lr, int(round(t1 / lr)), "exponential"))
+        errors.append(np.linalg.norm(gd - ref) / np.linalg.norm(ref))
+    errors = np.array(errors)
+    rates = np.log2(errors[:-1] / errors[1:])
+    assert errors[-1] < 2e-3, errors
+    np.testing.assert_allclose(rates, 1.0, atol=0.15), (errors, rates)
+
+
+def test_balance_is_conserved_through_sliding():
+    """||w_j||^2 - ||v_j||^2 is constant: the sliding terms are orthogonal to w_j.
+
+    The measured drift is the integrator's (it falls with the tolerance), not a
+    sliding defect, which would not depend on it.
+    """
+    data = datasets.mnist(per_class=10)
+    model = nc.TwoLayerReLU.init(jax.random.key(3), 784, 12, 3, 1e-2)
+    ts = np.concatenate([[0.0], np.geomspace(1e-2, 30.0, 20)])
+    drifts = []
+    for rtol in (1e-6, 1e-7):
+        traj = _flow(model, data, t1=30.0, saveat=ts, rtol=rtol)
+        assert int(traj.status) == nc.Status.SUCCESS
+        assert int(traj.stats["sliding_max_pairs"]) > 0  # something did slide
+        W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+        balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
+        size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+        assert size[-1].max() > 20 * size[0].max()
+        drifts.append((np.abs(balance - balance[0]) / size).max())
+    assert drifts[1] < 2e-6, drifts
+    assert drifts[1] < drifts[0] / 4, drifts
+
+
+@pytest.fixture(scope="module")
+def separable():
+    return datasets.orthogonally_separable(
+        jax.random.key(0), 3, (4, 5, 6), 12, mu_s=0.5, mu_d=0.2, norm_range=(0.5, 1.5)
+    )
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-4])
+def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
+    """Where the regular field does not chatter, both solve the same flow: they agree
+    to the accuracy that the core tests ask of the regular one (1e-6 against DOP853).
+
+    (Here one pair ends on its boundary, which the regular solver resolves with many
+    rejected steps: the sliding solver needs no more evaluations.)
+    """
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, eps)
+    ts = np.concatenate([[0.0], np.geomspace(1e-2, 40.0, 12)])
+    a = nc.gradient_flow(model, separable, t1=40.0, saveat=ts, solver="sliding")
+    b = nc.gradient_flow(model, separable, t1=40.0, saveat=ts, solver="regular")
+    for k in range(len(ts)):
+        x, y = _flat(a.model_at(k)), _flat(b.model_at(k))
+        assert np.linalg.norm(x - y) <= 1e-6 * np.linalg.norm(y), ts[k]
+    assert int(a.stats["grad_evals"]) <= 1.05 * int(b.stats["grad_evals"])
+
+
+def test_jit_and_vmap_match_single_runs():
+    data = datasets.mnist(per_class=6)
+    scales = jnp.array([1e-2, 1e-3])
+    keys = jax.random.split(jax.random.key(5), 2)
+    ts = jnp.array([0.0, 1.0, 5.0])
+
+    def run(key, scale):
+        model = nc.TwoLayerReLU.init(key, 784, 6, 3, scale)
+        traj = _flow(model, data, t1=5.0, saveat=ts, rtol=1e-6)
+        return traj.final.W, traj.stats
+
+    W_b, stats_b = jax.jit(jax.vmap(run))(keys, scales)
+    assert int(jnp.max(stats_b["sliding_max_pairs"])) > 0
+    for i in range(2):
+        W_i, stats_i = run(keys[i], scales[i])
+        # batched matmuls round differently; adaptive steps carry that to ~1e-8
+        np.testing.assert_allclose(W_b[i], W_i, rtol=1e-6, atol=1e-9 * float(scales[i]))
+        for name in ("num_steps", "sliding_entries", "sliding_exits", "grad_evals"):
+            assert int(stats_b[name][i]) == int(stats_i[name]), name
+
+
+def test_float32_works():
+    data = datasets.mnist(per_class=6, dtype=jnp.float32)
+    model = nc.TwoLayerReLU.init(jax.random.key(6), 784, 6, 3, 1e-2, dtype=jnp.float32)
+    traj = _flow(model, data, t1=3.0, rtol=1e-4)
+    assert traj.final.W.dtype == jnp.float32
+    assert int(traj.status) == nc.Status.SUCCESS
+    ref = _flow(
+        nc.TwoLayerReLU(model.W.astype(jnp.float64), model.V.astype(jnp.float64)),
+        data.astype(jnp.float64),
+        t1=3.0,
+        rtol=1e-8,
+    )
+    err = np.linalg.norm(_flat(traj.final) - _flat(ref.final)) / np.linalg.norm(
+        _flat(ref.final)
+    )
+    assert err < 1e-2, err
+
+
+def test_grad_evals_count_is_exact():
+    """Count the solver's gradient evaluations with a host callback."""
+    from neuralcollapse_jax import _sliding
+
+    calls = []
+    original = _sliding._evaluate
+
+    def counting(*args, **kwargs):
+        jax.debug.callback(lambda: calls.append(1), ordered=True)
+        return original(*args, **kwargs)
+
+    model, data = _exit_problem()
+    _sliding._evaluate = counting
+    try:
+        traj = _flow(
+            model, data, t1=4.0, saveat=np.array([0.0, 4.0]), loss="exponential", rtol=1e-7
+        )
+        jax.block_until_ready(traj.final.W)
+    finally:
+        _sliding._evaluate = original
+    assert int(traj.stats["grad_evals"]) == len(calls)
+    assert int(traj.stats["sliding_exits"]) >= 1
+
+
+def test_solver_choices_and_bad_input(separable):
+    model = nc.TwoLayerReLU.init(jax.random.key(7), 12, 8, 3, 1e-3)
+    ts = np.array([0.0, 1.0])
+    for solver in (
+        "sliding",
+        "regular",
+        SlidingReLU(max_sliding=4),
+        diffrax.Dopri5(),
+        SlidingReLU(inner=diffrax.Bosh3()),
+    ):
+        traj = nc.gradient_flow(model, separable, t1=1.0, saveat=ts, solver=solver)
+        assert int(traj.status) == nc.Status.SUCCESS
+    with pytest.raises(ValueError, match="unknown solver"):
+        nc.gradient_flow(model, separable, t1=1.0, solver="rk4")
+    with pytest.raises(ValueError, match="first-same-as-last"):
+        SlidingReLU(inner=diffrax.Euler())
+    with pytest.raises(ValueError, match="max_sliding"):
+        SlidingReLU(max_sliding=0)

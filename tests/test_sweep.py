@@ -1,0 +1,380 @@
+"""Sweeps: equality with single runs, failed runs, resume, config errors, CLI, plots."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import Status
+from neuralcollapse_jax._cli import main as cli_main
+from neuralcollapse_jax._sweep import _api, _solve
+
+
+RECORD = ("min_margin", "separated")
+
+# Block-orthogonal classes (shared data): 3 scales x 2 seeds, one compiled block.
+CONFIG_A = {
+    "name": "a",
+    "data": {"generator": "block_orthogonal", "points_per_class": 4, "block_dim": 4},
+    "model": {"width": 6, "init": "lecun"},
+    "flow": {"t1": 30.0, "rtol": 1e-6, "atol_per_scale": 1e-6, "num_saves": 8},
+    "grid": {"scale": {"geomspace": [1e-4, 1e-2, 3]}, "seed": [0, 1]},
+    "record": list(RECORD),
+    "execution": {"chunk_size": 2},
+}
+
+# Data geometry swept (per-run data), two widths (two blocks), explicit runs over the
+# horizon and the tolerance (per-run save times), scale-free default atol.
+CONFIG_B = {
+    "name": "b",
+    "data": {
+        "generator": "orthogonally_separable",
+        "num_classes": 3,
+        "points_per_class": [3, 4, 5],
+        "dim": 9,
+        "mu_s": 0.5,
+    },
+    "model": {"init": "gaussian"},
+    "flow": {"num_saves": 6, "t_min_ratio": 1e-3},
+    "runs": [{"t1": 20.0, "rtol": 1e-6}, {"t1": 40.0, "rtol": 1e-7}],
+    "grid": {"mu_d": [0.1, 0.3], "width": [5, 7], "scale": [1e-3, 1e-1]},
+    "record": list(RECORD),
+    "execution": {"chunk_size": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def result_a():
+    return nc.sweep(CONFIG_A, progress=False)
+
+
+@pytest.fixture(scope="module")
+def result_b():
+    return nc.sweep(CONFIG_B, progress=False)
+
+
+def _single(
+    data,
+    width,
+    init,
+    seed,
+    scale,
+    t1,
+    num_saves,
+    t_min_ratio,
+    rtol,
+    atol,
+    loss="cross_entropy",
+    max_steps=100_000,
+):
+    """One run exactly as a user would write it, with the public API."""
+    out_dim = 1 if loss in ("exponential", "logistic") else data.num_classes
+    model = nc.TwoLayerReLU.init(
+        jax.random.key(seed), data.dim, width, out_dim, scale, init=init
+    )
+    return nc.gradient_flow(
+        model,
+        data,
+        t1=t1,
+        saveat=nc.log_times(t1, num_saves, t_min=t_min_ratio * t1),
+        loss=loss,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        record=nc.metrics.recorder(*RECORD),
+        save_params=False,
+    )
+
+
+def _assert_same(ds, index, traj, data, loss="cross_entropy"):
+    sel = ds.isel(index)
+    np.testing.assert_array_equal(sel["loss"].values, np.asarray(traj.loss))
+    for name in RECORD:
+        np.testing.assert_array_equal(sel[name].values, np.asarray(traj.records[name]))
+        # Final values: the same final model, the diagnostic evaluated inside the
+        # compiled sweep rather than op by op, so equal up to the last bit or two.
+        want = nc.metrics.RECORDERS[name](traj.final, data)
+        np.testing.assert_allclose(
+            sel[f"final_{name}"].values, np.asarray(want), rtol=1e-14, atol=1e-300
+        )
+    np.testing.assert_allclose(
+        sel["final_loss"].values, np.asarray(nc.loss(traj.final, data, loss)), rtol=1e-14
+    )
+    assert int(sel["status"]) == int(traj.status)
+    assert int(sel["num_steps"]) == int(traj.stats["num_steps"])
+    assert int(sel["grad_evals"]) == int(traj.stats["grad_evals"])
+
+
+def test_sweep_equals_single_runs(result_a):
+    ds = result_a
+    assert ds["loss"].dims == ("scale", "seed", "time")
+    assert ds["status"].dims == ("scale", "seed")
+    np.testing.assert_allclose(ds["scale"].values, np.geomspace(1e-4, 1e-2, 3))
+    data = nc.datasets.block_orthogonal(jax.random.key(0), points_per_class=4, block_dim=4)
+    np.testing.assert_array_equal(ds["t"].values, nc.log_times(30.0, 8, t_min=30.0 * 1e-4))
+    for i, scale in enumerate(ds["scale"].values):
+        for j, seed in enumerate(ds["seed"].values):
+            traj = _single(
+                data,
+                6,
+                "lecun",
+                int(seed),
+                float(scale),
+                30.0,
+                8,
+                1e-4,
+                1e-6,
+                1e-6 * float(scale),
+            )
+            assert bool(traj.ok)
+            _assert_same(ds, {"scale": i, "seed": j}, traj, data)
+
+
+def test_sweep_geometry_widths_runs_equal_single_runs(result_b):
+    ds = result_b
+    assert ds["status"].dims == ("run", "mu_d", "width", "scale")
+    np.testing.assert_array_equal(ds["t1"].values, [20.0, 40.0])  # run coordinates
+    assert ds["t"].dims == ("run", "mu_d", "width", "scale", "time")
+    for r, (t1, rtol) in enumerate([(20.0, 1e-6), (40.0, 1e-7)]):
+        for i, mu_d in enumerate([0.1, 0.3]):
+            data = nc.datasets.orthogonally_separable(
+                jax.random.key(0),
+                num_classes=3,
+                points_per_class=[3, 4, 5],
+                dim=9,
+                mu_s=0.5,
+                mu_d=mu_d,
+            )
+            for j, width in enumerate([5, 7]):
+                for k, scale in enumerate([1e-3, 1e-1]):
+                    traj = _single(
+                        data, width, "gaussian", 0, scale, t1, 6, 1e-3, rtol, None
+                    )
+                    index = {"run": r, "mu_d": i, "width": j, "scale": k}
+                    _assert_same(ds, index, traj, data)
+                    np.testing.assert_array_equal(
+                        ds["t"].isel(index).values, nc.log_times(t1, 6, t_min=t1 * 1e-3)
+                    )
+
+
+def test_one_compile_per_block(monkeypatch):
+    """Scale, seed and horizon values never recompile: one program per block."""
+    lowered = []
+    original = _solve.compiled
+
+    def counting(fn, args):
+        exe = original(fn, args)
+        lowered.append((id(fn), id(exe)))
+        return exe
+
+    monkeypatch.setattr(_solve, "_COMPILED", {})
+    monkeypatch.setattr(_solve, "compiled", counting)
+    cfg = dict(
+        CONFIG_A,
+        grid={"scale": [1e-4, 2e-4, 3e-4, 5e-3], "t1": [10.0, 20.0]},
+        execution={"chunk_size": 3, "workers": 1},
+    )
+    ds = nc.sweep(cfg, progress=False)
+    assert int(ds["status"].max()) == Status.SUCCESS
+    assert len(lowered) == 3  # three chunks (3 + 3 + 2 padded) ...
+    assert len(_solve._COMPILED) == 1  # ... one executable
+
+
+def test_failed_runs_are_marked_and_do_not_stop_the_sweep():
+    cfg = {
+        "data": {"generator": "iclr_toy", "toy": "mu_large"},
+        "model": {"width": 4, "init": "gaussian"},
+        "flow": {"loss": "exponential", "max_steps": 150, "num_saves": 5},
+        "grid": {"scale": [1e-3, 1e60], "t1": [0.1, 1e6]},
+        "record": list(RECORD),
+    }
+    ds = nc.sweep(cfg, progress=False)
+    status = ds["status"].values
+    assert status[0, 0] == Status.SUCCESS
+    assert status[0, 1] == Status.MAX_STEPS  # the long horizon needs more steps
+    assert np.all(status[1] == Status.NONFINITE)  # exp(-f) overflows at scale 1e60
+    data = nc.datasets.iclr_toy("mu_large")
+    traj = _single(
+        data,
+        4,
+        "gaussian",
+        0,
+        1e-3,
+        0.1,
+        5,
+        1e-4,
+        1e-8,
+        None,
+        loss="exponential",
+        max_steps=150,
+    )
+    _assert_same(ds, {"scale": 0, "t1": 0}, traj, data, loss="exponential")
+
+
+def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, result_a):
+    out = tmp_path / "a.nc"
+    ds_full = nc.sweep(CONFIG_A, out, progress=False, keep_parts=True)
+    xr_equal(ds_full, result_a)
+    parts = sorted((tmp_path / "a.nc.parts").glob("part-*.npz"))
+    assert len(parts) == 3
+    out.unlink()
+    parts[1].unlink()  # as if killed before the second chunk was saved
+    calls = []
+    original = _api.run_chunk
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]["scale"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_api, "run_chunk", counting)
+    ds = nc.sweep(CONFIG_A, out, progress=False)
+    assert calls == [2]  # only the missing chunk of two runs
+    xr_equal(ds, result_a)
+    assert not (tmp_path / "a.nc.parts").exists()
+    # A finished sweep run again computes nothing.
+    calls.clear()
+    ds = nc.sweep(CONFIG_A, out, progress=False)
+    assert calls == []
+    xr_equal(ds, result_a)
+    # A different config at the same place is refused, naming the problem.
+    with pytest.raises(ValueError, match="different sweep"):
+        nc.sweep(dict(CONFIG_A, flow=dict(CONFIG_A["flow"], t1=31.0)), out, progress=False)
+
+
+def xr_equal(a, b):
+    """Element-by-element equality of two sweep results (values, coordinates, names)."""
+    assert set(a.data_vars) == set(b.data_vars)
+    assert set(a.coords) == set(b.coords)
+    for name in list(a.data_vars) + list(a.coords):
+        assert a[name].dims == b[name].dims, name
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_netcdf_round_trip(tmp_path, result_a):
+    out = tmp_path / "a.nc"
+    nc.sweep(CONFIG_A, out, progress=False)
+    xr_equal(nc.load_sweep(out), result_a)
+    attrs = nc.load_sweep(out).attrs
+    assert json.loads(attrs["config"])["grid"]["seed"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"colour": "red"}, "colour"),
+        ({"model": {"widht": 5}}, "model.widht"),
+        ({"model": {"t1": 5.0}}, "model.t1"),
+        ({"grid": {"scale": []}}, "grid.scale"),
+        ({"grid": {"scale": {"geomspace": [1e-3, 1e-1, 0]}}}, "grid.scale"),
+        ({"grid": {"sclae": [1e-3]}}, "grid.sclae"),
+        ({"grid": {"scale": [1e-3, -1.0]}}, "grid.scale"),
+        ({"grid": {"width": [4, 0]}}, "grid.width"),
+        ({"grid": {"mu_s": [0.5]}}, "grid.mu_s"),  # not a block_orthogonal argument
+        ({"record": ["nc1", "nc9"]}, "record.nc9"),
+        ({"execution": {"chunk_size": 0}}, "execution.chunk_size"),
+        ({"runs": []}, "runs"),
+        ({"runs": [{"t1": 1.0}, {"rtol": 1e-3}]}, r"runs\[1\]"),
+        ({"dtype": "float16"}, "dtype"),
+    ],
+)
+def test_bad_config_names_the_key(change, key, tmp_path, monkeypatch):
+    monkeypatch.setattr(_api, "run_chunk", _never)
+    cfg = dict(CONFIG_A)
+    cfg.update(change)
+    with pytest.raises(ValueError, match=key):
+        nc.sweep(cfg, tmp_path / "x.nc", progress=False)
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_impossible_geometry_fails_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(_api, "run_chunk", _never)
+    cfg = dict(CONFIG_B, grid={"mu_d": [0.1, 0.9], "scale": [1e-3]})  # 0.9 > 1/(K-1)
+    with pytest.raises(ValueError, match=r"grid\.mu_d=0\.9.*impossible"):
+        nc.sweep(cfg, tmp_path / "x.nc", progress=False)
+    cfg = dict(CONFIG_B, grid={"dim": [9, 5]})  # D < 3K
+    with pytest.raises(ValueError, match=r"grid\.dim=5"):
+        nc.sweep(cfg, tmp_path / "x.nc", progress=False)
+    cfg = dict(CONFIG_A, flow={"loss": "exponential"})  # binary loss, K = 3
+    with pytest.raises(ValueError, match=r"flow\.loss"):
+        nc.sweep(cfg, tmp_path / "x.nc", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a run started although the config is invalid")
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {generator: block_orthogonal}\ngrid:\n  scale: []\n")
+    assert cli_main(["sweep", str(path), "-o", str(tmp_path / "o.nc")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid.scale" in err
+    path.write_text("grid: {scale: [0.001]}\nmodle: {width: 3}\n")
+    assert cli_main(["sweep", str(path), "-o", str(tmp_path / "o.nc")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "modle" in err
+    assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_float32_sweep_runs():
+    cfg = dict(
+        CONFIG_A,
+        dtype="float32",
+        flow=dict(CONFIG_A["flow"], rtol=1e-4, atol_per_scale=1e-4),
+        grid={"scale": [1e-3, 1e-2]},
+    )
+    ds = nc.sweep(cfg, progress=False)
+    assert ds["loss"].dtype == np.float32
+    assert np.all(ds["status"].values == Status.SUCCESS)
+    data = nc.datasets.block_orthogonal(
+        jax.random.key(0), points_per_class=4, block_dim=4, dtype=jnp.float32
+    )
+    model = nc.TwoLayerReLU.init(
+        jax.random.key(0), 12, 6, 3, 1e-2, init="lecun", dtype=jnp.float32
+    )
+    traj = nc.gradient_flow(
+        model,
+        data,
+        t1=30.0,
+        saveat=nc.log_times(30.0, 8, t_min=3e-3),
+        rtol=1e-4,
+        atol=1e-6,
+        record=nc.metrics.recorder(*RECORD),
+        save_params=False,
+    )
+    _assert_same(ds, {"scale": 1}, traj, data)
+
+
+def test_plot_cli_draws_the_standard_views(tmp_path, result_b):
+    path = tmp_path / "b.nc"
+    result_b.to_netcdf(path, engine="h5netcdf")
+    out = tmp_path / "plots"
+    assert cli_main(["plot", str(path), "-o", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "separation_time.png" in names
+    assert "final_min_margin_vs_scale.png" in names
+    assert "final_min_margin_scale_mu_d.png" in names  # heatmap over two parameters
+    assert "loss_curves_scale.png" in names
+    assert cli_main(["plot", str(path), "--var", "nope", "-o", str(out)]) == 2
+
+
+def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b):
+    """`T*` per run: the first save time from which `separated` holds to the end."""
+    found = 0
+    for ds in (result_a, result_b):
+        sep = nc._sweep._plot.separation_time(ds)
+        assert sep.dims == ds["status"].dims
+        flags = ds["separated"].transpose(*sep.dims, "time").values > 0.5
+        times = ds["t"].broadcast_like(ds["separated"]).transpose(*sep.dims, "time").values
+        for index in np.ndindex(sep.shape):
+            f, t = flags[index], times[index]
+            lasting = [k for k in range(len(f)) if f[k:].all()]
+            want = t[lasting[0]] if lasting else np.inf
+            assert sep.values[index] == want
+            found += bool(lasting)
+    assert found > 0
