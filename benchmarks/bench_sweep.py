@@ -313,7 +313,7 @@ def bench_gpu(args) -> None:
                     mem.get("peak_bytes_in_use", float("nan")) / 2**20,
                 )
             )
-            print(rows[-1], flush=True)
+            print(f"  {dtype} B = {B}: {B / t:.0f} runs/s", flush=True)
     print()
     print(
         f"floor: mean steps x {flops_per_step() / 1e6:.2f} MFLOP/step at "
