@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         f"{first:.1f} | {warm:.1f} | {recorded / 2**20:.2f} MiB | "
         f"{params / 2**20:.0f} MiB | {peak:.0f} MiB |"
     )
-    print("recorded:", ", ".join(f"{k} {tuple(v.shape)}" for k, v in traj.records.items()))
+    shapes = jax.tree_util.tree_flatten_with_path(traj.records)[0]
+    print("recorded:", ", ".join(f"{jax.tree_util.keystr(k)} {tuple(v.shape)}" for k, v in shapes))
     return 0
 
 

@@ -57,6 +57,13 @@ class PartStore:
                     )
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # A writer killed between creating its temporary file and renaming it leaves the
+        # temporary behind; it never holds a finished chunk, so it is removed here.
+        for stale in [*self.dir.glob(".*.tmp"), *output.parent.glob(f".{output.name}*.tmp")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         if not manifest.exists():
             _atomic_write(
                 manifest,
