@@ -192,10 +192,13 @@ def test_mnist012_quick(quick):
 
 
 @pytest.mark.slow
-def test_mnist012_quick_exact_flow(tmp_path):
-    # The exact flow (default solver) next to SGD on the quick problem.
-    r = reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="flow", rtol=1e-5)
+@pytest.mark.parametrize("solver", ["sliding", None])
+def test_mnist012_quick_exact_flow(tmp_path, solver):
+    # The exact flow (sliding, the full run's default; and the regular field) next to
+    # SGD on the quick problem.
+    r = reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="flow", solver=solver)
     assert r["ok"] and set(r["runs"]) == {"sgd", "flow"}
+    assert r["config"]["rtol"] == 1e-5
     a, b = r["runs"]["sgd"], r["runs"]["flow"]
     assert b["pca_error_features"] < 0.01
     assert abs(a["train_accuracy"] - b["train_accuracy"]) < 0.1
@@ -219,17 +222,26 @@ def test_theorem1_full(tmp_path):
 
 
 @pytest.mark.slow
-def test_mnist012_full(tmp_path):
-    r = reproduce("mnist012", tmp_path, quiet=True, exact="gd")
+@pytest.mark.parametrize("exact", ["flow", "gd"])
+def test_mnist012_full(tmp_path, exact):
+    # Default: the exact flow (sliding solver); "gd": its Euler discretization.
+    r = reproduce("mnist012", tmp_path, quiet=True, exact=exact)
+    assert r["ok"] and set(r["runs"]) == {"sgd", exact}
     assert r["pca_error_raw"] == pytest.approx(0.61, abs=0.03)  # paper: about 61%
     for run in r["runs"].values():
         assert run["pca_error_features"] < 0.01  # paper: about 0.2%
         assert run["train_accuracy"] > 0.97
+    # The full-batch dynamics and SGD (an independent discretization) find the same
+    # neuron groups.
+    a, b = r["runs"]["sgd"], r["runs"][exact]
+    assert list(a["group_sizes"]) == list(b["group_sizes"])
 
 
 @pytest.mark.slow
-def test_mnist01_full(tmp_path):
-    r = reproduce("mnist01", tmp_path, quiet=True, method="gd")
+@pytest.mark.parametrize("method", ["flow", "gd"])
+def test_mnist01_full(tmp_path, method):
+    r = reproduce("mnist01", tmp_path, quiet=True, method=method)
+    assert r["ok"] and r["method"] == method
     ours = r["ours"]
     assert ours["alignment_iterations_cos95"] < ours["growth_iterations"]
     assert ours["final_stable_rank"] < 2.0
