@@ -266,35 +266,58 @@ def test_float32_works():
         nc.TwoLayerReLU(model.W.astype(jnp.float64), model.V.astype(jnp.float64)),
         data.astype(jnp.float64),
         t1=3.0,
-        rtol=1e-8,
+        rtol=1e-6,
     )
-    err = np.linalg.norm(_flat(traj.final) - _flat(ref.final)) / np.linalg.norm(
-        _flat(ref.final)
-    )
-    assert err < 1e-2, err
+    assert int(ref.status) == nc.Status.SUCCESS
+    same = _flow(ref.model_at(0), data.astype(jnp.float64), t1=3.0, rtol=1e-4)
+    b = _flat(ref.final)
+    err32 = np.linalg.norm(_flat(traj.final).astype(np.float64) - b) / np.linalg.norm(b)
+    err64 = np.linalg.norm(_flat(same.final) - b) / np.linalg.norm(b)
+    # float32 is as accurate as float64 at the same tolerance (the tolerance dominates)
+    assert err32 <= 2 * err64 + 1e-3, (err32, err64)
 
 
 def test_grad_evals_count_is_exact():
-    """Count the solver's gradient evaluations with a host callback."""
+    """Count the solver's gradient evaluations with a host callback.
+
+    The steps cost exactly `stages - 1` evaluations each. At the start Diffrax's
+    automatic first step evaluates the field too; XLA may merge those evaluations with
+    the solver's initial one, so the reported count is exact or over by at most 2.
+    """
     from neuralcollapse_jax import _sliding
 
-    calls = []
+    calls = {"step": 0, "other": 0}
     original = _sliding._evaluate
 
     def counting(*args, **kwargs):
-        jax.debug.callback(lambda: calls.append(1), ordered=True)
+        import traceback
+
+        where = "step" if traceback.extract_stack()[-2].name == "step" else "other"
+
+        def bump():
+            calls[where] += 1
+
+        jax.debug.callback(bump, ordered=True)
         return original(*args, **kwargs)
 
     model, data = _exit_problem()
     _sliding._evaluate = counting
     try:
+        jax.clear_caches()  # compiled solves hold the original function
         traj = _flow(
-            model, data, t1=4.0, saveat=np.array([0.0, 4.0]), loss="exponential", rtol=1e-7
+            model,
+            data,
+            t1=4.0,
+            saveat=np.array([0.0, 1.0, 2.0, 3.0, 4.0]),
+            loss="exponential",
+            rtol=1e-7,
         )
         jax.block_until_ready(traj.final.W)
     finally:
         _sliding._evaluate = original
-    assert int(traj.stats["grad_evals"]) == len(calls)
+    assert calls["step"] == 6 * int(traj.stats["num_steps"])  # Tsit5: 7 stages, FSAL
+    total = calls["step"] + calls["other"]
+    assert total <= int(traj.stats["grad_evals"]) <= total + 2, (calls, traj.stats)
     assert int(traj.stats["sliding_exits"]) >= 1
 
 
@@ -316,3 +339,86 @@ def test_solver_choices_and_bad_input(separable):
         SlidingReLU(inner=diffrax.Euler())
     with pytest.raises(ValueError, match="max_sliding"):
         SlidingReLU(max_sliding=0)
+
+
+def _crossing_problem():
+    """One neuron, exponential loss, two positive points at an acute angle.
+
+    `x_1` is active and pulls `w` towards itself, so `z_2 = <x_2, w>` rises through 0
+    and then keeps rising (`c_2 > 0`): a transversal crossing, no sliding. Reference:
+    scipy's DOP853 on each smooth piece, with the crossing located as an event.
+    """
+    from scipy.integrate import solve_ivp
+
+    X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
+    th0 = np.array([0.6, -0.45, 0.5])  # w, v; z = (0.6, -0.2)
+
+    def piece(active):
+        def f(t, th):
+            z = X @ th[:2]
+            h = np.where(active, z, 0.0)
+            r = np.exp(-th[2] * h)
+            return np.concatenate([X.T @ (r * th[2] * active), [np.sum(r * h)]])
+
+        return f
+
+    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
+    event = lambda t, th: (X @ th[:2])[1]  # noqa: E731
+    event.terminal = True
+    before, after = piece(np.array([1.0, 0.0])), piece(np.array([1.0, 1.0]))
+    sol = solve_ivp(before, (0.0, 10.0), th0, events=event, **tight)
+    tc, thc = sol.t_events[0][0], sol.y_events[0][0]
+
+    def exact(t):
+        if t <= tc:
+            return solve_ivp(before, (0.0, t), th0, **tight).y[:, -1]
+        return solve_ivp(after, (tc, t), thc, **tight).y[:, -1]
+
+    return nc.Dataset(X, np.array([1, 1]), 2), tc, exact
+
+
+def _one_step(solver, data, y0, t0, dt):
+    m = nc.TwoLayerReLU(jnp.asarray(y0[:2])[:, None], jnp.asarray([[y0[2]]]))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(nc.vector_field("exponential", "sum")),
+        solver,
+        t0,
+        t0 + dt,
+        dt,
+        m,
+        args=data,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        saveat=diffrax.SaveAt(t1=True),
+    )
+    return np.concatenate([np.ravel(sol.ys.W[-1]), np.ravel(sol.ys.V[-1])])
+
+
+@pytest.mark.parametrize("inner", [diffrax.Tsit5(), diffrax.Bosh3()])
+def test_kink_correction_makes_the_crossing_step_second_order(inner):
+    """One step across a transversal kink: its local error is O(dt) with the plain
+    Runge-Kutta quadrature of the indicator and O(dt^2) with `kink_correction`.
+
+    The crossing lies at 40% of each step; the reference locates it exactly.
+    """
+    data, tc, exact = _crossing_problem()
+    dts = np.array([0.2, 0.1, 0.05, 0.025])
+    errors = {}
+    for corr in (False, True):
+        solver = SlidingReLU(inner=inner, loss="exponential", kink_correction=corr)
+        errs = []
+        for dt in dts:
+            t0 = tc - 0.4 * dt
+            errs.append(
+                np.linalg.norm(_one_step(solver, data, exact(t0), t0, dt) - exact(t0 + dt))
+            )
+        errors[corr] = np.array(errs)
+    plain = np.log2(errors[False][:-1] / errors[False][1:])
+    fixed = np.log2(errors[True][:-1] / errors[True][1:])
+    assert np.all((plain > 0.75) & (plain < 1.2)) and abs(plain[-1] - 1) < 0.1, errors
+    assert np.all(fixed > 1.8), errors
+    assert errors[True][-1] < errors[False][-1] / 2, errors
+
+
+def test_kink_correction_bad_input():
+    with pytest.raises(ValueError, match="kink_error"):
+        SlidingReLU(kink_correction=True, kink_error="exact")
