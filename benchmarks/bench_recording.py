@@ -73,8 +73,10 @@ def main(argv=None) -> int:
         f"M3147: n = {data.num_samples}, h = 50, eps = 1e-3, T = {args.t1:g}, "
         f"{len(ts)} save times, rtol {args.rtol:g}, sliding solver, standard recorders"
     )
-    print("| status | loss 0 -> T | steps (rejected) | wall s (first call) | wall s (warm) | "
-          "recorded | parameters at every save | peak RSS |")
+    print(
+        "| status | loss 0 -> T | steps (rejected) | wall s (first call) | wall s (warm) | "
+        "recorded | parameters at every save | peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {traj.message()} | {float(traj.loss[0]):.4g} -> {float(traj.loss[-1]):.4g} | "
@@ -83,7 +85,10 @@ def main(argv=None) -> int:
         f"{params / 2**20:.0f} MiB | {peak:.0f} MiB |"
     )
     shapes = jax.tree_util.tree_flatten_with_path(traj.records)[0]
-    print("recorded:", ", ".join(f"{jax.tree_util.keystr(k)} {tuple(v.shape)}" for k, v in shapes))
+    print(
+        "recorded:",
+        ", ".join(f"{jax.tree_util.keystr(k)} {tuple(v.shape)}" for k, v in shapes),
+    )
     return 0
 
 

@@ -101,7 +101,7 @@ class Dataset(eqx.Module):
         """Number of samples of each class."""
         return jnp.bincount(self.y, length=self.num_classes)
 
-    def astype(self, dtype) -> "Dataset":
+    def astype(self, dtype) -> Dataset:
         """The same data set with `x` cast to `dtype` (e.g. `jnp.float32`)."""
         return Dataset(self.x.astype(dtype), self.y, self.num_classes)
 

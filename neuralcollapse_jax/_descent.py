@@ -81,7 +81,9 @@ def gradient_descent(
     if not isinstance(learning_rate, jax.core.Tracer):
         lr = np.asarray(learning_rate)
         if lr.ndim != 0 or not np.isfinite(lr) or lr <= 0:
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
+            raise ValueError(
+                f"learning_rate must be a positive number, got {learning_rate}"
+            )
     if batch_size is not None:
         if int(batch_size) != batch_size or not 1 <= batch_size:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")

@@ -11,10 +11,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike
 
 from ._dataset import Dataset
-from ._loss import check_loss, loss as loss_value
+from ._loss import check_loss
+from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
 from ._progress import LogTimeProgressMeter
 from ._trajectory import Status, Trajectory
@@ -144,7 +145,9 @@ def _status(result, final_ok: Array) -> Array:
     code = jnp.where(
         result == diffrax.RESULTS.successful,
         Status.SUCCESS,
-        jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED),
+        jnp.where(
+            result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED
+        ),
     )
     return jnp.where(final_ok, code, Status.NONFINITE).astype(jnp.int32)
 
@@ -178,7 +181,9 @@ def _validate(model, data, t1, ts, loss, reduction, rtol, atol, max_steps) -> No
     if concrete(ts):
         tsv = np.asarray(ts)
         if tsv.ndim != 1 or tsv.size == 0:
-            raise ValueError(f"saveat must be a non-empty 1-D array of times, got {tsv.shape}")
+            raise ValueError(
+                f"saveat must be a non-empty 1-D array of times, got {tsv.shape}"
+            )
         if not np.all(np.isfinite(tsv)) or np.any(np.diff(tsv) < 0) or tsv[0] < 0:
             raise ValueError("saveat times must be finite, non-negative and increasing")
         if concrete(t1) and tsv[-1] > float(np.asarray(t1)) * (1 + 1e-12):
@@ -188,8 +193,13 @@ def _validate(model, data, t1, ts, loss, reduction, rtol, atol, max_steps) -> No
             v = np.asarray(tol)
             if v.ndim != 0 or not np.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {tol}")
-    if concrete(model.W) and concrete(model.V) and not (
-        np.all(np.isfinite(np.asarray(model.W))) and np.all(np.isfinite(np.asarray(model.V)))
+    if (
+        concrete(model.W)
+        and concrete(model.V)
+        and not (
+            np.all(np.isfinite(np.asarray(model.W)))
+            and np.all(np.isfinite(np.asarray(model.V)))
+        )
     ):
         raise ValueError("the initial model has non-finite weights")
 

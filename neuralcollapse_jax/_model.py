@@ -82,15 +82,12 @@ class TwoLayerReLU(eqx.Module):
             )
         if W.shape[-1] != V.shape[-1]:
             raise ValueError(
-                f"W and V must have the same width h (last axis): W {W.shape}, "
-                f"V {V.shape}"
+                f"W and V must have the same width h (last axis): W {W.shape}, V {V.shape}"
             )
         if not jnp.issubdtype(W.dtype, jnp.floating) or not jnp.issubdtype(
             V.dtype, jnp.floating
         ):
-            raise ValueError(
-                f"W and V must be floating point, got {W.dtype} and {V.dtype}"
-            )
+            raise ValueError(f"W and V must be floating point, got {W.dtype} and {V.dtype}")
         if not 0.0 <= float(leak) < 1.0:
             raise ValueError(f"leak must be in [0, 1), got {leak}")
         self.W = W
@@ -133,7 +130,7 @@ class TwoLayerReLU(eqx.Module):
         data: Dataset | None = None,
         leak: float = 0.0,
         dtype=None,
-    ) -> "TwoLayerReLU":
+    ) -> TwoLayerReLU:
         r"""Random small initialization `theta(0) = scale * theta_0`.
 
         **Arguments:**

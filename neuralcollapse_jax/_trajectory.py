@@ -82,5 +82,6 @@ class Trajectory(eqx.Module):
         if self.models is None:
             raise ValueError("parameters were not saved: run with save_params=True")
         return jnp.sqrt(
-            jnp.sum(self.models.W**2, axis=(-2, -1)) + jnp.sum(self.models.V**2, axis=(-2, -1))
+            jnp.sum(self.models.W**2, axis=(-2, -1))
+            + jnp.sum(self.models.V**2, axis=(-2, -1))
         )

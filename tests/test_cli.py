@@ -11,8 +11,21 @@ import xarray as xr
 from neuralcollapse_jax._cli import main
 
 
-SMALL = ["--per-class", "5", "6", "7", "--dim", "12", "--width", "8", "--t1", "50",
-         "--num-saves", "20", "--no-progress"]
+SMALL = [
+    "--per-class",
+    "5",
+    "6",
+    "7",
+    "--dim",
+    "12",
+    "--width",
+    "8",
+    "--t1",
+    "50",
+    "--num-saves",
+    "20",
+    "--no-progress",
+]
 
 
 def test_run_writes_summary_trajectory_and_plot(tmp_path):
@@ -37,8 +50,12 @@ def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("width: 6\nt1: 20\nper_class: [4, 4, 4]\ndim: 12\nnum_saves: 5\n")
     out = tmp_path / "o"
-    assert main(["run", "--config", str(cfg), "--t1", "10", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["run", "--config", str(cfg), "--t1", "10", "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["t1"] == 10.0
     assert summary["options"]["width"] == 6

@@ -70,7 +70,12 @@ def test_sgd_epoch_visits_every_sample_once(problem):
     data, model = problem
     n = data.num_samples  # 15 samples, batches of 4: 4 steps per epoch (4, 4, 4, 3)
     sgd = nc.gradient_descent(
-        model, data, learning_rate=1e-9, steps=4, batch_size=4, reduction="sum",
+        model,
+        data,
+        learning_rate=1e-9,
+        steps=4,
+        batch_size=4,
+        reduction="sum",
         key=jax.random.key(5),
     )
     full = nc.gradient(model, data, reduction="sum")
@@ -83,7 +88,12 @@ def test_sgd_epoch_visits_every_sample_once(problem):
 def test_sgd_with_optax_momentum_runs(problem):
     data, model = problem
     out = nc.gradient_descent(
-        model, data, learning_rate=0.1, steps=200, batch_size=5, reduction="mean",
+        model,
+        data,
+        learning_rate=0.1,
+        steps=200,
+        batch_size=5,
+        reduction="mean",
         optimizer=optax.sgd(0.1, momentum=0.9),
     )
     assert int(out.status) == 0

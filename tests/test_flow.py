@@ -100,7 +100,10 @@ def test_jit_and_vmap_over_scales_and_seeds_match_single_runs(small_problem):
             ref = _flat(single.model_at(k))
             assert np.linalg.norm(a - ref) <= 1e-6 * np.linalg.norm(ref)
         np.testing.assert_allclose(batched.loss[b], single.loss, rtol=1e-7)
-        steps_b, steps_s = int(batched.stats["num_steps"][b]), int(single.stats["num_steps"])
+        steps_b, steps_s = (
+            int(batched.stats["num_steps"][b]),
+            int(single.stats["num_steps"]),
+        )
         assert abs(steps_b - steps_s) <= 0.05 * steps_s
     assert successes >= 2
 
@@ -240,8 +243,9 @@ def test_bad_inputs(small_problem):
     with pytest.raises(ValueError, match="unknown loss"):
         flow(loss="hinge")
     with pytest.raises(ValueError, match="dimension"):
-        nc.gradient_flow(nc.TwoLayerReLU.init(jax.random.key(0), 5, 8, 3, 1e-3),
-                         small_problem, t1=1.0)
+        nc.gradient_flow(
+            nc.TwoLayerReLU.init(jax.random.key(0), 5, 8, 3, 1e-3), small_problem, t1=1.0
+        )
     bad = nc.TwoLayerReLU(model.W.at[0, 0].set(jnp.nan), model.V)
     with pytest.raises(ValueError, match="non-finite"):
         nc.gradient_flow(bad, small_problem, t1=1.0)

@@ -59,7 +59,9 @@ def test_semi_local_init_draws_from_data(getkey):
         w = np.asarray(m.W[:, j]) / 1e-3
         i = int(np.argmax(u @ w))
         np.testing.assert_allclose(w, u[i], atol=1e-12)
-        np.testing.assert_allclose(np.asarray(m.V[:, j]) / 1e-3, E[:, int(data.y[i])], atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(m.V[:, j]) / 1e-3, E[:, int(data.y[i])], atol=1e-12
+        )
     # balanced: ||w_j|| = ||v_j|| (the columns of E~ are unit vectors)
     np.testing.assert_allclose(jnp.linalg.norm(m.W, axis=0), jnp.linalg.norm(m.V, axis=0))
 

@@ -59,7 +59,10 @@ class PartStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         # A writer killed between creating its temporary file and renaming it leaves the
         # temporary behind; it never holds a finished chunk, so it is removed here.
-        for stale in [*self.dir.glob(".*.tmp"), *output.parent.glob(f".{output.name}*.tmp")]:
+        for stale in [
+            *self.dir.glob(".*.tmp"),
+            *output.parent.glob(f".{output.name}*.tmp"),
+        ]:
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
