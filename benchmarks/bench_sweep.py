@@ -356,19 +356,7 @@ def bench_memory(args) -> None:
 
             params, x, y = _chunk_inputs(plan, block, block.runs, np.float64)
             spec = dict(_solve.block_spec(block, "float64"), batched_atol=batch > 1)
-            W, V, atol = _solve.initial_models(spec, params, x, y, True, np.float64)
-            args_ = (
-                {
-                    "W": W,
-                    "V": V,
-                    "t1": params["t1"],
-                    "ts": params["ts"],
-                    "rtol": params["rtol"],
-                    "atol": atol,
-                },
-                x,
-                y,
-            )
+            args_ = (_solve.solve_inputs(spec, params, x, y, True), x, y)
             fn = _solve.chunk_function(spec, {}, batch, True)
             ma = fn.lower(*args_).compile().memory_analysis()
             temp = ma.temp_size_in_bytes

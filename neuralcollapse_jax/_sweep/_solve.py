@@ -210,6 +210,20 @@ def compiled(fn: Callable, args: tuple) -> Callable:
     return exe
 
 
+def solve_inputs(spec: dict, params: dict, x, y, shared_data: bool) -> dict:
+    """The traced inputs of a chunk's compiled solve: `theta(0)` of every run (see
+    `initial_models`), its horizon, save times and tolerances."""
+    W, V, atol = initial_models(spec, params, x, y, shared_data, np.dtype(spec["dtype"]))
+    return {
+        "W": W,
+        "V": V,
+        "t1": params["t1"],
+        "ts": params["ts"],
+        "rtol": params["rtol"],
+        "atol": atol,
+    }
+
+
 def run_chunk(
     spec: dict,
     record: dict[str, Callable],
@@ -244,18 +258,9 @@ def run_chunk(
         params["seed"] = params["seed"].astype(np.int32)
     if not shared_data:
         x, y = padded(x), padded(y)
-    dtype = np.dtype(spec["dtype"])
     with jax.default_device(device) if device is not None else contextlib.nullcontext():
         spec = dict(spec, batched_atol=batch_size > 1)
-        W, V, atol = initial_models(spec, params, x, y, shared_data, dtype)
-    params = {
-        "W": W,
-        "V": V,
-        "t1": params["t1"],
-        "ts": params["ts"],
-        "rtol": params["rtol"],
-        "atol": atol,
-    }
+        params = solve_inputs(spec, params, x, y, shared_data)
     fn = chunk_function(spec, record, min(batch_size, chunk_size), shared_data)
     args = (params, x, y)
     if device is not None:
