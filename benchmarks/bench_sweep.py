@@ -264,7 +264,8 @@ def bench_gpu(args) -> None:
     import neuralcollapse_jax as nc
 
     sizes = [64, 1024, 4096] if args.quick else [64, 256, 1024, 4096, 16384]
-    dtypes = ["float32", "float64"]
+    sizes = args.sizes or sizes
+    dtypes = args.dtypes
     peak = {"float64": args.peak_fp64, "float32": args.peak_fp32}
     rows = []
     for dtype in dtypes:
@@ -378,6 +379,10 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="CPU: timed repetitions (best)")
     p.add_argument("--workers", type=int, help="CPU: sweep worker threads (default: cores)")
     p.add_argument("--chunk", type=int, default=4096, help="GPU: runs per chunk")
+    p.add_argument("--sizes", type=int, nargs="*", help="GPU: batch sizes B to time")
+    p.add_argument(
+        "--dtypes", nargs="*", default=["float32", "float64"], help="GPU: dtypes to time"
+    )
     p.add_argument(
         "--naive-at",
         type=int,

@@ -37,6 +37,7 @@ from ._model import (
     pseudo_labels as pseudo_labels,
 )
 from ._reproduce import reproduce as reproduce
+from ._rk import UnrolledERK as UnrolledERK
 from ._sliding import SlidingReLU as SlidingReLU
 from ._sweep import (
     SweepConfig as SweepConfig,

@@ -195,20 +195,25 @@ def test_explicit_solver(small_problem):
     assert int(a.stats["grad_evals"]) > int(a.stats["num_steps"])
 
 
-def test_grad_evals_count_is_exact(small_problem):
-    """Count vector-field calls through a host callback and compare."""
+@pytest.mark.parametrize("solver", [None, "diffrax"])
+def test_grad_evals_count_is_exact(small_problem, solver):
+    """Count vector-field calls through a host callback and compare (the default
+    solver and a plain Diffrax one, with the automatic initial step)."""
     calls = []
     model = nc.TwoLayerReLU.init(jax.random.key(11), 12, 8, 3, 1e-2)
     field = nc.vector_field("cross_entropy", "sum")
+    solver = diffrax.Tsit5() if solver == "diffrax" else None
 
     def counting(t, y, args):
         jax.debug.callback(lambda: calls.append(1), ordered=True)
         return field(t, y, args)
 
-    traj = nc.gradient_flow(model, small_problem, t1=2.0, saveat=np.array([0.0, 2.0]))
+    traj = nc.gradient_flow(
+        model, small_problem, t1=2.0, saveat=np.array([0.0, 2.0]), solver=solver
+    )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(counting),
-        diffrax.Tsit5(),
+        solver or nc.UnrolledERK(diffrax.Tsit5()),  # the default's solver
         0.0,
         2.0,
         None,

@@ -26,14 +26,11 @@ def solver_object(name):
         return None
     import diffrax
 
-    return {
-        "tsit5": diffrax.Tsit5,
-        "dopri5": diffrax.Dopri5,
-        "dopri8": diffrax.Dopri8,
-        "bosh3": diffrax.Bosh3,
-        "heun": diffrax.Heun,
-        "euler": diffrax.Euler,
-    }[name]()
+    from .._flow import REGULAR_SOLVERS
+
+    if name in REGULAR_SOLVERS:  # as `gradient_flow(solver=name)` builds it
+        return REGULAR_SOLVERS[name]()
+    return {"heun": diffrax.Heun, "euler": diffrax.Euler}[name]()
 
 
 def recorders(record: tuple[str, ...], record_fns: dict | None) -> dict[str, Callable]:
