@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,24 @@ def _weighted(ks, coeffs, like):
     return jax.tree.map(leaf, *[k for _, k in terms])
 
 
-class UnrolledERK(diffrax.AbstractAdaptiveSolver):
+class AbstractTableauSolver(diffrax.AbstractAdaptiveSolver):
+    """A solver built on the tableau of a Diffrax explicit Runge-Kutta solver `inner`:
+    its order, error order and dense interpolation are `inner`'s."""
+
+    inner: eqx.AbstractVar[diffrax.AbstractERK]
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.inner.interpolation_cls
+
+    def order(self, terms):
+        return self.inner.order(terms)
+
+    def error_order(self, terms):
+        return self.inner.error_order(terms)
+
+
+class UnrolledERK(AbstractTableauSolver):
     """An explicit Runge-Kutta method of Diffrax with its stages unrolled.
 
     Same method as `inner` (its Butcher tableau, embedded error estimate, dense
@@ -77,16 +95,6 @@ class UnrolledERK(diffrax.AbstractAdaptiveSolver):
                 "UnrolledERK needs an explicit Runge-Kutta solver of Diffrax "
                 f"(Tsit5, Dopri5, Dopri8, Bosh3), got {type(self.inner).__name__}"
             )
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.inner.interpolation_cls
-
-    def order(self, terms):
-        return self.inner.order(terms)
-
-    def error_order(self, terms):
-        return self.inner.error_order(terms)
 
     @property
     def _fsal(self) -> bool:

@@ -38,7 +38,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._dataset import Dataset
 from ._loss import per_sample_loss
 from ._model import TwoLayerReLU
-from ._rk import _combine, _weighted
+from ._rk import AbstractTableauSolver, _combine, _weighted
 
 
 class _Field(eqx.Module):
@@ -304,7 +304,7 @@ def _kink_correction(
     return dt * _project(dA, mode.xs, mode.ginv), jnp.zeros_like(dA)
 
 
-class SlidingReLU(diffrax.AbstractAdaptiveSolver):
+class SlidingReLU(AbstractTableauSolver):
     r"""Explicit Runge-Kutta with Filippov sliding on the ReLU kinks.
 
     Integrates `d theta/dt in -dL(theta)` for `TwoLayerReLU` models, holding each
@@ -368,16 +368,6 @@ class SlidingReLU(diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 f"iterations must be a positive integer, got {self.iterations}"
             )
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.inner.interpolation_cls
-
-    def order(self, terms):
-        return self.inner.order(terms)
-
-    def error_order(self, terms):
-        return self.inner.error_order(terms)
 
     def evals_per_step(self) -> tuple[int, int]:
         """`(gradient evaluations per step, at start)`: the tableau's stages minus one
