@@ -422,3 +422,23 @@ def test_kink_correction_makes_the_crossing_step_second_order(inner):
 def test_kink_correction_bad_input():
     with pytest.raises(ValueError, match="kink_error"):
         SlidingReLU(kink_correction=True, kink_error="exact")
+
+
+def test_pairs_short_of_a_slot_stay_regular():
+    """With one slot per neuron, the candidates that find no free slot are left to the
+    regular field (counted as `sliding_overflow`): slower, but the same flow."""
+    data = datasets.mnist(per_class=6)
+    model = nc.TwoLayerReLU.init(jax.random.key(5), 784, 6, 3, 1e-2)
+    ts = jnp.array([0.0, 1.0])
+    runs = {
+        m: _flow(
+            model, data, t1=1.0, saveat=ts, rtol=1e-6, solver=SlidingReLU(max_sliding=m)
+        )
+        for m in (1, 32)
+    }
+    few, enough = runs[1].stats, runs[32].stats
+    assert int(few["sliding_overflow"]) > 0
+    assert int(enough["sliding_overflow"]) == 0
+    assert int(enough["sliding_max_pairs"]) > int(few["sliding_max_pairs"])
+    a, b = _flat(runs[1].final), _flat(runs[32].final)
+    assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
