@@ -24,20 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _combine(y0, ks, coeffs):
-    """`y0 + sum_j a_j k_j` over the nonzero `a_j` (as Python floats: the tableau is
-    static)."""
-    terms = [(float(a), k) for a, k in zip(coeffs, ks) if a != 0]
-
-    def leaf(y, *kl):
-        out = y
-        for (a, _), k in zip(terms, kl):
-            out = out + jnp.asarray(a, k.dtype) * k
-        return out
-
-    return jax.tree.map(leaf, y0, *[k for _, k in terms])
-
-
 def _weighted(ks, coeffs, like):
     """`sum_j b_j k_j` over the nonzero `b_j`; zeros shaped like `like` if none."""
     terms = [(float(b), k) for b, k in zip(coeffs, ks) if b != 0]
@@ -51,6 +37,12 @@ def _weighted(ks, coeffs, like):
         return out
 
     return jax.tree.map(leaf, *[k for _, k in terms])
+
+
+def _combine(y0, ks, coeffs):
+    """`y0 + sum_j a_j k_j` over the nonzero `a_j` (as Python floats: the tableau is
+    static), summed from `y0` on (`1.0 * y0` is exact)."""
+    return _weighted([y0, *ks], [1.0, *coeffs], y0)
 
 
 class AbstractTableauSolver(diffrax.AbstractAdaptiveSolver):

@@ -140,13 +140,28 @@ def _empty_mode(n: int, h: int, m: int, D: int, dtype) -> _Mode:
     )
 
 
+def _candidates(state: SlidingState) -> tuple[Array, Array]:
+    """The current sliding pairs (`n x h` mask) and the candidates to enter: pairs
+    whose `z_ij` changed sign over the last accepted step with `c_ij < 0`."""
+    f = state.field
+    old = _slot_mask(state.idx, f.Z.shape[0])
+    cand = ((f.Z > 0) != state.positive) & ~old & (f.C < 0)
+    return old, cand
+
+
 def _update_mode(
-    state: SlidingState, x: Array, leak: float, iterations: int, tol: float
+    state: SlidingState,
+    old: Array,
+    cand: Array,
+    x: Array,
+    leak: float,
+    iterations: int,
+    tol: float,
 ) -> tuple[Array, _Mode, _Field, dict[str, Array]]:
     """Decide the sliding set at the start of a step, from the stored evaluation.
 
-    Candidates to enter are pairs whose `z_ij` changed sign over the last accepted step
-    with `c_ij < 0`; together with the current sliding pairs they are checked jointly
+    Candidates to enter (`cand`, see `_candidates`), together with the current sliding
+    pairs (`old`), are checked jointly
     for `s_ij in [leak, 1]`, dropping the failures and re-checking (an active-set
     iteration for the neuron's box-constrained least-squares problem). Everything works
     on the `m x m` Gram matrices of the slots; no `n x n` matrix is formed.
@@ -157,9 +172,6 @@ def _update_mode(
     f = state.field
     n, h = f.Z.shape
     m = state.idx.shape[1]
-    old = _slot_mask(state.idx, n)
-    positive = f.Z > 0
-    cand = (positive != state.positive) & ~old & (f.C < 0)
     # Slots: the current sliding pairs keep theirs; candidates fill the free ones in
     # sample order (a rank by cumulative sums and one scatter, O(n h); a sort of all
     # pairs by priority cost a tenth of a step at n = 3147). Candidates beyond the
@@ -217,20 +229,19 @@ def _slots(idx: Int[Array, "h m"], x: Array) -> Array:
     return jnp.where((idx >= 0)[..., None], x[jnp.maximum(idx, 0)], 0.0)
 
 
-def _mode_holds(state: SlidingState, xs: Array, leak: float, tol: float) -> Array:
+def _mode_holds(
+    state: SlidingState, cand: Array, xs: Array, leak: float, tol: float
+) -> Array:
     """Whether the sliding set stays as it is at the start of this step: no pair
     changed sign over the last step (no candidate to enter) and every sliding pair
     still has `s_ij in [leak, 1]` and `c_ij < 0` (none exits).
 
     The usual case by far; the stored Gram inverses and evaluation are then reused,
-    and the active-set update (a sort over all pairs, the Gram matrices of the slots
-    and their factorisations) is skipped.
+    and the active-set update (slot assignment, the Gram matrices of the slots and
+    their factorisations) is skipped.
     """
     f = state.field
-    n = f.Z.shape[0]
     used = state.idx >= 0
-    old = _slot_mask(state.idx, n)
-    cand = ((f.Z > 0) != state.positive) & ~old & (f.C < 0)
     cs = jnp.take_along_axis(f.C.T, jnp.maximum(state.idx, 0), axis=1)
     cneg = jnp.where(cs < 0, cs, -1.0)
     # `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set check.
@@ -410,16 +421,16 @@ class SlidingReLU(AbstractTableauSolver):
         data = args
         leak = y0.leak
         xs_old = _slots(state.idx, data.x)
+        old, cand = _candidates(state)
 
         def update(_):
             idx, mode, first, counters = _update_mode(
-                state, data.x, leak, self.iterations, self.tol
+                state, old, cand, data.x, leak, self.iterations, self.tol
             )
             return idx, mode, first, {k: v.astype(jnp.int32) for k, v in counters.items()}
 
         def keep(_):
-            n = data.x.shape[0]
-            mode = _Mode(mask=_slot_mask(state.idx, n), xs=xs_old, ginv=state.ginv)
+            mode = _Mode(mask=old, xs=xs_old, ginv=state.ginv)
             zero = jnp.zeros((), jnp.int32)
             pairs = jnp.sum(state.idx >= 0).astype(jnp.int32)
             counters = dict(entries=zero, exits=zero, overflow=zero, pairs=pairs)
@@ -428,7 +439,7 @@ class SlidingReLU(AbstractTableauSolver):
         # A real branch on one device (the update is skipped in most steps); under
         # `vmap` both sides run and the result is selected.
         idx, mode, first, counters = jax.lax.cond(
-            _mode_holds(state, xs_old, leak, self.tol), keep, update, None
+            _mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
         )
         tab = self.inner.tableau
         dt = t1 - t0
