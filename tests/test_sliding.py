@@ -442,3 +442,90 @@ def test_pairs_short_of_a_slot_stay_regular():
     assert int(enough["sliding_max_pairs"]) > int(few["sliding_max_pairs"])
     a, b = _flat(runs[1].final), _flat(runs[32].final)
     assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
+
+
+def test_spd_inverse_matches_numpy():
+    """The Gauss-Jordan sweeps give the inverse of SPD matrices, including nearly
+    singular Gram matrices with the masked inverse's ridge."""
+    from neuralcollapse_jax._sliding import _masked_inverse, _spd_inverse
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 8, 12))
+    G = np.einsum("jmd,jkd->jmk", X, X)
+    inv = np.asarray(jax.jit(_spd_inverse)(jnp.asarray(G)))
+    np.testing.assert_allclose(inv, np.linalg.inv(G), rtol=1e-10, atol=1e-12)
+    # masked: only the used slots, zero elsewhere; a repeated sample stays finite
+    used = rng.random((5, 8)) < 0.5
+    used[:, :2] = True
+    X[:, 1] = X[:, 0]
+    G = np.einsum("jmd,jkd->jmk", X, X)
+    out = np.asarray(_masked_inverse(jnp.asarray(G), jnp.asarray(used)))
+    assert np.all(np.isfinite(out))
+    assert np.all(out[~(used[:, :, None] & used[:, None, :])] == 0)
+    for j in range(5):
+        idx = np.nonzero(used[j])[0][1:]  # drop the duplicate: invertible
+        sub = G[j][np.ix_(idx, idx)]
+        keep = jnp.asarray(used[j : j + 1]).at[0, 0].set(False)
+        full = np.asarray(_masked_inverse(jnp.asarray(G[j : j + 1]), keep))[0]
+        np.testing.assert_allclose(full[np.ix_(idx, idx)], np.linalg.inv(sub), rtol=1e-8)
+
+
+def test_entry_filter_is_a_necessary_condition():
+    """Every pair that the joint active-set check accepts into a neuron's sliding set
+    (keeping the pairs already there) passes the cheap entry filter: on random fields,
+    with neurons that already slide on other samples, the filter never rejects a pair
+    that the check would keep."""
+    from neuralcollapse_jax._sliding import (
+        SlidingState,
+        _could_enter,
+        _Field,
+        _masked_inverse,
+        _project,
+        _slot_mask,
+        _update_mode,
+    )
+
+    rng = np.random.default_rng(1)
+    n, D, h, m = 40, 6, 7, 8
+    kept_total = 0
+    for trial in range(20):
+        x = jnp.asarray(rng.normal(size=(n, D)))
+        Z = jnp.asarray(rng.normal(size=(n, h)) * 0.1)
+        C = jnp.asarray(-np.abs(rng.normal(size=(n, h))))
+        # current sliding sets: one or two samples per neuron, the rest empty
+        idx = np.full((h, m), -1, np.int32)
+        for j in range(h):
+            k = rng.integers(0, 3)
+            idx[j, :k] = rng.choice(n, size=k, replace=False)
+        idx = jnp.asarray(idx)
+        old = _slot_mask(idx, n)
+        slope = (Z > 0).astype(Z.dtype)
+        A = x.T @ jnp.where(old, 0.0, C * slope) + jnp.asarray(rng.normal(size=(D, h)))
+        xs = jnp.where((idx >= 0)[..., None], x[jnp.maximum(idx, 0)], 0.0)
+        G = jnp.einsum("jmd,jkd->jmk", xs, xs)
+        ginv = _masked_inverse(G, idx >= 0)
+        field = _Field(dW=_project(A, xs, ginv), dV=jnp.zeros((3, h)), Z=Z, C=C, A=A)
+        state = SlidingState(
+            idx=idx,
+            ginv=ginv,
+            field=field,
+            positive=Z > 0,
+            entries=jnp.int32(0),
+            exits=jnp.int32(0),
+            overflow=jnp.int32(0),
+            max_pairs=jnp.int32(0),
+            mode_changes=jnp.int32(0),
+        )
+        # one candidate per neuron at a time (the filter is exact for single entries)
+        for i in rng.choice(n, size=5, replace=False):
+            cand = jnp.zeros((n, h), bool).at[i].set(True) & ~old
+            new_idx, *_ = _update_mode(state, old, cand, x, 0.0, 3, 1e-9)
+            new = np.asarray(_slot_mask(new_idx, n))
+            # the filter refers to the current set: neurons that kept all their
+            # sliding pairs (the others were checked against a smaller set)
+            held = np.all(new >= np.asarray(old), axis=0)
+            kept = new[i] & np.asarray(cand)[i] & held
+            passes = np.asarray(_could_enter(field, x, 0.0, 1e-9))[i]
+            assert np.all(passes[kept]), (trial, i)
+            kept_total += int(kept.sum())
+    assert kept_total > 10  # the check did accept pairs: the implication was tested
