@@ -80,10 +80,9 @@ class SlidingState(eqx.Module):
 def _masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     """Inverse of each neuron's Gram matrix restricted to its used slots.
 
-    Empty slots get an identity block so that the batched Cholesky factorisation is
-    well posed, then are zeroed. A relative ridge of `1e3 * eps` keeps it defined when
-    sliding samples are (nearly) linearly dependent; the projection is then exact to
-    that level. (A Cholesky solve is several times cheaper than a pseudo-inverse here.)
+    Empty slots get an identity block so that the batched inverse is well posed, then
+    are zeroed. A relative ridge of `1e3 * eps` keeps it defined when sliding samples
+    are (nearly) linearly dependent; the projection is then exact to that level.
     """
     outer = used[:, :, None] & used[:, None, :]
     m = G.shape[-1]
@@ -100,9 +99,10 @@ def _spd_inverse(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     sweeps on the diagonal pivots (no pivoting is needed for SPD matrices).
 
     Written out in `jax.numpy` because LAPACK's Cholesky and triangular solves, called
-    as custom calls inside the integration loop, cost about 14 ms per call on a CPU
-    here (0.9 ms outside the loop), which doubled the cost of a step on M3147. The
-    sweeps are `m` rank-one updates of the whole batch.
+    as custom calls inside the integration loop, cost about 14 ms per call on a 2-core
+    CPU (0.9 ms outside the loop; measured), which doubled the cost of a step on M3147.
+    The sweeps are `m` rank-one updates of the whole batch, in a `fori_loop` (unrolled
+    they run faster but compile several times slower).
     """
     m = A.shape[-1]
     idx = jnp.arange(m)
