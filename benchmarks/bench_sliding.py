@@ -106,6 +106,9 @@ def main(argv=None) -> int:
         "--m3147-only", action="store_true", help="only the M3147 timings (CPU check)"
     )
     parser.add_argument(
+        "--late-only", action="store_true", help="only the late-phase table and plot"
+    )
+    parser.add_argument(
         "--m3147-t1",
         type=float,
         default=None,
@@ -135,6 +138,9 @@ def main(argv=None) -> int:
         f"\n## {name}: n = {data.num_samples}, h = {WIDTH}, eps = {EPS}, T = {T}, "
         f"initial loss {float(nc.loss(model, data)):.4g}"
     )
+    if args.late_only:
+        _late_phase(args, quick, model, data, name)
+        return 0
 
     # 1. reference: GD with shrinking steps, Richardson-extrapolated
     lrs = [4e-5, 2e-5, 1e-5] if quick else [1.6e-5, 8e-6, 4e-6, 2e-6, 1e-6]
@@ -244,50 +250,8 @@ def main(argv=None) -> int:
 
     # 5. late phase
     if not args.skip_late:
-        horizons = [1.0, 10.0, 100.0] if quick else [1.0, 10.0, 100.0, 1e3, 1e4]
-        # one run per horizon (Diffrax counts the steps of a whole solve)
-        print(f"\n### {name}: late phase, sliding rtol 1e-5: cost against the horizon")
-        print("| T | loss at T | grad evals | steps (rejected) | evals / previous |")
-        print("|---|---|---|---|---|")
-        evals = []
-        prev = None
-        for T_h in horizons:
-            tr = _flow(model, data, T_h, 1e-5, "sliding", 400_000)
-            st = {k: int(v) for k, v in tr.stats.items()}
-            evals.append(st["grad_evals"])
-            ratio = "" if prev is None else f"{st['grad_evals'] / prev:.2f}"
-            print(
-                f"| {T_h:g} | {float(tr.loss[-1]):.4g} | {st['grad_evals']} | "
-                f"{st['num_steps']} ({st['num_rejected_steps']}) | {ratio} |"
-            )
-            prev = st["grad_evals"]
-        try:
-            import matplotlib
+        _late_phase(args, quick, model, data, name)
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(4.5, 3.2))
-            ax.loglog(horizons, evals, "o-", label="sliding (rtol 1e-5)")
-            ax.loglog(
-                horizons,
-                evals[0] * np.asarray(horizons),
-                "k--",
-                lw=0.8,
-                label="linear growth",
-            )
-            ax.set_xlabel("horizon T")
-            ax.set_ylabel("gradient evaluations")
-            ax.set_title(f"{name}: cost of the late phase")
-            ax.legend()
-            fig.tight_layout()
-            path = os.path.join(
-                args.out, f"sliding_late_phase{'_quick' if quick else ''}.png"
-            )
-            fig.savefig(path, dpi=120)
-            print(f"plot: {path}")
-        except ImportError:
-            print("matplotlib not installed: no plot")
     # 6. Second method against the first: is GD approaching the sliding solution?
     # (last: the tight run is the slowest part after the reference)
     tight = 1e-6 if quick else 1e-7
@@ -306,6 +270,52 @@ def main(argv=None) -> int:
         print(f"| GD lr {lr:g} | {np.linalg.norm(gd[lr][0] - xs) / ns:.2e} |")
     print(f"| GD Richardson reference | {np.linalg.norm(ref - xs) / ns:.2e} |")
     return 0
+
+
+def _late_phase(args, quick: bool, model, data, name: str) -> None:
+    """Gradient evaluations of the sliding solver against the horizon T (and a plot)."""
+    horizons = [1.0, 10.0, 100.0] if quick else [1.0, 10.0, 100.0, 1e3, 1e4]
+    # one run per horizon (Diffrax counts the steps of a whole solve)
+    print(f"\n### {name}: late phase, sliding rtol 1e-5: cost against the horizon")
+    print("| T | loss at T | grad evals | steps (rejected) | evals / previous |")
+    print("|---|---|---|---|---|")
+    evals = []
+    prev = None
+    for T_h in horizons:
+        tr = _flow(model, data, T_h, 1e-5, "sliding", 400_000)
+        st = {k: int(v) for k, v in tr.stats.items()}
+        evals.append(st["grad_evals"])
+        ratio = "" if prev is None else f"{st['grad_evals'] / prev:.2f}"
+        print(
+            f"| {T_h:g} | {float(tr.loss[-1]):.4g} | {st['grad_evals']} | "
+            f"{st['num_steps']} ({st['num_rejected_steps']}) | {ratio} |"
+        )
+        prev = st["grad_evals"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.loglog(horizons, evals, "o-", label="sliding (rtol 1e-5)")
+        ax.loglog(
+            horizons,
+            evals[0] * np.asarray(horizons),
+            "k--",
+            lw=0.8,
+            label="linear growth",
+        )
+        ax.set_xlabel("horizon T")
+        ax.set_ylabel("gradient evaluations")
+        ax.set_title(f"{name}: cost of the late phase")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(args.out, f"sliding_late_phase{'_quick' if quick else ''}.png")
+        fig.savefig(path, dpi=120)
+        print(f"plot: {path}")
+    except ImportError:
+        print("matplotlib not installed: no plot")
 
 
 def _m3147(args, quick: bool) -> None:
