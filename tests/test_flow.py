@@ -264,3 +264,55 @@ def test_log_times():
     assert np.all(np.diff(ts) > 0)
     with pytest.raises(ValueError, match="t1"):
         nc.log_times(0.0)
+
+
+@pytest.mark.parametrize("solver", [None, "sliding"])
+def test_row_space_reduction_is_the_same_flow(solver):
+    """With rank(X) < D, integrating in the row space of X gives the full-space flow:
+    the saved parameters, loss and records agree with a full-space run to the
+    tolerance, the part of W outside the row space stays at its initial value, and
+    ||w_j||^2 - ||v_j||^2 is conserved."""
+    # three classes in D = 10 whose samples span 6 dimensions
+    data = datasets.orthogonally_separable(jax.random.key(3), 3, 20, dim=10)
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 8, 3, 1e-2)
+    Q = np.asarray(nc._flow.row_space_basis(data))
+    assert Q.shape == (10, 6)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
+    assert np.linalg.matrix_rank(np.asarray(data.x)) == 6
+    ts = nc.log_times(5.0, 10)
+    rec = {"w2": lambda m, d: jnp.sum(m.W**2)}
+    kw = dict(t1=5.0, saveat=ts, rtol=1e-10, solver=solver, record=rec)
+    full = nc.gradient_flow(model, data, **kw)
+    red = nc.gradient_flow(model, data, row_space=True, **kw)
+    assert int(full.status) == 0 and int(red.status) == 0
+    W_full, W_red = np.asarray(full.models.W), np.asarray(red.models.W)
+    scale = np.abs(W_full).max(axis=(1, 2), keepdims=True)
+    assert np.max(np.abs(W_red - W_full) / scale) < 1e-6
+    np.testing.assert_allclose(red.loss, full.loss, rtol=1e-6)
+    np.testing.assert_allclose(red.records["w2"], full.records["w2"], rtol=1e-6)
+    P = np.eye(10) - Q @ Q.T  # the part outside the row space does not move
+    W0 = np.asarray(model.W)
+    assert np.max(np.abs(P @ W_red - P @ W0)) < 1e-14 * np.abs(W0).max() * 100
+    V = np.asarray(red.models.V)
+    balance = np.sum(W_red**2, axis=1) - np.sum(V**2, axis=1)
+    np.testing.assert_allclose(balance, balance[:1].repeat(len(ts), 0), atol=1e-9)
+    assert red.stats["grad_evals"] < 1.5 * full.stats["grad_evals"]
+
+
+def test_row_space_full_rank_and_traced_data():
+    """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
+    x = jax.random.normal(jax.random.key(5), (30, 10), dtype=jnp.float64)
+    data = nc.Dataset(x, jnp.arange(30) % 3)
+    assert nc._flow.row_space_basis(data).shape == (10, 10)
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 8, 3, 1e-2)
+    kw = dict(t1=5.0, saveat=nc.log_times(5.0, 5), rtol=1e-8)
+    a = nc.gradient_flow(model, data, **kw)
+    b = nc.gradient_flow(model, data, row_space=True, **kw)
+    np.testing.assert_array_equal(np.asarray(a.models.W), np.asarray(b.models.W))
+
+    @jax.jit
+    def traced(x):
+        return nc.gradient_flow(model, nc.Dataset(x, data.y, 3), row_space=True, **kw)
+
+    with pytest.raises(ValueError, match="row_space=True needs concrete data"):
+        traced(data.x)
