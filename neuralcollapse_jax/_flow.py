@@ -244,10 +244,9 @@ def row_space_basis(data: Dataset) -> Array:
             "row_space=True needs concrete data: the rank decides array shapes, so it "
             "cannot be used with data traced under jit/vmap"
         )
-    x = np.asarray(data.x, dtype=np.float64)
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    eps = np.finfo(np.asarray(data.x).dtype).eps
-    r = int(np.sum(s > max(x.shape) * eps * (s[0] if s.size else 0.0)))
+    _, s, vt = np.linalg.svd(np.asarray(data.x, dtype=np.float64), full_matrices=False)
+    eps = jnp.finfo(data.x.dtype).eps
+    r = int(np.sum(s > max(data.x.shape) * eps * (s[0] if s.size else 0.0)))
     return jnp.asarray(vt[:r].T, dtype=data.x.dtype)
 
 
@@ -408,9 +407,9 @@ def _solve(
     else:
         # Diffrax's RMS norm, over the full parameter count: the part outside the row
         # space has no error, so this is the full-space RMS of the same error.
-        size = lambda m: m.W.size + m.V.size  # noqa: E731
-        full = lift.W_perp.size + model.V.size
-        shrink = float(np.sqrt(size(model) / full))
+        shrink = float(
+            np.sqrt((model.W.size + model.V.size) / (lift.W_perp.size + model.V.size))
+        )
         controller = diffrax.PIDController(
             rtol=rtol, atol=atol, norm=lambda e: optx.rms_norm(e) * shrink
         )

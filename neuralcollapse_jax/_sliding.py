@@ -164,6 +164,13 @@ def _empty_mode(n: int, h: int, m: int, D: int, dtype) -> _Mode:
     )
 
 
+def _in_box(eta: Array, cs: Array, leak: float, tol: float) -> Array:
+    """Slots whose sliding weight `s = eta / c` lies in `[leak, 1]` (to `tol`) with
+    `c < 0`: the test of the joint check, for entering and for staying."""
+    s = eta / jnp.where(cs < 0, cs, -1.0)
+    return (cs < 0) & (s >= leak - tol) & (s <= 1.0 + tol)
+
+
 def _candidates(state: SlidingState) -> tuple[Array, Array]:
     """The current sliding pairs (`n x h` mask) and the candidates to enter: pairs
     whose `z_ij` changed sign over the last accepted step with `c_ij < 0`."""
@@ -250,13 +257,11 @@ def _update_mode(
     a_full = f.A + jnp.einsum("jmd,jm->dj", xs, jnp.where(was, cs * slope, 0.0))
     G = jnp.einsum("jmd,jkd->jmk", xs, xs)
     q_full = jnp.einsum("jmd,dj->jm", xs, a_full)
-    cneg = jnp.where(cs < 0, cs, -1.0)
 
     def check(used, ginv):
         q = q_full - jnp.einsum("jmk,jk->jm", G, jnp.where(used, cs * slope, 0.0))
         eta = -jnp.einsum("jmk,jk->jm", ginv, q)
-        s = eta / cneg
-        return used & (cs < 0) & (s >= leak - tol) & (s <= 1.0 + tol)
+        return used & _in_box(eta, cs, leak, tol)
 
     # Up to `iterations` rounds of (inverse, check), stopping at a fixed point: the
     # set a round keeps is the set it checked, so later rounds change nothing and the
@@ -305,12 +310,9 @@ def _mode_holds(
     f = state.field
     used = state.idx >= 0
     cs = jnp.take_along_axis(f.C.T, jnp.maximum(state.idx, 0), axis=1)
-    cneg = jnp.where(cs < 0, cs, -1.0)
     # `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set check.
     eta = -jnp.einsum("jmk,jk->jm", state.ginv, jnp.einsum("jmd,dj->jm", xs, f.A))
-    s = eta / cneg
-    ok = (cs < 0) & (s >= leak - tol) & (s <= 1.0 + tol)
-    return ~jnp.any(cand) & jnp.all(ok | ~used)
+    return ~jnp.any(cand) & jnp.all(_in_box(eta, cs, leak, tol) | ~used)
 
 
 def _kink_correction(
