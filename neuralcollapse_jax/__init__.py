@@ -7,6 +7,9 @@ from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent
 from ._descent import log_steps as log_steps
 from ._flow import (
+    auto_solver as auto_solver,
+)
+from ._flow import (
     default_atol as default_atol,
 )
 from ._flow import (

@@ -396,8 +396,9 @@ class SlidingReLU(AbstractTableauSolver):
 
     **Arguments:**
 
-    - `inner`: a first-same-as-last explicit Runge-Kutta solver (`diffrax.Tsit5()`,
-      `diffrax.Dopri5()`, `diffrax.Bosh3()`).
+    - `inner`: a first-same-as-last explicit Runge-Kutta solver: `diffrax.Tsit5()`
+      (default), `diffrax.Bosh3()` (cheaper at loose tolerances, `rtol >= 1e-6`: what
+      `gradient_flow(solver="sliding")` picks there), `diffrax.Dopri5()`.
     - `loss`, `reduction`: as in `neuralcollapse_jax.loss`.
     - `max_sliding`: slots per neuron (`m`). A pair that would slide but finds no free
       slot stays regular (correct, but it may chatter); counted in the `overflow` stat.

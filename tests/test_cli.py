@@ -98,3 +98,22 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "width" in proc.stderr
+
+
+def test_mnist_run_defaults_to_rtol_1e5_and_the_sliding_solver(tmp_path):
+    """On MNIST the default rtol is 1e-5 (1e-9 elsewhere) and `--solver auto` runs the
+    sliding solver; an explicit `--rtol` wins."""
+    out = tmp_path / "m"
+    argv = ["run", "--data", "mnist012", "--mnist-per-class", "3", "--width", "4"]
+    argv += ["--t1", "0.2", "--num-saves", "4", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["rtol"] == 1e-5
+    assert summary["status"].startswith("success")
+    assert "sliding_pairs" in summary["stats"]
+    assert summary["solver"] == "sliding_bosh3"
+    assert main([*argv, "--rtol", "1e-6"]) == 0
+    assert json.loads((out / "summary.json").read_text())["options"]["rtol"] == 1e-6
+    synthetic = tmp_path / "s"
+    assert main(["run", *SMALL, "--t1", "1", "--out", str(synthetic)]) == 0
+    assert json.loads((synthetic / "summary.json").read_text())["options"]["rtol"] == 1e-9

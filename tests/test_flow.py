@@ -316,3 +316,61 @@ def test_row_space_full_rank_and_traced_data():
 
     with pytest.raises(ValueError, match="row_space=True needs concrete data"):
         traced(data.x)
+
+
+def test_auto_rule_matches_the_measured_separability(getkey):
+    """`_classes_orthogonal` (blocked, early exit) against `datasets.separability`
+    (cosines of the whole Gram matrix): orthogonal classes iff `mu_s >= 0` and
+    `mu_d >= 0`. Blocks of 4 rows, so that the block loop and its last, shorter block
+    are exercised."""
+    from neuralcollapse_jax._flow import _classes_orthogonal
+
+    cases = [
+        datasets.orthogonally_separable(getkey(), 3, (4, 5, 6), 12, 0.5, 0.2),
+        datasets.orthogonally_separable(getkey(), 2, 7, 6, 0.1, 0.05),
+        datasets.block_orthogonal(getkey(), points_per_class=5, block_dim=3),  # mu_d = 0
+        nc.datasets.mnist((0, 1, 2), per_class=5),  # centered
+        nc.datasets.mnist((0, 1), per_class=5, center=False),  # all products > 0
+    ]
+    for k in range(4):  # noisy clouds around orthogonal class centres
+        x = jax.random.normal(getkey(), (9, 4), dtype=jnp.float64) * 0.3 + jnp.repeat(
+            jnp.eye(4)[:3], 3, axis=0
+        )
+        cases.append(nc.Dataset(x, jnp.arange(9) // 3, 3))
+    verdicts = []
+    for data in cases:
+        mu_s, mu_d = datasets.separability(data)
+        want = mu_s >= 0 and mu_d >= 0
+        assert _classes_orthogonal(data, block=4) == want
+        assert _classes_orthogonal(data) == want
+        assert nc.auto_solver(data) == ("regular" if want else "sliding")
+        verdicts.append(want)
+    assert any(verdicts) and not all(verdicts)
+    assert verdicts[:5] == [True, True, True, False, False]
+    # one class of two orthogonal points (mu_s = 0; separability needs two classes)
+    assert nc.auto_solver(nc.datasets.iclr_toy("orthogonal")) == "regular"
+
+
+def test_default_solver_is_auto(small_problem):
+    """The default picks `sliding` on MNIST and `regular` on separable data, and runs
+    exactly what the explicit choice runs; traced data get `regular`."""
+    mnist = nc.datasets.mnist((0, 1, 2), per_class=4)
+    model = nc.TwoLayerReLU.init(jax.random.key(3), mnist.dim, 6, 3, 1e-3)
+    kw = dict(t1=0.5, saveat=np.array([0.0, 0.5]), rtol=1e-6)
+    auto = nc.gradient_flow(model, mnist, **kw)
+    sliding = nc.gradient_flow(model, mnist, solver="sliding", **kw)
+    assert "sliding_pairs" in auto.stats
+    np.testing.assert_array_equal(np.asarray(auto.final.W), np.asarray(sliding.final.W))
+    assert int(auto.stats["grad_evals"]) == int(sliding.stats["grad_evals"])
+
+    m = nc.TwoLayerReLU.init(jax.random.key(4), 12, 8, 3, 1e-3)
+    auto = nc.gradient_flow(m, small_problem, t1=T1, saveat=TS)
+    regular = nc.gradient_flow(m, small_problem, t1=T1, saveat=TS, solver="regular")
+    assert "sliding_pairs" not in auto.stats
+    np.testing.assert_array_equal(np.asarray(auto.models.W), np.asarray(regular.models.W))
+
+    traced = jax.jit(lambda x: nc.gradient_flow(model, nc.Dataset(x, mnist.y, 3), **kw))
+    out = traced(mnist.x)
+    assert "sliding_pairs" not in out.stats
+    with pytest.raises(ValueError, match="unknown solver"):
+        nc.gradient_flow(m, small_problem, t1=1.0, solver="automatic")

@@ -192,7 +192,7 @@ def test_mnist012_quick(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver", ["sliding", None])
+@pytest.mark.parametrize("solver", ["sliding_tsit5", "regular"])
 def test_mnist012_quick_exact_flow(tmp_path, solver):
     # The exact flow (sliding, the full run's default; and the regular field) next to
     # SGD on the quick problem.

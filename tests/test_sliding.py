@@ -198,7 +198,8 @@ def test_balance_is_conserved_through_sliding():
     ts = np.concatenate([[0.0], np.geomspace(1e-2, 30.0, 20)])
     drifts = []
     for rtol in (1e-6, 1e-7):
-        traj = _flow(model, data, t1=30.0, saveat=ts, rtol=rtol)
+        # one tableau for both tolerances ("sliding" would switch at 1e-6)
+        traj = _flow(model, data, t1=30.0, saveat=ts, rtol=rtol, solver="sliding_tsit5")
         assert int(traj.status) == nc.Status.SUCCESS
         assert int(traj.stats["sliding_max_pairs"]) > 0  # something did slide
         W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
@@ -311,6 +312,7 @@ def test_grad_evals_count_is_exact():
             saveat=np.array([0.0, 1.0, 2.0, 3.0, 4.0]),
             loss="exponential",
             rtol=1e-7,
+            solver="sliding_tsit5",
         )
         jax.block_until_ready(traj.final.W)
     finally:
@@ -329,7 +331,7 @@ def test_solver_choices_and_bad_input(separable):
         "regular",
         SlidingReLU(max_sliding=4),
         diffrax.Dopri5(),
-        SlidingReLU(inner=diffrax.Bosh3()),
+        SlidingReLU(inner=diffrax.Tsit5()),
     ):
         traj = nc.gradient_flow(model, separable, t1=1.0, saveat=ts, solver=solver)
         assert int(traj.status) == nc.Status.SUCCESS
@@ -339,6 +341,30 @@ def test_solver_choices_and_bad_input(separable):
         SlidingReLU(inner=diffrax.Euler())
     with pytest.raises(ValueError, match="max_sliding"):
         SlidingReLU(max_sliding=0)
+
+
+def test_sliding_by_name_picks_the_tableau_from_rtol():
+    """`solver="sliding"`: Bosh3 from rtol 1e-6 up, Tsit5 below, and Tsit5 when the
+    rtol is traced (the same runs as the explicit instances, bit for bit)."""
+    model, data = _exit_problem()
+    kw = dict(t1=2.0, saveat=np.array([0.0, 2.0]), loss="exponential")
+    for rtol, inner in [
+        (1e-5, diffrax.Bosh3()),
+        (1e-6, diffrax.Bosh3()),
+        (1e-8, diffrax.Tsit5()),
+    ]:
+        a = nc.gradient_flow(model, data, solver="sliding", rtol=rtol, **kw)
+        b = nc.gradient_flow(model, data, solver=SlidingReLU(inner=inner), rtol=rtol, **kw)
+        np.testing.assert_array_equal(np.asarray(a.final.W), np.asarray(b.final.W))
+        assert int(a.stats["grad_evals"]) == int(b.stats["grad_evals"])
+    assert nc._flow.sliding_tableau(1e-5) == "bosh3"
+    assert nc._flow.sliding_tableau(jnp.asarray(1e-9)) == "tsit5"
+    traced = jax.jit(
+        lambda r: nc.gradient_flow(model, data, solver="sliding", rtol=r, **kw)
+    )
+    c = traced(1e-5)
+    d = nc.gradient_flow(model, data, solver="sliding_tsit5", rtol=1e-5, **kw)
+    np.testing.assert_allclose(np.asarray(c.final.W), np.asarray(d.final.W), rtol=1e-12)
 
 
 def _crossing_problem():

@@ -379,3 +379,39 @@ def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b)
             assert sep.values[index] == want
             found += bool(lasting)
     assert found > 0
+
+
+def test_default_solver_is_resolved_per_data_set():
+    """`solver: default` runs the sliding solver on MNIST, as `gradient_flow`'s default
+    does, and the sweep's runs equal single runs with `solver="sliding"`."""
+    config = {
+        "name": "m",
+        "data": {"generator": "mnist", "digits": [0, 1, 2], "per_class": 3},
+        "model": {"width": 4},
+        "flow": {"t1": 0.5, "rtol": 1e-6, "num_saves": 3},
+        "grid": {"scale": [1e-3, 1e-2]},
+        "record": list(RECORD),
+    }
+    plan = _api.make_plan(nc.SweepConfig(config))
+    assert [b.static["solver"] for b in plan.blocks] == ["sliding_bosh3"]  # rtol 1e-6
+    tight = {**config, "flow": {**config["flow"], "rtol": 1e-8}}
+    plan = _api.make_plan(nc.SweepConfig(tight))
+    assert [b.static["solver"] for b in plan.blocks] == ["sliding_tsit5"]
+    separable = {**config, "data": {"generator": "orthogonally_separable"}}
+    plan = _api.make_plan(nc.SweepConfig(separable))
+    assert [b.static["solver"] for b in plan.blocks] == ["regular"]
+    ds = nc.sweep(config, progress=False)
+    data = nc.datasets.mnist((0, 1, 2), per_class=3)
+    for i, scale in enumerate(ds["scale"].values):
+        model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 4, 3, float(scale))
+        traj = nc.gradient_flow(
+            model,
+            data,
+            t1=0.5,
+            saveat=nc.log_times(0.5, 3, t_min=0.5 * 1e-4),
+            rtol=1e-6,
+            solver="sliding",
+            record=nc.metrics.recorder(*RECORD),
+            save_params=False,
+        )
+        _assert_same(ds, {"scale": i}, traj, data)

@@ -105,7 +105,20 @@ def _solver(key, v):
     _fail(key, f"must be a solver name or a Diffrax solver, got {v!r}")
 
 
-SOLVERS = ("default", "tsit5", "dopri5", "dopri8", "bosh3", "heun", "euler")
+SOLVERS = (
+    "default",
+    "auto",
+    "regular",
+    "sliding",
+    "sliding_bosh3",
+    "sliding_tsit5",
+    "tsit5",
+    "dopri5",
+    "dopri8",
+    "bosh3",
+    "heun",
+    "euler",
+)
 GENERATORS = ("orthogonally_separable", "block_orthogonal", "mnist", "iclr_toy")
 INITS = ("gaussian", "lecun", "balanced", "semi_local")
 LOSSES = ("cross_entropy", "exponential", "logistic", "square")
@@ -280,7 +293,9 @@ class SweepConfig:
     - `flow`: `t1`, `rtol`, `atol` (or `atol_per_scale`: `atol = atol_per_scale *
       scale`; neither: `gradient_flow`'s scale-free default), `loss`, `reduction`,
       `max_steps`, `num_saves`, `t_min_ratio` (saves at `log_times(t1, num_saves,
-      t_min_ratio * t1)`), `solver` (`default` leaves the choice to `gradient_flow`).
+      t_min_ratio * t1)`), `solver` (`default` = `auto`: `regular` on orthogonally
+      separable data, `sliding` otherwise, decided per data set before anything runs;
+      `sliding`'s tableau is chosen per run from its rtol; or a name).
     - `record`: names from `neuralcollapse_jax.metrics.RECORDERS`, `"standard"`, or
       (from Python) a dict `{name: fn(model, data)}`.
     - `grid`: `{parameter: values}`, swept as a Cartesian product. Values are a list
