@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", opts["dtype"] == "float64")
     import numpy as np
 
-    from ._flow import auto_solver, gradient_flow, log_times, sliding_tableau
+    from ._flow import gradient_flow, log_times, solver_name
     from ._loss import loss as loss_value
     from ._trajectory import Status
 
@@ -224,11 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if progress is None:  # auto: a bar when a person is watching
         progress = sys.stderr.isatty()
     # The solver by name, as gradient_flow resolves it (for the summary and the report).
-    solver = opts["solver"]
-    if solver == "auto":
-        solver = auto_solver(data)
-    if solver == "sliding":
-        solver = "sliding_" + sliding_tableau(opts["rtol"])
+    solver = solver_name(opts["solver"], data, opts["rtol"])
     start = time.perf_counter()
     traj = gradient_flow(
         model,

@@ -176,6 +176,22 @@ def sliding_tableau(rtol: float | ArrayLike | None) -> str:
     return "bosh3" if float(np.asarray(rtol)) >= SLIDING_BOSH3_RTOL else "tsit5"
 
 
+def solver_name(
+    solver: diffrax.AbstractSolver | str | None,
+    data: Dataset | None = None,
+    rtol: float | ArrayLike | None = None,
+) -> diffrax.AbstractSolver | str:
+    """`solver` with the choices that depend on the run made: `None`/`"auto"` becomes
+    `auto_solver(data)` (`"regular"` without data), and `"sliding"` becomes
+    `"sliding_bosh3"` or `"sliding_tsit5"` (`sliding_tableau(rtol)`). Anything else is
+    returned as given. What `gradient_flow`, the sweep plan and the CLI all use."""
+    if solver is None or (isinstance(solver, str) and solver == "auto"):
+        solver = "regular" if data is None else auto_solver(data)
+    if isinstance(solver, str) and solver == "sliding":
+        solver = "sliding_" + sliding_tableau(rtol)
+    return solver
+
+
 def resolve_solver(
     solver: diffrax.AbstractSolver | str | None,
     loss: str,
@@ -197,11 +213,8 @@ def resolve_solver(
     """
     from ._sliding import SlidingReLU
 
-    if solver is None or (isinstance(solver, str) and solver == "auto"):
-        solver = "regular" if data is None else auto_solver(data)
+    solver = solver_name(solver, data, rtol)
     if isinstance(solver, str):
-        if solver == "sliding":
-            solver = "sliding_" + sliding_tableau(rtol)
         if solver in SLIDING_TABLEAUS:
             inner = SLIDING_TABLEAUS[solver]()
             return SlidingReLU(inner=inner, loss=loss, reduction=reduction)

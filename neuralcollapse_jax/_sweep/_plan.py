@@ -98,7 +98,7 @@ def make_plan(config: SweepConfig) -> Plan:
     impossible geometry, a loss that does not fit the data, a model that cannot be
     built.
     """
-    from .._flow import auto_solver, sliding_tableau
+    from .._flow import auto_solver, solver_name
     from .._loss import check_loss
 
     params = config.run_params()
@@ -135,18 +135,17 @@ def make_plan(config: SweepConfig) -> Plan:
 
     blocks: dict[tuple, Block] = {}
     # `solver: default` is resolved per data set and `sliding`'s tableau per rtol, on
-    # the host, as `gradient_flow` resolves them for a single run (where the rtol
-    # would be traced inside the compiled solve).
-    auto: dict[tuple, str] = {}
+    # the host, as `gradient_flow` resolves them for a single run (where the data and
+    # the rtol would be traced inside the compiled solve).
+    auto: dict[tuple, str] = {}  # auto_solver once per data set
     for i, p in enumerate(params):
         ds = data[run_data[i]]
         static = {k: p[k] for k in STATIC}
-        if static["solver"] in ("default", "auto"):
+        if isinstance(static["solver"], str) and static["solver"] in ("default", "auto"):
             if run_data[i] not in auto:
                 auto[run_data[i]] = auto_solver(ds)
             static["solver"] = auto[run_data[i]]
-        if static["solver"] == "sliding":
-            static["solver"] = "sliding_" + sliding_tableau(float(p["rtol"]))
+        static["solver"] = solver_name(static["solver"], ds, float(p["rtol"]))
         try:
             check_loss(
                 p["loss"],

@@ -22,8 +22,6 @@ def solver_object(name):
     """A solver name of the config as the object `gradient_flow` takes."""
     if not isinstance(name, str):
         return name
-    if name in ("default", "auto"):  # resolved per run by the plan, before tracing
-        return None
     if name.startswith("sliding"):  # the plan has fixed the tableau from the rtol
         return name
     import diffrax
