@@ -42,6 +42,7 @@ from ._model import (
 from ._reproduce import reproduce as reproduce
 from ._rk import UnrolledERK as UnrolledERK
 from ._sliding import SlidingReLU as SlidingReLU
+from ._sliding import default_slots as default_slots
 from ._sweep import (
     SweepConfig as SweepConfig,
 )

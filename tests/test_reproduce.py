@@ -245,3 +245,23 @@ def test_mnist01_full(tmp_path, method):
     ours = r["ours"]
     assert ours["alignment_iterations_cos95"] < ours["growth_iterations"]
     assert ours["final_stable_rank"] < 2.0
+
+
+def test_mnist_reproductions_fix_the_sliding_slots():
+    """The MNIST reproductions run the sliding solver with the slots of their documented
+    full runs (32), whatever the solver's default; other solvers pass through."""
+    import diffrax
+
+    from neuralcollapse_jax import SlidingReLU, datasets
+    from neuralcollapse_jax._reproduce._solver import flow_kwargs
+
+    data = datasets.mnist(per_class=5)
+    for name in ("mnist01", "mnist012"):
+        assert config(name).max_sliding == 32
+    solver = flow_kwargs("sliding_tsit5", 32, data, 1e-5)["solver"]
+    assert isinstance(solver, SlidingReLU) and solver.max_sliding == 32
+    assert isinstance(solver.inner, diffrax.Tsit5)
+    auto = flow_kwargs("auto", None, data, 1e-5)["solver"]  # MNIST: sliding, Bosh3
+    assert isinstance(auto.inner, diffrax.Bosh3) and auto.max_sliding is None
+    assert flow_kwargs("regular", 32, data, 1e-5) == {"solver": "regular"}
+    assert flow_kwargs(None, 32, data, 1e-5) == {}

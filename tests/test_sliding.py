@@ -470,6 +470,34 @@ def test_pairs_short_of_a_slot_stay_regular():
     assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
 
 
+def test_default_slots_follow_the_data_size():
+    """`max_sliding=None` keeps the slot samples (`h m D`) within an eighth of the
+    data (`n D`), between 8 and 32 slots, and gives 32 where they are small anyway;
+    where no neuron needs more slots than that, the run equals one with 32 slots."""
+    from neuralcollapse_jax._sliding import default_slots
+
+    assert default_slots(300, 784, 50) == 8  # M300: 32 slots would be 5x the data
+    assert default_slots(3147, 784, 50) == 8  # M3147: n // (8 h) = 7
+    assert default_slots(8000, 784, 50) == 20  # n // (8 h) in between
+    assert default_slots(20000, 784, 50) == 32  # capped
+    assert default_slots(90, 30, 50) == 32  # small anyway (48,000 numbers)
+    assert default_slots(5, 784, 50) == 5  # never more than n
+    data = datasets.mnist(per_class=6)
+    model = nc.TwoLayerReLU.init(jax.random.key(5), 784, 12, 3, 1e-2)
+    assert SlidingReLU().slots(18, 784, 12) == 8
+    ts = jnp.array([0.0, 1.0])
+    runs = [
+        _flow(model, data, t1=1.0, saveat=ts, rtol=1e-6, solver=solver)
+        for solver in (SlidingReLU(), SlidingReLU(max_sliding=32))
+    ]
+    for r in runs:
+        assert int(r.stats["sliding_overflow"]) == 0
+        assert 0 < int(r.stats["sliding_max_per_neuron"]) <= 8
+    assert int(runs[0].stats["grad_evals"]) == int(runs[1].stats["grad_evals"])
+    a, b = _flat(runs[0].final), _flat(runs[1].final)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
 def test_spd_inverse_matches_numpy():
     """The Gauss-Jordan sweeps give the inverse of SPD matrices, including nearly
     singular Gram matrices with the masked inverse's ridge."""
@@ -533,6 +561,7 @@ def test_entry_filter_is_a_necessary_condition():
         field = _Field(dW=_project(A, xs, ginv), dV=jnp.zeros((3, h)), Z=Z, C=C, A=A)
         state = SlidingState(
             idx=idx,
+            xs=xs,
             ginv=ginv,
             field=field,
             positive=Z > 0,
@@ -540,6 +569,7 @@ def test_entry_filter_is_a_necessary_condition():
             exits=jnp.int32(0),
             overflow=jnp.int32(0),
             max_pairs=jnp.int32(0),
+            max_per_neuron=jnp.int32(0),
             mode_changes=jnp.int32(0),
         )
         # one candidate per neuron at a time (the filter is exact for single entries)

@@ -26,6 +26,7 @@ from .._flow import gradient_flow
 from .._model import TwoLayerReLU
 from .._trajectory import Status
 from ._output import Output, first_time, pyplot
+from ._solver import flow_kwargs
 
 
 PAPER_LR = 2e-3
@@ -46,6 +47,9 @@ class Config:
     # is fixed (`"sliding"` would pick Bosh3 at this rtol) so that the documented full
     # run stays the one measured. None: gradient_flow's default (`"auto"`).
     solver: str | None = "sliding_tsit5"
+    # Slots per neuron of the sliding solver, fixed at the value of the documented full
+    # run (None: the solver's default, `default_slots`, which is 8 here).
+    max_sliding: int | None = 32
     learning_rate: float = PAPER_LR  # for method "gd"
     rtol: float = 1e-5
     max_steps: int = 2_000_000
@@ -104,7 +108,7 @@ def run(cfg: Config, out: Output) -> dict:
     out.log(f"data: {n} digits, class sizes {np.asarray(data.class_sizes()).tolist()}")
     ts = np.linspace(0.0, cfg.t1, cfg.num_saves + 1)
     if cfg.method == "flow":
-        kwargs = {} if cfg.solver is None else {"solver": cfg.solver}
+        kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, data, cfg.rtol)
         traj = gradient_flow(
             model,
             data,

@@ -27,6 +27,7 @@ from .._flow import gradient_flow
 from .._model import TwoLayerReLU, pseudo_labels
 from .._trajectory import Status
 from ._output import Output, pyplot
+from ._solver import flow_kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Config:
     # is fixed (`"sliding"` would pick Bosh3 at this rtol) so that the documented full
     # run stays the one measured. None: gradient_flow's default (`"auto"`).
     solver: str | None = "sliding_tsit5"
+    # Slots per neuron of the sliding solver, fixed at the value of the documented full
+    # run (None: the solver's default, `default_slots`, which is 8 here).
+    max_sliding: int | None = 32
     gd_learning_rate: float = 1e-2  # for exact = "gd"
     rtol: float = 1e-5
     max_steps: int = 2_000_000
@@ -199,7 +203,7 @@ def run(cfg: Config, out: Output) -> dict:
     if cfg.exact != "none":
         ts = cfg.learning_rate * save_steps
         if cfg.exact == "flow":
-            kwargs = {} if cfg.solver is None else {"solver": cfg.solver}
+            kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, data, cfg.rtol)
             exact = gradient_flow(
                 model,
                 data,

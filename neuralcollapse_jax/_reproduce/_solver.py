@@ -1,0 +1,26 @@
+"""The flow solver of the MNIST reproductions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._dataset import Dataset
+from .._flow import SLIDING_TABLEAUS, solver_name
+from .._sliding import SlidingReLU
+
+
+def flow_kwargs(
+    solver: str | None, max_sliding: int | None, data: Dataset, rtol: float
+) -> dict[str, Any]:
+    """`gradient_flow` keyword arguments for a reproduction's `solver` and
+    `max_sliding` settings: `{}` for `solver=None` (the flow's default), else the named
+    solver, with `max_sliding` slots per neuron if it is a sliding one (`None`: the
+    solver's default, `default_slots`)."""
+    if solver is None:
+        return {}
+    name = solver_name(solver, data, rtol)
+    if isinstance(name, str) and name in SLIDING_TABLEAUS:
+        return {
+            "solver": SlidingReLU(inner=SLIDING_TABLEAUS[name](), max_sliding=max_sliding)
+        }
+    return {"solver": name}
