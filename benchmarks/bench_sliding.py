@@ -48,6 +48,7 @@ import neuralcollapse_jax as nc  # noqa: E402
 EPS = 1e-3
 WIDTH = 50
 GD_TIMED_STEPS = 40_000  # GD runs up to this many steps are also timed compiled
+SHORT = 10.0  # seconds: compiled calls shorter than this are timed best of three
 
 
 def _flat(model) -> np.ndarray:
@@ -55,13 +56,21 @@ def _flat(model) -> np.ndarray:
 
 
 def _timed(fn, *args, **kwargs):
-    """(result, first call seconds, second call seconds): compile+run, then run."""
+    """(result, first call seconds, compiled seconds): compile+run, then the compiled
+    call; a compiled call under `SHORT` seconds is repeated and the best of three is
+    kept (short runs suffer most from a busy machine), for flow and GD runs alike."""
     t = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
     first = time.perf_counter() - t
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
-    return out, first, time.perf_counter() - t
+    best = None
+    for _ in range(3):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args, **kwargs))
+        wall = time.perf_counter() - t
+        best = wall if best is None else min(best, wall)
+        if wall >= SHORT:
+            break
+    return out, first, best
 
 
 def _flow(model, data, t1, rtol, solver, max_steps=400_000, row_space=False):
@@ -187,7 +196,9 @@ def main(argv=None) -> int:
         "\n### reference: gradient descent (Optax, relu'(0) = 0), Richardson "
         "(8 theta(l/4) - 6 theta(l/2) + theta(l)) / 3 over the three smallest steps; "
         f"second method: sliding (Tsit5 tableau) at rtol {tight:g} "
-        f"({int(tight_tr.stats['grad_evals'])} grad evals, {tight_wall:.0f} s)"
+        f"({int(tight_tr.stats['grad_evals'])} grad evals, {tight_wall:.0f} s, "
+        f"{int(tight_tr.stats['sliding_max_per_neuron'])} pairs at most on one neuron, "
+        f"overflow {int(tight_tr.stats['sliding_overflow'])})"
     )
     print(
         "| lr | steps = grad evals | wall s (first call, with compile) | "
@@ -253,8 +264,8 @@ def main(argv=None) -> int:
     # as close to the tight sliding solution (the reference that resolves this level)
     print(
         f"\n### {name}: wall time of gradient descent at the same accuracy (distance to "
-        f"sliding rtol {tight:g}; both walls compiled: a second call, compilation "
-        "excluded on both sides)"
+        f"sliding rtol {tight:g}; both walls compiled, compilation excluded on both "
+        f"sides; best of three calls for calls under {SHORT:g} s on both sides)"
     )
     print(
         "| flow run | its distance | its wall s | fastest GD at least as accurate | "
@@ -365,10 +376,11 @@ def _m3147(args, quick: bool) -> None:
         f"(initial loss {l0:.4g})"
     )
     print(
-        "| tableau | wall s (compiled) | compile s | grad evals | steps (rejected) | "
-        "loss at T / initial | sliding pairs (max) | overflow | status |"
+        "| tableau | wall s (compiled) | first call s (with compile) | grad evals | "
+        "steps (rejected) | loss at T / initial | sliding pairs (max) | "
+        "most pairs of one neuron | overflow | status |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     tsit5 = nc.SlidingReLU(inner=diffrax.Tsit5())
     for label, solver, rs in [
         ("Bosh3 (default)", "sliding", False),
@@ -379,10 +391,11 @@ def _m3147(args, quick: bool) -> None:
         )
         st = {k: int(v) for k, v in tb.stats.items()}
         print(
-            f"| {label} | {second:.1f} | {first - second:.1f} | {st['grad_evals']} | "
+            f"| {label} | {second:.1f} | {first:.1f} | {st['grad_evals']} | "
             f"{st['num_steps']} ({st['num_rejected_steps']}) | "
             f"{float(tb.loss[-1]) / l0:.4f} | {st['sliding_pairs']} "
-            f"({st['sliding_max_pairs']}) | {st['sliding_overflow']} | "
+            f"({st['sliding_max_pairs']}) | {st['sliding_max_per_neuron']} | "
+            f"{st['sliding_overflow']} | "
             f"{tb.message()} |",
             flush=True,
         )

@@ -67,7 +67,6 @@ class SlidingState(eqx.Module):
     """
 
     idx: Int[Array, "h m"]  # sliding sample indices per neuron, -1 = empty slot
-    xs: Float[Array, "h m D"]  # their samples `X_{S_j}`, zero rows for empty slots
     ginv: Float[Array, "h m m"]  # inverse Gram matrices of the slots of `idx`
     field: _Field  # at the current state, with the sliding set `idx` (FSAL)
     positive: Bool[Array, "n h"]  # z_ij > 0 at the start of the last accepted step
@@ -326,6 +325,11 @@ def _update_mode(
     return new_idx, mode, first, counters
 
 
+def _slots(idx: Int[Array, "h m"], x: Array) -> Array:
+    """`X_{S_j}` of each neuron's slots, zero rows for empty slots."""
+    return jnp.where((idx >= 0)[..., None], x[jnp.maximum(idx, 0)], 0.0)
+
+
 def _mode_holds(
     state: SlidingState, cand: Array, xs: Array, leak: float, tol: float
 ) -> Array:
@@ -505,7 +509,6 @@ class SlidingReLU(AbstractTableauSolver):
         zero = jnp.zeros((), jnp.int32)
         return SlidingState(
             idx=jnp.full((h, m), -1, jnp.int32),
-            xs=jnp.zeros((h, m, D), y0.W.dtype),
             ginv=jnp.zeros((h, m, m), y0.W.dtype),
             field=field,
             positive=field.Z > 0,
@@ -529,7 +532,10 @@ class SlidingReLU(AbstractTableauSolver):
         state: SlidingState = solver_state
         data = args
         leak = y0.leak
-        xs_old = state.xs  # carried, not gathered again: h m D can be large
+        # Gathered again in each step rather than carried: Diffrax selects the whole
+        # solver state between the old and the new one in every step, and for `h m D`
+        # numbers that costs more than the gather (measured on M300).
+        xs_old = _slots(state.idx, data.x)
         old, cand = _candidates(state)
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
@@ -602,7 +608,6 @@ class SlidingReLU(AbstractTableauSolver):
         changed = (counters["entries"] + counters["exits"]) > 0
         new_state = SlidingState(
             idx=idx,
-            xs=mode.xs,
             ginv=mode.ginv,
             field=last,
             positive=first.Z > 0,

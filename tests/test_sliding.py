@@ -561,7 +561,6 @@ def test_entry_filter_is_a_necessary_condition():
         field = _Field(dW=_project(A, xs, ginv), dV=jnp.zeros((3, h)), Z=Z, C=C, A=A)
         state = SlidingState(
             idx=idx,
-            xs=xs,
             ginv=ginv,
             field=field,
             positive=Z > 0,
