@@ -532,9 +532,9 @@ class SlidingReLU(AbstractTableauSolver):
         state: SlidingState = solver_state
         data = args
         leak = y0.leak
-        # Gathered again in each step rather than carried: Diffrax selects the whole
-        # solver state between the old and the new one in every step, and for `h m D`
-        # numbers that costs more than the gather (measured on M300).
+        # Gathered in each step (0.04 ms on M300) rather than carried in the solver
+        # state, which Diffrax selects between old and new in every step: carrying
+        # them measured no faster.
         xs_old = _slots(state.idx, data.x)
         old, cand = _candidates(state)
         # Only candidates that pass a necessary condition go on to the active-set
