@@ -315,13 +315,7 @@ def _update_mode(
     first = _Field(dW=_project(A, mode.xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
     entries = jnp.sum(used & ~was)
     exits = jnp.sum(old) - jnp.sum(used & was)
-    counters = dict(
-        entries=entries,
-        exits=exits,
-        overflow=overflow,
-        pairs=jnp.sum(used),
-        per_neuron=jnp.max(jnp.sum(used, axis=1)),
-    )
+    counters = dict(entries=entries, exits=exits, overflow=overflow)
     return new_idx, mode, first, counters
 
 
@@ -554,14 +548,7 @@ class SlidingReLU(AbstractTableauSolver):
         def keep(_):
             mode = _Mode(mask=old, xs=xs_old, ginv=state.ginv)
             zero = jnp.zeros((), jnp.int32)
-            held = state.idx >= 0
-            counters = dict(
-                entries=zero,
-                exits=zero,
-                overflow=zero,
-                pairs=jnp.sum(held).astype(jnp.int32),
-                per_neuron=jnp.max(jnp.sum(held, axis=1)).astype(jnp.int32),
-            )
+            counters = dict(entries=zero, exits=zero, overflow=zero)
             return state.idx, mode, state.field, counters
 
         # A real branch on one device (the update is skipped in most steps); under
@@ -606,6 +593,9 @@ class SlidingReLU(AbstractTableauSolver):
         )
         dense_info = dict(y0=y0, y1=y1, k=k_stack)
         changed = (counters["entries"] + counters["exits"]) > 0
+        # Pairs held in this step, in all and per neuron: from the slots either branch
+        # returned.
+        per_neuron = jnp.sum(idx >= 0, axis=1).astype(jnp.int32)
         new_state = SlidingState(
             idx=idx,
             ginv=mode.ginv,
@@ -614,10 +604,8 @@ class SlidingReLU(AbstractTableauSolver):
             entries=state.entries + counters["entries"].astype(jnp.int32),
             exits=state.exits + counters["exits"].astype(jnp.int32),
             overflow=state.overflow + counters["overflow"].astype(jnp.int32),
-            max_pairs=jnp.maximum(state.max_pairs, counters["pairs"].astype(jnp.int32)),
-            max_per_neuron=jnp.maximum(
-                state.max_per_neuron, counters["per_neuron"].astype(jnp.int32)
-            ),
+            max_pairs=jnp.maximum(state.max_pairs, jnp.sum(per_neuron, dtype=jnp.int32)),
+            max_per_neuron=jnp.maximum(state.max_per_neuron, jnp.max(per_neuron)),
             mode_changes=state.mode_changes + changed.astype(jnp.int32),
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful

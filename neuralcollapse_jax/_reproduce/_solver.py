@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .._dataset import Dataset
-from .._flow import SLIDING_TABLEAUS, solver_name
-from .._sliding import SlidingReLU
+from .._flow import SLIDING_TABLEAUS, resolve_solver, solver_name
 
 
 def flow_kwargs(
@@ -20,7 +20,7 @@ def flow_kwargs(
         return {}
     name = solver_name(solver, data, rtol)
     if isinstance(name, str) and name in SLIDING_TABLEAUS:
-        return {
-            "solver": SlidingReLU(inner=SLIDING_TABLEAUS[name](), max_sliding=max_sliding)
-        }
+        # gradient_flow gives a SlidingReLU instance its own loss and reduction.
+        sliding = resolve_solver(name, "cross_entropy", "sum")
+        return {"solver": dataclasses.replace(sliding, max_sliding=max_sliding)}
     return {"solver": name}
