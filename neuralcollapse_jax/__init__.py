@@ -3,6 +3,7 @@
 from . import datasets as datasets
 from . import metrics as metrics
 from . import theory as theory
+from ._crossing import CrossingController as CrossingController
 from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent
 from ._descent import log_steps as log_steps

@@ -403,7 +403,9 @@ def gradient_flow(
       run by `UnrolledERK`. `"sliding"`: `SlidingReLU`, which holds the pairs that
       slide on their kink `<x_i, w_j> = 0` there instead of chattering across it (on
       data such as MNIST; see the docs page *Sliding*), with the `Bosh3` tableau when
-      `rtol >= 1e-6` and `Tsit5` below (`sliding_tableau`). Or another name in
+      `rtol >= 1e-6` and `Tsit5` below (`sliding_tableau`); its steps end just before
+      the ReLU kink crossings that matter (`SlidingReLU.controller`, a
+      `CrossingController`, replaces the `PIDController`). Or another name in
       `SOLVER_NAMES`, or a Diffrax solver instance.
     - `record`: diagnostics to record at the save times, `{name: fn(model, data)}`.
     - `save_params`: keep the parameters at every save time (default). Turn off for
@@ -479,22 +481,27 @@ def _solve(
     dt0,
 ) -> Trajectory:
     fn = save_function(loss, reduction, save_params, dict(record), lift)
-    solver_stats = getattr(solver, "stats", None)
-    saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True)],
-        solver_state=solver_stats is not None,
-    )
-    if lift is None:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    else:
+    norm = optx.rms_norm
+    if lift is not None:
         # Diffrax's RMS norm, over the full parameter count: the part outside the row
         # space has no error, so this is the full-space RMS of the same error.
         shrink = float(
             np.sqrt((model.W.size + model.V.size) / (lift.W_perp.size + model.V.size))
         )
-        controller = diffrax.PIDController(
-            rtol=rtol, atol=atol, norm=lambda e: optx.rms_norm(e) * shrink
-        )
+        norm = lambda e: optx.rms_norm(e) * shrink  # noqa: E731
+    # The sliding solver brings its own controller (steps that end before crossings).
+    make_controller = getattr(solver, "controller", None)
+    if make_controller is None:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
+    else:
+        controller = make_controller(rtol, atol, norm)
+    solver_stats = getattr(solver, "stats", None)
+    controller_stats = getattr(controller, "stats", None)
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True)],
+        solver_state=solver_stats is not None,
+        controller_state=controller_stats is not None,
+    )
     meter = LogTimeProgressMeter(t1=t1) if progress else diffrax.NoProgressMeter()
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field(loss, reduction)),
@@ -530,6 +537,8 @@ def _solve(
     }
     if solver_stats is not None:  # e.g. the sliding solver's mode switches
         stats.update(solver_stats(sol.solver_state))
+    if controller_stats is not None:
+        stats.update(controller_stats(sol.controller_state))
     # A NaN/inf state is never accepted by the controller (Diffrax turns a NaN error
     # estimate into a rejection), so a blow-up shows as a failed run whose last state
     # has a non-finite gradient or loss: check both there.

@@ -50,6 +50,9 @@ class Config:
     # Slots per neuron of the sliding solver, fixed at the value of the documented full
     # run (None: the solver's default, `default_slots`, which is 8 here).
     max_sliding: int | None = 32
+    # Transversal crossings of the sliding solver, fixed at the documented full run's
+    # treatment ("none": left to the error control; "land": the solver's default).
+    crossings: str = "none"
     learning_rate: float = PAPER_LR  # for method "gd"
     rtol: float = 1e-5
     max_steps: int = 2_000_000
@@ -108,7 +111,7 @@ def run(cfg: Config, out: Output) -> dict:
     out.log(f"data: {n} digits, class sizes {np.asarray(data.class_sizes()).tolist()}")
     ts = np.linspace(0.0, cfg.t1, cfg.num_saves + 1)
     if cfg.method == "flow":
-        kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, data, cfg.rtol)
+        kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, cfg.crossings, data, cfg.rtol)
         traj = gradient_flow(
             model,
             data,

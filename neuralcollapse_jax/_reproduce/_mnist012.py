@@ -25,6 +25,7 @@ from .. import datasets, metrics
 from .._descent import gradient_descent
 from .._flow import gradient_flow
 from .._model import TwoLayerReLU, pseudo_labels
+from .._sliding import CROSSINGS
 from .._trajectory import Status
 from ._output import Output, pyplot
 from ._solver import flow_kwargs
@@ -51,6 +52,9 @@ class Config:
     # Slots per neuron of the sliding solver, fixed at the value of the documented full
     # run (None: the solver's default, `default_slots`, which is 8 here).
     max_sliding: int | None = 32
+    # Transversal crossings of the sliding solver, fixed at the documented full run's
+    # treatment ("none": left to the error control; "land": the solver's default).
+    crossings: str = "none"
     gd_learning_rate: float = 1e-2  # for exact = "gd"
     rtol: float = 1e-5
     max_steps: int = 2_000_000
@@ -164,6 +168,8 @@ def _summary(model: TwoLayerReLU, data) -> dict:
 def run(cfg: Config, out: Output) -> dict:
     if cfg.exact not in ("flow", "gd", "none"):
         raise ValueError(f"exact must be 'flow', 'gd' or 'none', got {cfg.exact!r}")
+    if cfg.crossings not in CROSSINGS:  # checked before the SGD runs, not after
+        raise ValueError(f"crossings must be one of {CROSSINGS}, got {cfg.crossings!r}")
     dtype = {"float64": jnp.float64, "float32": jnp.float32}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}")
@@ -203,7 +209,7 @@ def run(cfg: Config, out: Output) -> dict:
     if cfg.exact != "none":
         ts = cfg.learning_rate * save_steps
         if cfg.exact == "flow":
-            kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, data, cfg.rtol)
+            kwargs = flow_kwargs(cfg.solver, cfg.max_sliding, cfg.crossings, data, cfg.rtol)
             exact = gradient_flow(
                 model,
                 data,
