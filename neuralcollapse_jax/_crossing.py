@@ -12,11 +12,11 @@ with the tolerance.
 every pair's `z_ij` linearly (the secant over the step just taken) and, when a crossing
 that matters is predicted inside the step the PID proposes, shortens that step to end
 a fraction `margin` before it. The next step then starts just before the crossing, and
-`SlidingReLU` evaluates its first stage on the far side for the pairs whose crossing is
-that close (within `window` of the step, from the exact start velocity): the crossing
-then costs an error `O(margin dt |jump|)` instead of `O(dt |jump|)`. Diffrax locates
-events by root finding but stops the solve at one; thousands of crossings need a
-controller, hence this by hand.
+`SlidingReLU` evaluates it on the far side for the pairs whose crossing is that close
+(within `window` of the step, from the exact start velocity), integrating the short
+near-side part exactly: the crossing then costs a local error of second order in the
+distance to it instead of `O(dt |jump|)`. Diffrax locates events by root finding but
+stops the solve at one; thousands of crossings need a controller, hence this by hand.
 """
 
 from __future__ import annotations
