@@ -26,13 +26,26 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array
 
 from ._dataset import Dataset
-from ._loss import per_sample_loss
+from ._loss import output_residual
+
+
+def transversal_approach(
+    Z: Array, zdot: Array, C: Array, x: Array, leak: float
+) -> tuple[Array, Array]:
+    """`(near, toward)`: the side of each pair (`z_ij > 0`), and the pairs that move
+    toward their kink at velocity `zdot` and keep going on the far side, where the
+    `w`-velocity loses (or gains) `(1 - leak) c_ij x_i`, i.e. `zdot_ij` changes by
+    `-+(1 - leak) c_ij |x_i|^2` (without a projection): transversal crossings, as
+    opposed to pairs whose boundary attracts from both sides (sliding candidates)."""
+    near = Z > 0
+    toward = jnp.where(near, zdot < 0, zdot > 0)
+    jump = (1.0 - leak) * C * jnp.sum(x * x, axis=1)[:, None]
+    return near, toward & jnp.where(near, zdot - jump < 0, zdot + jump > 0)
 
 
 class CrossingState(eqx.Module):
@@ -117,20 +130,13 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
         V = jnp.where(keep, y1_candidate.V, y0.V)
         leak = y0.leak
 
-        def total(F):
-            per = per_sample_loss(self.loss, F, args.y, args.num_classes)
-            return jnp.mean(per) if self.reduction == "mean" else jnp.sum(per)
-
         H = jnp.where(Z > 0, Z, leak * Z)
-        C = -jax.grad(total)(H @ V.T) @ V
-        near = Z > 0
-        toward = jnp.where(near, velocity < 0, velocity > 0)
+        C = output_residual(self.loss, self.reduction, H @ V.T, args) @ V
+        # Only transversal crossings (the solver's test for its started crossings): a
+        # pair whose boundary attracts from both sides slides instead, and landing
+        # before it would only repeat.
+        _, toward = transversal_approach(Z, velocity, C, x, leak)
         s = jnp.where(toward, -Z / jnp.where(toward, velocity, 1.0), jnp.inf)
-        # Only transversal crossings, which keep going on the far side (the solver's
-        # test, `SlidingReLU`'s started crossings): a pair whose boundary attracts
-        # from both sides slides instead, and landing before it would only repeat.
-        jump_z = (1.0 - leak) * C * jnp.sum(x * x, axis=1)[:, None]
-        toward = toward & jnp.where(near, velocity - jump_z < 0, velocity + jump_z > 0)
         dt = next_t1 - next_t0
         size = y0.W.size + y0.V.size
         scale = self.atol + self.rtol * jnp.sqrt(jnp.mean(W * W, axis=0))

@@ -90,6 +90,19 @@ def per_sample_loss(
     raise ValueError(f"unknown loss {loss!r}; choose one of {LOSS_NAMES}")
 
 
+def output_residual(
+    loss: str, reduction: str, f: Float[Array, "n K_out"], data: Dataset
+) -> Float[Array, "n K_out"]:
+    """`r_i = -dL/df(x_i)`: minus the gradient of the reduced loss with respect to the
+    network's outputs `f` (`n x out_dim`)."""
+
+    def total(f):
+        per = per_sample_loss(loss, f, data.y, data.num_classes)
+        return jnp.mean(per) if reduction == "mean" else jnp.sum(per)
+
+    return -jax.grad(total)(f)
+
+
 def loss(
     model: TwoLayerReLU,
     data: Dataset,

@@ -37,9 +37,9 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
-from ._crossing import CrossingController
+from ._crossing import CrossingController, transversal_approach
 from ._dataset import Dataset
-from ._loss import per_sample_loss
+from ._loss import output_residual
 from ._model import TwoLayerReLU
 from ._rk import AbstractTableauSolver, _combine, _weighted
 
@@ -177,11 +177,7 @@ def _evaluate(
     H = jnp.where(positive, Z, leak * Z)
     slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
 
-    def total(F):
-        per = per_sample_loss(loss, F, data.y, data.num_classes)
-        return jnp.mean(per) if reduction == "mean" else jnp.sum(per)
-
-    R = -jax.grad(total)(H @ V.T)
+    R = output_residual(loss, reduction, H @ V.T, data)
     C = R @ V
     dV = R.T @ H
     A = x.T @ jnp.where(mode.mask, 0.0, C * slope)
@@ -418,7 +414,7 @@ def _kink_correction(
 STARTED_PAIRS = 64  # started crossings per step handled as sparse rank-one updates
 
 
-def _pair_sum(mask: Array, coef: Array, x: Array, size: int) -> Array:
+def _pair_sum(mask: Array, coef: Array, x: Array, size: int = STARTED_PAIRS) -> Array:
     """`sum_{(i, j) in mask} coef_ij x_i e_j^T` for each of the `c` columns of `coef`
     (`n x h x c`): shape `c x D x h`.
 
@@ -428,6 +424,7 @@ def _pair_sum(mask: Array, coef: Array, x: Array, size: int) -> Array:
     each); more than `size` pairs take the dense product.
     """
     n, h = mask.shape
+    size = min(size, mask.size)
     c = coef.shape[-1]
     count = jnp.sum(mask)
 
@@ -473,19 +470,16 @@ def _start_crossings(
     Costs one product `X dW` and, in steps that start crossings, one sparse update.
     """
     zdot = x @ first.dW
-    near = first.Z > 0
-    toward = jnp.where(near, zdot < 0, zdot > 0)
+    near, toward = transversal_approach(first.Z, zdot, first.C, x, leak)
     tau = jnp.where(toward, -first.Z / (jnp.where(toward, zdot, 1.0) * dt), jnp.inf)
-    jump = (1.0 - leak) * first.C * jnp.sum(x * x, axis=1)[:, None]
-    keeps_going = jnp.where(near, zdot - jump < 0, zdot + jump > 0)
-    mask = toward & (tau < window) & ~mode.mask & keeps_going
+    mask = toward & (tau < window) & ~mode.mask
     tau = jnp.where(mask, tau, 0.0)
     coef = jnp.where(mask, jnp.where(near, 1.0 - leak, leak - 1.0) * first.C, 0.0)
     D, h = first.A.shape
 
     def with_starts():
         stacked = jnp.stack([-coef, coef * tau, coef * tau * tau], axis=-1)
-        flip, corr, err = _pair_sum(mask, stacked, x, min(STARTED_PAIRS, mask.size))
+        flip, corr, err = _pair_sum(mask, stacked, x)
         A = first.A + flip
         project = lambda a: _project(a, mode.xs, mode.ginv)  # noqa: E731
         return A, project(A), dt * project(corr), dt * project(err)
@@ -515,7 +509,7 @@ def _unfinished_error(
 
     def error():
         coef = (started.coef * (1.0 - started.tau**2))[..., None]
-        e = _pair_sum(unfinished, coef, x, min(STARTED_PAIRS, unfinished.size))[0]
+        e = _pair_sum(unfinished, coef, x)[0]
         return dt * _project(e, mode.xs, mode.ginv)
 
     return jax.lax.cond(

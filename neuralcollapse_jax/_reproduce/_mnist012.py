@@ -25,10 +25,9 @@ from .. import datasets, metrics
 from .._descent import gradient_descent
 from .._flow import gradient_flow
 from .._model import TwoLayerReLU, pseudo_labels
-from .._sliding import CROSSINGS
 from .._trajectory import Status
 from ._output import Output, pyplot
-from ._solver import flow_kwargs
+from ._solver import check_crossings, flow_kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +167,7 @@ def _summary(model: TwoLayerReLU, data) -> dict:
 def run(cfg: Config, out: Output) -> dict:
     if cfg.exact not in ("flow", "gd", "none"):
         raise ValueError(f"exact must be 'flow', 'gd' or 'none', got {cfg.exact!r}")
-    if cfg.crossings not in CROSSINGS:  # checked before the SGD runs, not after
-        raise ValueError(f"crossings must be one of {CROSSINGS}, got {cfg.crossings!r}")
+    check_crossings(cfg.crossings)  # before the SGD runs, not after
     dtype = {"float64": jnp.float64, "float32": jnp.float32}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}")

@@ -10,6 +10,12 @@ from .._flow import SLIDING_TABLEAUS, resolve_solver, solver_name
 from .._sliding import CROSSINGS
 
 
+def check_crossings(crossings: str) -> None:
+    """A reproduction's `crossings` setting must name a treatment of `SlidingReLU`."""
+    if crossings not in CROSSINGS:
+        raise ValueError(f"crossings must be one of {CROSSINGS}, got {crossings!r}")
+
+
 def flow_kwargs(
     solver: str | None,
     max_sliding: int | None,
@@ -22,8 +28,7 @@ def flow_kwargs(
     named solver, with `max_sliding` slots per neuron (`None`: the solver's default,
     `default_slots`) and that treatment of transversal crossings if it is a sliding
     one."""
-    if crossings not in CROSSINGS:
-        raise ValueError(f"crossings must be one of {CROSSINGS}, got {crossings!r}")
+    check_crossings(crossings)
     if solver is None:
         return {}
     name = solver_name(solver, data, rtol)
