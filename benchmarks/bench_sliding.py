@@ -341,7 +341,7 @@ def _late_phase(args, quick: bool, model, data, name: str) -> None:
         fig.tight_layout()
         path = os.path.join(args.out, f"sliding_late_phase{'_quick' if quick else ''}.png")
         fig.savefig(path, dpi=120)
-        print(f"plot: {path}")
+        print(f"plot: {os.path.basename(path)} (in the --out folder)")
     except ImportError:
         print("matplotlib not installed: no plot")
 

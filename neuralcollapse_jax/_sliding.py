@@ -37,7 +37,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
-from ._crossing import CrossingController, transversal_approach
+from ._crossing import BUDGET, CrossingController, transversal_approach
 from ._dataset import Dataset
 from ._loss import output_residual
 from ._model import TwoLayerReLU
@@ -564,6 +564,10 @@ class SlidingReLU(AbstractTableauSolver):
       controller). `"none"`: left to the error control, as in a plain solver.
     - `crossing_window`: with `"land"` or `"start"`, crossings predicted within this
       fraction of a step are started at its beginning.
+    - `crossing_budget`: with `"land"`, the summed estimated error of the crossings a
+      step may contain, as a fraction of its tolerance
+      (`CrossingController(budget=...)`). Default `BUDGET` (0.5); larger values take
+      fewer steps at a larger error (see the docs page *Sliding*).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -576,6 +580,7 @@ class SlidingReLU(AbstractTableauSolver):
     kink_error: str = eqx.field(static=True, default="smooth")
     crossings: str = eqx.field(static=True, default="land")
     crossing_window: float = eqx.field(static=True, default=0.05)
+    crossing_budget: float = eqx.field(static=True, default=BUDGET)
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -604,6 +609,10 @@ class SlidingReLU(AbstractTableauSolver):
             raise ValueError(
                 f"crossing_window must lie in (0, 1), got {self.crossing_window}"
             )
+        if not self.crossing_budget > 0:
+            raise ValueError(
+                f"crossing_budget must be positive, got {self.crossing_budget}"
+            )
         if int(self.iterations) != self.iterations or self.iterations < 1:
             raise ValueError(
                 f"iterations must be a positive integer, got {self.iterations}"
@@ -627,6 +636,7 @@ class SlidingReLU(AbstractTableauSolver):
                 loss=self.loss,
                 reduction=self.reduction,
                 window=self.crossing_window,
+                budget=self.crossing_budget,
             )
         return diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
 
