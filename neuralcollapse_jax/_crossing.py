@@ -39,8 +39,9 @@ from ._loss import output_residual
 # all. Chosen on M300 (docs page *Sliding*): a threshold per crossing (0.1 or 0.01 of
 # the tolerance) let many small crossings add up inside one step (the error at `T`
 # stalled at 2e-3 to 3e-3 for rtol 1e-4 to 3e-5 with 0.1) or landed on each of them
-# (0.01: 3.9x the evaluations on all 3147 digits at rtol 1e-4). Budgets 0.2 and 1.0
-# measured no better on M300 (`bench_crossings.py`).
+# (0.01: 3.9x the evaluations on all 3147 digits at rtol 1e-4). On M300
+# (`bench_crossings.py`) a budget of 0.2 is more accurate at 1.5x the evaluations, and
+# budgets of 1 and 2 fall under 10x against gradient descent at rtol 3e-4.
 BUDGET = 0.5
 BINS = 64  # crossing times are summed in this many bins of the proposed step
 
