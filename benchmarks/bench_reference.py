@@ -22,8 +22,6 @@ CPU, most of it gradient descent at lr 1e-6: a million steps).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
@@ -34,15 +32,10 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import numpy as np  # noqa: E402
 
+# The problem and its runs as `bench_crossings.py` (next to this script) sets them up.
+from bench_crossings import EPS, WIDTH, _descent, _device, _flat, _flow  # noqa: E402
+
 import neuralcollapse_jax as nc  # noqa: E402
-
-
-EPS = 1e-3
-WIDTH = 50
-
-
-def _flat(model) -> np.ndarray:
-    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
 
 
 def _dist(a, b) -> float:
@@ -54,13 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     args = parser.parse_args(argv)
     quick = args.quick
-    d = jax.devices()[0]
     print(f"# bench_reference{' --quick' if quick else ''}")
-    print(
-        f"device: {d.platform} ({getattr(d, 'device_kind', d.platform)}), "
-        f"{os.cpu_count()} CPU cores, {platform.machine()}; jax {jax.__version__}, "
-        "float64"
-    )
+    print(f"device: {_device()}; jax {jax.__version__}, float64")
     data = nc.datasets.mnist(per_class=20 if quick else 100)
     model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, WIDTH, 3, EPS)
     T = 0.1 if quick else 1.0
@@ -68,19 +56,8 @@ def main(argv=None) -> int:
 
     def flow(rtol, inner):
         t = time.perf_counter()
-        tr = nc.gradient_flow(
-            model,
-            data,
-            t1=T,
-            saveat=np.array([0.0, T]),
-            rtol=rtol,
-            atol=rtol * EPS,
-            solver=nc.SlidingReLU(inner=inner),
-            save_params=False,
-            max_steps=4_000_000,
-        )
-        x = jax.block_until_ready(_flat(tr.final))
-        return x, int(tr.stats["grad_evals"]), time.perf_counter() - t
+        tr = jax.block_until_ready(_flow(model, data, T, rtol, "land", inner=inner)())
+        return _flat(tr.final), int(tr.stats["grad_evals"]), time.perf_counter() - t
 
     tight = [1e-5, 1e-6] if quick else [3e-7, 1e-7]
     flows = {r: flow(r, diffrax.Bosh3()) for r in tight}
@@ -103,15 +80,7 @@ def main(argv=None) -> int:
     for lr in lrs:
         steps = int(round(T / lr))
         t = time.perf_counter()
-        final = nc.gradient_descent(
-            model,
-            data,
-            learning_rate=lr,
-            steps=steps,
-            save_steps=np.array([0, steps]),
-            save_params=False,
-        ).final
-        gd[lr] = jax.block_until_ready(_flat(final))
+        gd[lr] = _flat(jax.block_until_ready(_descent(model, data, lr, steps)()))
         e = _dist(gd[lr], ref)
         ratio = "" if prev is None else f"{prev / e:.2f}"
         print(
