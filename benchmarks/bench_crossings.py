@@ -39,6 +39,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+# The flow runs of `bench_sliding.py` (next to this script), same problem settings.
+import bench_sliding  # noqa: E402
 import diffrax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -77,30 +79,11 @@ def _flow(model, data, t1, rtol, crossings, budget=None, inner=None):
     extra = {} if budget is None else {"crossing_budget": budget}
     inner = diffrax.Bosh3() if inner is None else inner
     solver = nc.SlidingReLU(inner=inner, crossings=crossings, **extra)
-    return lambda: nc.gradient_flow(
-        model,
-        data,
-        t1=t1,
-        saveat=np.array([0.0, t1]),
-        rtol=rtol,
-        atol=rtol * EPS,
-        solver=solver,
-        save_params=False,
-        max_steps=2_000_000,
-    )
+    return lambda: bench_sliding._flow(model, data, t1, rtol, solver, max_steps=2_000_000)
 
 
 def _descent(model, data, lr, steps):
-    return lambda: (
-        nc.gradient_descent(
-            model,
-            data,
-            learning_rate=lr,
-            steps=steps,
-            save_steps=np.array([0, steps]),
-            save_params=False,
-        ).final
-    )
+    return lambda: bench_sliding._descent(model, data, lr, steps)
 
 
 def _device() -> str:
