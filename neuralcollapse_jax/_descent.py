@@ -12,7 +12,14 @@ import optax
 from jaxtyping import ArrayLike
 
 from ._dataset import Dataset
-from ._flow import Recorder, _all_finite, _validate, save_function
+from ._flow import (
+    Recorder,
+    RowSpace,
+    _all_finite,
+    _validate,
+    row_space_basis,
+    save_function,
+)
 from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
 from ._trajectory import Status, Trajectory
@@ -40,6 +47,7 @@ def gradient_descent(
     optimizer: optax.GradientTransformation | None = None,
     record: Mapping[str, Recorder] | None = None,
     save_params: bool = True,
+    row_space: bool = False,
 ) -> Trajectory:
     r"""Gradient descent `theta <- theta - lr grad L(theta)` (or SGD), through Optax.
 
@@ -61,6 +69,14 @@ def gradient_descent(
       `log_steps(steps)`).
     - `optimizer`: an Optax optimizer (default `optax.sgd(learning_rate)`); e.g.
       `optax.sgd(lr, momentum=0.9)`.
+    - `row_space`: descend in the row space of `data.x`, as `gradient_flow(...,
+      row_space=True)` integrates: every gradient `X^T G` lies in the row space, so the
+      part of `W` outside it never moves and the iterates are those of the full-space
+      run up to rounding, at the cost of `rank(X)` instead of `D` columns (on MNIST
+      about 1.7x faster per step). The trajectory is returned for the full model.
+      Only with the default `optax.sgd` (an `optimizer` such as Adam scales each
+      coordinate and is not invariant under the change of basis: `ValueError`); needs
+      concrete data.
 
     **Returns:**
 
@@ -93,12 +109,26 @@ def gradient_descent(
             )
         batch_size = int(batch_size)
     _validate(model, data, 1.0, np.zeros(1), loss, reduction, None, None, None)
+    if row_space and optimizer is not None:
+        raise ValueError(
+            "row_space=True needs the default optimizer (plain SGD): a custom optimizer "
+            "may scale each coordinate, which the change of basis does not preserve"
+        )
     if key is None:
         key = jax.random.key(0)
     dtype = model.W.dtype
+    lift = None
+    if row_space:
+        Q = row_space_basis(data)
+        if Q.shape[1] < data.dim:
+            W_r = Q.T @ model.W
+            lift = RowSpace(Q=Q, W_perp=model.W - Q @ W_r, data=data)
+            model = TwoLayerReLU(W_r, model.V, model.leak)
+            data = Dataset(data.x @ Q, data.y, data.num_classes)
     return _descend(
         model,
         data,
+        lift,
         jnp.asarray(learning_rate, dtype),
         jnp.asarray(save_steps, jnp.int32),
         key,
@@ -128,6 +158,7 @@ def _batch(data: Dataset, key, step, batch_size: int) -> tuple[Dataset, jax.Arra
 def _descend(
     model,
     data,
+    lift,
     learning_rate,
     save_steps,
     key,
@@ -141,7 +172,7 @@ def _descend(
     save_params,
 ) -> Trajectory:
     opt = optax.sgd(learning_rate) if optimizer is None else optimizer
-    fn = save_function(loss, reduction, save_params, dict(record))
+    fn = save_function(loss, reduction, save_params, dict(record), lift)
 
     def one_step(k, carry):
         m, opt_state = carry
@@ -161,6 +192,8 @@ def _descend(
     init = (model, opt.init(eqx.filter(model, eqx.is_inexact_array)), jnp.int32(0))
     (final, opt_state, _), saved = jax.lax.scan(segment, init, save_steps)
     final, _ = jax.lax.fori_loop(save_steps[-1], steps, one_step, (final, opt_state))
+    if lift is not None:
+        final, data = lift.lift(final), lift.data
     models = None
     if save_params:
         models = TwoLayerReLU(*saved["params"], leak=model.leak)

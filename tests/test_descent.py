@@ -124,3 +124,54 @@ def test_bad_inputs(problem):
         )
     with pytest.raises(ValueError, match="binary"):
         nc.gradient_descent(model, data, learning_rate=0.1, steps=3, loss="exponential")
+
+
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_row_space_descent_is_the_same_descent(batch_size):
+    """With rank(X) < D, descending in the row space of X gives the full-space
+    iterates up to rounding (every gradient X^T G lies in the row space), for full
+    batches and minibatches; saved parameters, loss and records are for the full
+    model, and the part of W outside the row space never moves."""
+    data = datasets.orthogonally_separable(jax.random.key(3), 3, 20, dim=10)
+    assert np.linalg.matrix_rank(np.asarray(data.x)) == 6
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 8, 3, 1e-1)
+    rec = {"w2": lambda m, d: jnp.sum(m.W**2)}
+    kw = dict(learning_rate=0.05, steps=300, batch_size=batch_size, record=rec)
+    full = nc.gradient_descent(model, data, **kw)
+    red = nc.gradient_descent(model, data, row_space=True, **kw)
+    assert int(red.status) == 0
+    # the run moves the weights well away from the start, so agreement is not trivial
+    moved = np.abs(np.asarray(full.final.W) - np.asarray(model.W)).max()
+    assert moved > 3 * np.abs(np.asarray(model.W)).max()
+    np.testing.assert_allclose(red.models.W, full.models.W, rtol=0, atol=1e-12 * moved)
+    np.testing.assert_allclose(red.models.V, full.models.V, rtol=0, atol=1e-12 * moved)
+    np.testing.assert_allclose(red.final.W, full.final.W, rtol=0, atol=1e-12 * moved)
+    np.testing.assert_allclose(red.loss, full.loss, rtol=1e-12)
+    np.testing.assert_allclose(red.records["w2"], full.records["w2"], rtol=1e-12)
+    Q = np.asarray(nc._flow.row_space_basis(data))
+    P = np.eye(10) - Q @ Q.T
+    W0 = np.asarray(model.W)
+    assert np.max(np.abs(P @ np.asarray(red.final.W) - P @ W0)) < 1e-14
+
+
+def test_row_space_descent_bad_input(problem):
+    """A custom optimizer is refused (Adam is not invariant under the change of
+    basis), and so is traced data."""
+    data, model = problem
+    with pytest.raises(ValueError, match="row_space=True needs the default optimizer"):
+        nc.gradient_descent(
+            model,
+            data,
+            learning_rate=0.1,
+            steps=3,
+            row_space=True,
+            optimizer=optax.adam(0.1),
+        )
+
+    @jax.jit
+    def traced(x):
+        d = nc.Dataset(x, data.y, data.num_classes)
+        return nc.gradient_descent(model, d, learning_rate=0.1, steps=3, row_space=True)
+
+    with pytest.raises(ValueError, match="row_space=True needs concrete data"):
+        traced(data.x)
