@@ -39,10 +39,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+# The problem and its runs as `bench_crossings.py` and `bench_sliding.py` (next to this
+# script) set them up.
+import bench_sliding  # noqa: E402
 import diffrax  # noqa: E402
 import numpy as np  # noqa: E402
-
-# The problem and its runs as `bench_crossings.py` (next to this script) sets them up.
 from bench_crossings import EPS, WIDTH, _device, _flat, _flow, _timed  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
@@ -55,16 +56,8 @@ def _dist(a, b) -> float:
 def _descent(model, data, lr, T, row_space):
     steps = int(round(T / lr))
     t = time.perf_counter()
-    tr = nc.gradient_descent(
-        model,
-        data,
-        learning_rate=lr,
-        steps=steps,
-        save_steps=np.array([0, steps]),
-        save_params=False,
-        row_space=row_space,
-    )
-    x = _flat(jax.block_until_ready(tr.final))
+    final = bench_sliding._descent(model, data, lr, steps, row_space=row_space)
+    x = _flat(jax.block_until_ready(final))
     return x, steps, time.perf_counter() - t
 
 

@@ -89,7 +89,7 @@ def _flow(model, data, t1, rtol, solver, max_steps=400_000, row_space=False):
     return traj
 
 
-def _descent(model, data, lr, steps):
+def _descent(model, data, lr, steps, row_space=False):
     """Full-batch gradient descent through Optax (the library's `gradient_descent`)."""
     traj = nc.gradient_descent(
         model,
@@ -98,6 +98,7 @@ def _descent(model, data, lr, steps):
         steps=steps,
         save_steps=np.array([0, steps]),
         save_params=False,
+        row_space=row_space,
     )
     return traj.final
 

@@ -330,6 +330,20 @@ def row_space_basis(data: Dataset) -> Array:
     return jnp.asarray(vt[:r].T, dtype=data.x.dtype)
 
 
+def reduce_to_row_space(
+    model: TwoLayerReLU, data: Dataset
+) -> tuple[TwoLayerReLU, Dataset, RowSpace | None]:
+    """The model and data in the row space of `data.x`, and the `RowSpace` that lifts
+    the reduced model back (`None`, with the inputs unchanged, for full-rank data)."""
+    Q = row_space_basis(data)
+    if Q.shape[1] == data.dim:
+        return model, data, None
+    W_r = Q.T @ model.W
+    lift = RowSpace(Q=Q, W_perp=model.W - Q @ W_r, data=data)
+    reduced = Dataset(data.x @ Q, data.y, data.num_classes)
+    return TwoLayerReLU(W_r, model.V, model.leak), reduced, lift
+
+
 def save_function(
     loss: str,
     reduction: str,
@@ -436,12 +450,7 @@ def gradient_flow(
     atol = default_atol(model, rtol) if atol is None else jnp.asarray(atol, dtype=dtype)
     lift = None
     if row_space:
-        Q = row_space_basis(data)
-        if Q.shape[1] < data.dim:
-            W_r = Q.T @ model.W
-            lift = RowSpace(Q=Q, W_perp=model.W - Q @ W_r, data=data)
-            model = TwoLayerReLU(W_r, model.V, model.leak)
-            data = Dataset(data.x @ Q, data.y, data.num_classes)
+        model, data, lift = reduce_to_row_space(model, data)
     return _solve(
         model,
         data,
