@@ -95,7 +95,13 @@ def _device() -> str:
 def _gd_at(gd, err, e):
     """GD wall time at error `e`, interpolated log-log between the two measured
     learning rates whose errors bracket it (None outside the measured range)."""
-    pts = sorted((err(x), w) for x, w, _ in gd.values())
+    return _interp([(err(x), w) for x, w, _ in gd.values()], e)
+
+
+def _interp(points, e):
+    """Wall time at error `e`, log-log between the two (error, wall) points that
+    bracket it; None outside the measured range."""
+    pts = sorted(points)
     for (e0, w0), (e1, w1) in zip(pts, pts[1:]):
         if e0 <= e <= e1 and e0 < e1:
             f = np.log(e / e0) / np.log(e1 / e0)
