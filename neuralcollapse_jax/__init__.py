@@ -6,26 +6,20 @@ from . import theory as theory
 from ._crossing import CrossingController as CrossingController
 from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent
-from ._descent import log_steps as log_steps
-from ._flow import (
-    auto_solver as auto_solver,
-)
-from ._flow import (
-    default_atol as default_atol,
-)
-from ._flow import (
-    gradient as gradient,
-)
-from ._flow import (
-    gradient_flow as gradient_flow,
-)
-from ._flow import (
-    log_times as log_times,
-)
-from ._flow import (
-    vector_field as vector_field,
-)
+from ._field import GradientField as GradientField
+from ._field import gradient as gradient
+from ._field import vector_field as vector_field
+from ._flow import DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS
+from ._flow import DEFAULT_RTOL as DEFAULT_RTOL
+from ._flow import default_atol as default_atol
+from ._flow import gradient_flow as gradient_flow
 from ._loss import LOSS_NAMES as LOSS_NAMES
+from ._loss import AbstractLoss as AbstractLoss
+from ._loss import CrossEntropy as CrossEntropy
+from ._loss import Exponential as Exponential
+from ._loss import Logistic as Logistic
+from ._loss import Square as Square
+from ._loss import as_loss as as_loss
 from ._loss import loss as loss
 from ._loss import per_sample_loss as per_sample_loss
 from ._model import (
@@ -42,8 +36,14 @@ from ._model import (
 )
 from ._reproduce import reproduce as reproduce
 from ._rk import UnrolledERK as UnrolledERK
+from ._row_space import RowSpace as RowSpace
+from ._row_space import row_space_basis as row_space_basis
 from ._sliding import SlidingReLU as SlidingReLU
-from ._sliding import default_slots as default_slots
+from ._sliding_modes import default_slots as default_slots
+from ._solvers import SOLVER_NAMES as SOLVER_NAMES
+from ._solvers import auto_solver as auto_solver
+from ._solvers import resolve_solver as resolve_solver
+from ._solvers import sliding_tableau as sliding_tableau
 from ._sweep import (
     SweepConfig as SweepConfig,
 )
@@ -56,6 +56,8 @@ from ._sweep import (
 from ._sweep import (
     sweep as sweep,
 )
+from ._times import log_steps as log_steps
+from ._times import log_times as log_times
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
 

@@ -22,26 +22,21 @@ stops the solve at one; thousands of crossings need a controller, hence this by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array
 
 from ._dataset import Dataset
-from ._loss import output_residual
+from ._field import term_loss
+from ._loss import AbstractLoss
 
 
 # Default `budget`: the crossings left inside a step may cost half its tolerance in
-# all. Chosen on M300 (docs page *Sliding*): a threshold per crossing (0.1 or 0.01 of
-# the tolerance) let many small crossings add up inside one step (the error at `T`
-# stalled at 2e-3 to 3e-3 for rtol 1e-4 to 3e-5 with 0.1) or landed on each of them
-# (0.01: 3.9x the evaluations on all 3147 digits at rtol 1e-4). On M300
-# (`bench_crossings.py`) a budget of 0.2 is more accurate at 1.5x the evaluations, and
-# budgets of 1 and 2 fall under 10x against gradient descent at rtol 3e-4.
+# all (a threshold per crossing either lets many small crossings add up inside one
+# step or lands on each of them; docs page *Sliding*).
 BUDGET = 0.5
 BINS = 64  # crossing times are summed in this many bins of the proposed step
 
@@ -62,17 +57,20 @@ def transversal_approach(
 
 class CrossingState(eqx.Module):
     """State of `CrossingController`: the PID's, `Z = X W` at the current state (so
-    that each step costs one product with the data), and the steps shortened."""
+    that each step costs one product with the data), the steps shortened, and the
+    loss, read from the term at `init`."""
 
     pid: Any
     Z: Array
     landings: Array
+    loss: AbstractLoss
 
 
 class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     r"""`PIDController` that ends a step just before the first predicted transversal
     crossing of a ReLU kink that matters; for `SlidingReLU` on `TwoLayerReLU` models
-    (the state must have `W`, `V`; `args` is the `Dataset`).
+    (the state must have `W`, `V`; `args` is the `Dataset`; the term is
+    `ODETerm(GradientField(loss))`, whose loss gives `c_ij`).
 
     A crossing of pair `(i, j)` left inside a step costs an error: with
     `c_ij = <r_i, v_j>` the jump of `dw_j/dt` is `(1 - leak) |c_ij| |x_i|`, and its
@@ -89,8 +87,8 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
 
     **Arguments:**
 
-    - `rtol`, `atol`, `norm`: as for `diffrax.PIDController` (which this wraps).
-    - `loss`, `reduction`: the training loss, for `c_ij`.
+    - `pid`: the `diffrax.PIDController` this wraps, with all its settings (its `rtol`
+      and `atol` also scale the crossings' errors).
     - `margin`: the step ends this fraction of the predicted crossing time before it.
     - `window`: crossings predicted within this fraction of the proposed step are not
       landed on (the solver starts them at the step's start).
@@ -101,11 +99,7 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     `Trajectory.stats`.
     """
 
-    rtol: Any
-    atol: Any
-    norm: Callable = optx.rms_norm
-    loss: str = eqx.field(static=True, default="cross_entropy")
-    reduction: str = eqx.field(static=True, default="sum")
+    pid: diffrax.PIDController
     margin: float = eqx.field(static=True, default=0.02)
     window: float = eqx.field(static=True, default=0.05)
     budget: float = eqx.field(static=True, default=BUDGET)
@@ -119,16 +113,26 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
             raise ValueError(f"budget must be positive, got {self.budget}")
 
     @property
-    def pid(self) -> diffrax.PIDController:
-        return diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
+    def rtol(self):
+        return self.pid.rtol
+
+    @property
+    def atol(self):
+        return self.pid.atol
+
+    @property
+    def norm(self):
+        return self.pid.norm
 
     def wrap(self, direction):
-        return self
+        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
+        loss = term_loss(terms)
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
         Z = args.x @ y0.W
-        return t1, CrossingState(pid=pid_state, Z=Z, landings=jnp.zeros((), jnp.int32))
+        landings = jnp.zeros((), jnp.int32)
+        return t1, CrossingState(pid=pid_state, Z=Z, landings=landings, loss=loss)
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args: Dataset, y_error, error_order, state
@@ -147,7 +151,7 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
         leak = y0.leak
 
         H = jnp.where(Z > 0, Z, leak * Z)
-        C = output_residual(self.loss, self.reduction, H @ V.T, args) @ V
+        C = state.loss.residual(H @ V.T, args) @ V
         # Only transversal crossings (the solver's test for its started crossings): a
         # pair whose boundary attracts from both sides slides instead, and landing
         # before it would only repeat.
@@ -171,7 +175,10 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
         shorten = jnp.isfinite(first)
         dt = jnp.where(shorten, jnp.minimum(dt, first * (1.0 - self.margin)), dt)
         new_state = CrossingState(
-            pid=pid_state, Z=Z, landings=state.landings + shorten.astype(jnp.int32)
+            pid=pid_state,
+            Z=Z,
+            landings=state.landings + shorten.astype(jnp.int32),
+            loss=state.loss,
         )
         return keep, next_t0, next_t0 + dt, made_jump, new_state, result
 

@@ -12,24 +12,14 @@ import optax
 from jaxtyping import ArrayLike
 
 from ._dataset import Dataset
-from ._flow import (
-    Recorder,
-    _all_finite,
-    _validate,
-    reduce_to_row_space,
-    save_function,
-)
+from ._flow import Recorder, all_finite, save_function
+from ._loss import AbstractLoss, as_loss
 from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
+from ._row_space import reduce_to_row_space
+from ._times import log_steps
 from ._trajectory import Status, Trajectory
-
-
-def log_steps(steps: int, num: int = 100) -> np.ndarray:
-    """Distinct integer save steps `0, ..., steps`, roughly log-spaced."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    s = np.unique(np.round(np.geomspace(1, steps, num)).astype(np.int64))
-    return np.concatenate([[0], s])
+from ._validation import check_problem
 
 
 def gradient_descent(
@@ -41,8 +31,8 @@ def gradient_descent(
     batch_size: int | None = None,
     key=None,
     save_steps: ArrayLike | None = None,
-    loss: str = "cross_entropy",
-    reduction: str = "sum",
+    loss: str | AbstractLoss = "cross_entropy",
+    reduction: str | None = None,
     optimizer: optax.GradientTransformation | None = None,
     record: Mapping[str, Recorder] | None = None,
     save_params: bool = True,
@@ -107,7 +97,8 @@ def gradient_descent(
                 f"batch_size {batch_size} exceeds the number of samples {data.num_samples}"
             )
         batch_size = int(batch_size)
-    _validate(model, data, 1.0, np.zeros(1), loss, reduction, None, None, None)
+    loss = as_loss(loss, reduction)
+    check_problem(model, data, loss)
     if row_space and optimizer is not None:
         raise ValueError(
             "row_space=True needs the default optimizer (plain SGD): a custom optimizer "
@@ -129,7 +120,6 @@ def gradient_descent(
         steps=steps,
         batch_size=batch_size,
         loss=loss,
-        reduction=reduction,
         optimizer=optimizer,
         record=tuple(sorted((record or {}).items())),
         save_params=save_params,
@@ -160,21 +150,20 @@ def _descend(
     steps,
     batch_size,
     loss,
-    reduction,
     optimizer,
     record,
     save_params,
 ) -> Trajectory:
     opt = optax.sgd(learning_rate) if optimizer is None else optimizer
-    fn = save_function(loss, reduction, save_params, dict(record), lift)
+    fn = save_function(loss, save_params, dict(record), lift)
 
     def one_step(k, carry):
         m, opt_state = carry
         if batch_size is None:
-            g = jax.grad(loss_value)(m, data, loss, reduction)
+            g = jax.grad(loss_value)(m, data, loss)
         else:
             batch, weights = _batch(data, key, k, batch_size)
-            g = jax.grad(loss_value)(m, batch, loss, reduction, weights)
+            g = jax.grad(loss_value)(m, batch, loss, None, weights)
         updates, opt_state = opt.update(g, opt_state, m)
         return optax.apply_updates(m, updates), opt_state
 
@@ -191,7 +180,7 @@ def _descend(
     models = None
     if save_params:
         models = TwoLayerReLU(*saved["params"], leak=model.leak)
-    ok = _all_finite(final) & jnp.isfinite(loss_value(final, data, loss, reduction))
+    ok = all_finite(final) & jnp.isfinite(loss_value(final, data, loss))
     n_steps = jnp.asarray(steps)
     stats = {
         "num_steps": n_steps,

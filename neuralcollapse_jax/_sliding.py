@@ -1,27 +1,11 @@
-r"""Filippov sliding on ReLU kinks: a Diffrax solver that does not chatter.
+r"""`SlidingReLU`: a Diffrax solver for the flow that does not chatter on ReLU kinks.
 
-The flow of the papers is the differential inclusion `d theta/dt in -dL(theta)`
-(Clarke subdifferential). With `z_ij = <x_i, w_j>`, `r_i = -dl/df(x_i)` and
-`c_ij = <r_i, v_j>` it reads (NeurIPS 2025, App. C.1)
-
-    dw_j/dt = sum_i s_ij c_ij x_i,      dv_j/dt = sum_i r_i relu(z_ij),
-
-with `s_ij = relu'(z_ij)` off the kink and any `s_ij in [leak, 1]` on it. Only the
-`w`-equation depends on the choice. The solution computed here is the one that gradient
-descent converges to as its step shrinks: a pair `(i, j)` whose two one-sided
-velocities both point at its boundary `z_ij = 0` *slides* on it, with the `s_ij` that
-keeps `dz_ij/dt = 0` (Filippov's convention). For a neuron `j` with sliding set `S_j`
-this is a projection,
-
-    dw_j/dt = (I - P_j) a_j,    a_j = sum_{i not in S_j} s_ij c_ij x_i,
-
-where `P_j` projects onto `span{x_i : i in S_j}`; the sliding weights are
-`s_ij = eta_ij / c_ij` with `eta = -G^{-1} X_S a_j`, `G = X_S X_S^T`. A pair is held while
-its `s_ij` lies in `[leak, 1]` and `c_ij < 0` (an attracting boundary); it leaves to the
-inactive side when `s_ij < leak` and to the active side when `s_ij > 1`.
-
-The sliding set is part of the solver state: Diffrax commits a new solver state only
-when a step is accepted, so the mode changes only between accepted steps.
+The flow is the differential inclusion `d theta/dt in -dL(theta)`; the solution
+computed here slides on the kinks `<x_i, w_j> = 0` that attract from both sides
+(Filippov's convention, the limit of gradient descent as its step shrinks). The
+algebra of the sliding sets is in `_sliding_modes.py`; this module is the solver: a
+first-same-as-last explicit Runge-Kutta step (the stage loop of `UnrolledERK`) under
+the sliding set decided at its start.
 """
 
 from __future__ import annotations
@@ -35,486 +19,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int
 
-from ._crossing import BUDGET, CrossingController, transversal_approach
+from ._crossing import BUDGET, CrossingController
 from ._dataset import Dataset
-from ._loss import output_residual
+from ._field import term_loss
 from ._model import TwoLayerReLU
-from ._rk import AbstractTableauSolver, _combine, _weighted
-
-
-class _Field(eqx.Module):
-    """The flow's quantities at one state, for a fixed sliding set."""
-
-    dW: Float[Array, "D h"]  # projected w-velocity (the vector field)
-    dV: Float[Array, "K h"]
-    Z: Float[Array, "n h"]  # preactivations z_ij
-    C: Float[Array, "n h"]  # c_ij = <r_i, v_j>
-    A: Float[Array, "D h"]  # a_j: w-velocity of the non-sliding pairs, unprojected
-
-
-class _Mode(eqx.Module):
-    """A sliding set in the form the vector field uses it."""
-
-    mask: Bool[Array, "n h"]  # (i, j) slides
-    xs: Float[Array, "h m D"]  # X_{S_j}, zero rows for empty slots
-    ginv: Float[Array, "h m m"]  # G_j^{-1} on the used slots, zero elsewhere
-
-
-class SlidingState(eqx.Module):
-    """Solver state of `SlidingReLU`: the sliding set and the last field evaluation.
-
-    Counters are cumulative over accepted steps (Diffrax keeps the old state when a
-    step is rejected).
-    """
-
-    idx: Int[Array, "h m"]  # sliding sample indices per neuron, -1 = empty slot
-    ginv: Float[Array, "h m m"]  # inverse Gram matrices of the slots of `idx`
-    field: _Field  # at the current state, with the sliding set `idx` (FSAL)
-    positive: Bool[Array, "n h"]  # z_ij > 0 at the start of the last accepted step
-    entries: Int[Array, ""]
-    exits: Int[Array, ""]
-    overflow: Int[Array, ""]
-    max_pairs: Int[Array, ""]
-    max_per_neuron: Int[Array, ""]  # most sliding pairs of one neuron at a time
-    mode_changes: Int[Array, ""]  # accepted steps whose sliding set changed
-    started: Int[Array, ""]  # crossings started at the beginning of a step
-
-
-def _masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
-    """Inverse of each neuron's Gram matrix restricted to its used slots.
-
-    Empty slots get an identity block so that the batched inverse is well posed, then
-    are zeroed. A relative ridge of `1e3 * eps` keeps it defined when sliding samples
-    are (nearly) linearly dependent; the projection is then exact to that level.
-    """
-    outer = used[:, :, None] & used[:, None, :]
-    m = G.shape[-1]
-    eye = jnp.eye(m, dtype=G.dtype)
-    diag = jnp.diagonal(G, axis1=1, axis2=2)
-    scale = jnp.max(jnp.where(used, diag, 0.0), axis=1)[:, None, None]
-    ridge = 1e3 * jnp.finfo(G.dtype).eps * jnp.where(scale > 0, scale, 1.0)
-    Gm = jnp.where(outer, G, 0.0) + jnp.where(used[:, :, None], ridge, 1.0) * eye[None]
-    return jnp.where(outer, _spd_inverse(Gm), 0.0)
-
-
-def _spd_inverse(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
-    """Inverses of a batch of symmetric positive definite matrices, by Gauss-Jordan
-    sweeps on the diagonal pivots (no pivoting is needed for SPD matrices).
-
-    Written out in `jax.numpy` because LAPACK's Cholesky and triangular solves, called
-    as custom calls inside the integration loop, cost about 14 ms per call on a 2-core
-    CPU (0.9 ms outside the loop; measured), which doubled the cost of a step on M3147.
-    The sweeps are `m` rank-one updates of the whole batch, in a `fori_loop` (unrolled
-    they run faster but compile several times slower).
-    """
-    m = A.shape[-1]
-    idx = jnp.arange(m)
-
-    def sweep(k, A):
-        col = jnp.take(A, k, axis=-1)
-        d = jnp.take(col, k, axis=-1)[..., None]
-        u = col / d
-        on = idx == k
-        B = A - col[..., :, None] * u[..., None, :]
-        B = jnp.where(on[:, None], u[..., None, :], B)
-        B = jnp.where(on[None, :], u[..., :, None], B)
-        return jnp.where(on[:, None] & on[None, :], -1.0 / d[..., None], B)
-
-    # After sweeping every pivot, the matrix holds -A^{-1}.
-    return -jax.lax.fori_loop(0, m, sweep, A)
+from ._rk import AbstractTableauSolver, explicit_stages, weighted_sum
+from ._sliding_modes import (
+    Mode,
+    SlidingState,
+    candidates,
+    could_enter,
+    default_slots,
+    empty_mode,
+    evaluate,
+    kink_correction,
+    mode_holds,
+    slots_of,
+    start_crossings,
+    unfinished_error,
+    update_mode,
+)
 
 
 CROSSINGS = ("land", "start", "none")
-SMALL_SLOTS = 2**18  # slot samples (`h m D` numbers) always allowed: 2 MB in float64
-
-
-def default_slots(n: int, D: int, h: int) -> int:
-    """Default slots per neuron (`max_sliding`) for `n` samples, `D` inputs and `h`
-    neurons: 32 if the slot samples take at most `SMALL_SLOTS` numbers, else as many as
-    keep them within an eighth of the data (`8 h m D <= n D`, so `m = n // (8 h)`),
-    clipped to `[8, 32]`; never more than `n`.
-
-    The slot samples `X_{S_j}` (`h x m x D`) are read twice in every gradient
-    evaluation (the projection), next to the two products with the data, so their size
-    relative to the data sets the solver's overhead over a plain gradient. Measured on a
-    2-core CPU: on M300 (`n = 300`, `D = 784`, `h = 50`) an evaluation took 2.4 ms with
-    32 slots, 1.0 to 1.5 ms with 8 and 1.0 to 1.2 ms with one (a gradient descent step
-    0.9 ms), and the solve at rtol 5e-5 3.2 to 3.6 s against 1.4 to 1.8 s; on all 3147
-    digits 60 s against 49 s. Too few slots cost steps instead (a pair refused a slot
-    chatters, counted in `sliding_overflow`): a neuron held at most 3 to 6 pairs at
-    once on the MNIST benchmark problems and 14 on 90 Gaussian points with random
-    labels in `D = 30` (where 32 slots are small and the rule gives 32).
-    """
-    if h * 32 * D <= SMALL_SLOTS:
-        m = 32
-    else:
-        m = max(8, min(32, n // max(8 * h, 1)))
-    return int(max(1, min(n, m)))
-
-
-def _slot_mask(idx: Int[Array, "h m"], n: int) -> Bool[Array, "n h"]:
-    h = idx.shape[0]
-    cols = jnp.broadcast_to(jnp.arange(h, dtype=idx.dtype)[:, None], idx.shape)
-    rows = jnp.where(idx >= 0, idx, jnp.asarray(n, idx.dtype))  # dropped by the scatter
-    return jnp.zeros((n, h), bool).at[rows, cols].set(True, mode="drop")
-
-
-def _project(A: Array, xs: Array, ginv: Array) -> Array:
-    """`(I - P_j) a_j` for every neuron: `a_j + X_S^T eta_j`, `eta_j = -G^{-1} X_S a_j`."""
-    eta = -jnp.einsum("jmk,jk->jm", ginv, jnp.einsum("jmd,dj->jm", xs, A))
-    return A + jnp.einsum("jmd,jm->dj", xs, eta)
-
-
-def _evaluate(
-    W: Array, V: Array, data: Dataset, mode: _Mode, loss: str, reduction: str, leak: float
-) -> _Field:
-    """One gradient evaluation: the sliding vector field and its by-products."""
-    x = data.x
-    Z = x @ W
-    positive = Z > 0
-    H = jnp.where(positive, Z, leak * Z)
-    slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
-
-    R = output_residual(loss, reduction, H @ V.T, data)
-    C = R @ V
-    dV = R.T @ H
-    A = x.T @ jnp.where(mode.mask, 0.0, C * slope)
-    dW = _project(A, mode.xs, mode.ginv)
-    return _Field(dW=dW, dV=dV, Z=Z, C=C, A=A)
-
-
-def _empty_mode(n: int, h: int, m: int, D: int, dtype) -> _Mode:
-    return _Mode(
-        mask=jnp.zeros((n, h), bool),
-        xs=jnp.zeros((h, m, D), dtype),
-        ginv=jnp.zeros((h, m, m), dtype),
-    )
-
-
-def _in_box(eta: Array, cs: Array, leak: float, tol: float) -> Array:
-    """Slots whose sliding weight `s = eta / c` lies in `[leak, 1]` (to `tol`) with
-    `c < 0`: the test of the joint check, for entering and for staying."""
-    s = eta / jnp.where(cs < 0, cs, -1.0)
-    return (cs < 0) & (s >= leak - tol) & (s <= 1.0 + tol)
-
-
-def _candidates(state: SlidingState) -> tuple[Array, Array]:
-    """The current sliding pairs (`n x h` mask) and the candidates to enter: pairs
-    whose `z_ij` changed sign over the last accepted step with `c_ij < 0`."""
-    f = state.field
-    old = _slot_mask(state.idx, f.Z.shape[0])
-    cand = ((f.Z > 0) != state.positive) & ~old & (f.C < 0)
-    return old, cand
-
-
-def _could_enter(f: _Field, x: Array, leak: float, tol: float) -> Array:
-    """Pairs `(i, j)` that pass a necessary condition for entering the sliding set of
-    neuron `j` (joined to its current sliding pairs).
-
-    Adding pair `i` to the sliding set `S_j` gives it the weight (Schur complement of
-    the Gram matrix of `S_j + {i}`)
-
-        s_ij = slope_ij - zdot_ij / (c_ij |x~_i|^2),
-
-    where `zdot_ij = <x_i, dw_j/dt>` is the velocity of `z_ij` under the current field
-    and `x~_i` is `x_i` minus its projection on `span{x_k : k in S_j}`. With `c_ij < 0`
-    and `0 < |x~_i| <= |x_i|`, `s_ij in [leak, 1]` needs `zdot_ij` between `0` and
-    `-(1 - leak) c_ij |x_i|^2` on the inactive side and between `(1 - leak) c_ij
-    |x_i|^2` and `0` on the active side: the boundary must attract from the side the
-    pair is on, and not too fast. A pair that crosses its kink transversally fails it,
-    which spares the active-set update in most steps with crossings. One matrix
-    product (`X dW`).
-    """
-    zdot = x @ f.dW
-    bound = (1.0 - leak) * jnp.abs(f.C) * jnp.sum(x * x, axis=1)[:, None]
-    slack = tol * bound
-    inactive = (zdot >= -slack) & (zdot <= bound + slack)
-    active = (zdot <= slack) & (zdot >= -bound - slack)
-    return jnp.where(f.Z > 0, active, inactive)
-
-
-def _update_mode(
-    state: SlidingState,
-    old: Array,
-    cand: Array,
-    x: Array,
-    leak: float,
-    iterations: int,
-    tol: float,
-) -> tuple[Array, _Mode, _Field, dict[str, Array]]:
-    """Decide the sliding set at the start of a step, from the stored evaluation.
-
-    Candidates to enter (`cand`, see `_candidates`), together with the current sliding
-    pairs (`old`), are checked jointly
-    for `s_ij in [leak, 1]`, dropping the failures and re-checking (an active-set
-    iteration for the neuron's box-constrained least-squares problem). Everything works
-    on the `m x m` Gram matrices of the slots; no `n x n` matrix is formed.
-
-    Returns the new slot indices, the mode, the first stage under that mode (from the
-    stored evaluation: no new gradient evaluation), and counters.
-    """
-    f = state.field
-    n, h = f.Z.shape
-    m = state.idx.shape[1]
-    # Slots: the current sliding pairs keep theirs; candidates fill the free ones in
-    # sample order (a rank by cumulative sums and one scatter, O(n h); a sort of all
-    # pairs by priority cost a tenth of a step at n = 3147). Candidates beyond the
-    # free slots stay regular this step (counted as `overflow`).
-    rows = jnp.arange(h)[:, None]
-    free = state.idx < 0
-    free_rank = jnp.cumsum(free, axis=1) - 1
-    slot_ids = jnp.broadcast_to(jnp.arange(m, dtype=state.idx.dtype), (h, m))
-    free_pos = jnp.full((h, m), m, state.idx.dtype)
-    free_pos = free_pos.at[rows, jnp.where(free, free_rank, m)].set(slot_ids, mode="drop")
-    candT = cand.T
-    crank = jnp.cumsum(candT, axis=1) - 1
-    target = jnp.take_along_axis(free_pos, jnp.clip(crank, 0, m - 1), axis=1)
-    target = jnp.where(candT & (crank < m), target, m)
-    samples = jnp.broadcast_to(jnp.arange(n, dtype=state.idx.dtype), (h, n))
-    idx = state.idx.at[rows, target].set(samples, mode="drop")
-    slot = idx >= 0
-    overflow = jnp.sum(cand) - (jnp.sum(slot) - jnp.sum(state.idx >= 0))
-    idx = jnp.maximum(idx, 0)  # empty slots point at sample 0, masked by `slot`
-    xs = jnp.where(slot[..., None], x[idx], 0.0)
-    cs = jnp.take_along_axis(f.C.T, idx, axis=1)
-    zs = jnp.take_along_axis(f.Z.T, idx, axis=1)
-    slope = jnp.where(zs > 0, 1.0, leak).astype(zs.dtype)
-    was = jnp.take_along_axis(old.T, idx, axis=1) & slot
-    # a_j over all pairs (nothing excluded), from the stored a_j and the old slots.
-    a_full = f.A + jnp.einsum("jmd,jm->dj", xs, jnp.where(was, cs * slope, 0.0))
-    G = jnp.einsum("jmd,jkd->jmk", xs, xs)
-    q_full = jnp.einsum("jmd,dj->jm", xs, a_full)
-
-    def check(used, ginv):
-        q = q_full - jnp.einsum("jmk,jk->jm", G, jnp.where(used, cs * slope, 0.0))
-        eta = -jnp.einsum("jmk,jk->jm", ginv, q)
-        return used & _in_box(eta, cs, leak, tol)
-
-    # Up to `iterations` rounds of (inverse, check), stopping at a fixed point: the
-    # set a round keeps is the set it checked, so later rounds change nothing and the
-    # last inverse is the one of the final set. Usually one or two rounds.
-    def body(carry):
-        k, used, _, _ = carry
-        ginv = _masked_inverse(G, used)
-        kept = check(used, ginv)
-        done = jnp.all(kept == used)
-        return k + 1, jnp.where(done, used, kept), ginv, done
-
-    def more(carry):
-        k, _, _, done = carry
-        return ~done & (k < iterations)
-
-    start = (jnp.zeros((), jnp.int32), slot, jnp.zeros_like(G), jnp.zeros((), bool))
-    _, used, ginv, done = jax.lax.while_loop(more, body, start)
-    ginv = jax.lax.cond(done, lambda: ginv, lambda: _masked_inverse(G, used))
-    new_idx = jnp.where(used, idx, -1)
-    mask = _slot_mask(new_idx, n)
-    mode = _Mode(mask=mask, xs=jnp.where(used[..., None], xs, 0.0), ginv=ginv)
-    A = a_full - jnp.einsum("jmd,jm->dj", mode.xs, jnp.where(used, cs * slope, 0.0))
-    first = _Field(dW=_project(A, mode.xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
-    entries = jnp.sum(used & ~was)
-    exits = jnp.sum(old) - jnp.sum(used & was)
-    counters = dict(entries=entries, exits=exits, overflow=overflow)
-    return new_idx, mode, first, counters
-
-
-def _slots(idx: Int[Array, "h m"], x: Array) -> Array:
-    """`X_{S_j}` of each neuron's slots, zero rows for empty slots."""
-    return jnp.where((idx >= 0)[..., None], x[jnp.maximum(idx, 0)], 0.0)
-
-
-def _mode_holds(
-    state: SlidingState, cand: Array, xs: Array, leak: float, tol: float
-) -> Array:
-    """Whether the sliding set stays as it is at the start of this step: no pair
-    changed sign over the last step (no candidate to enter) and every sliding pair
-    still has `s_ij in [leak, 1]` and `c_ij < 0` (none exits).
-
-    The usual case by far; the stored Gram inverses and evaluation are then reused,
-    and the active-set update (slot assignment, the Gram matrices of the slots and
-    their factorisations) is skipped.
-    """
-    f = state.field
-    used = state.idx >= 0
-    cs = jnp.take_along_axis(f.C.T, jnp.maximum(state.idx, 0), axis=1)
-    # `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set check.
-    eta = -jnp.einsum("jmk,jk->jm", state.ginv, jnp.einsum("jmd,dj->jm", xs, f.A))
-    return ~jnp.any(cand) & jnp.all(_in_box(eta, cs, leak, tol) | ~used)
-
-
-def _kink_correction(
-    fields: list[_Field],
-    mode: _Mode,
-    x: Array,
-    dt: Array,
-    leak: float,
-    tab: diffrax.ButcherTableau,
-    error: str,
-    started: Array | None = None,
-) -> tuple[Array, Array]:
-    """Jump correction for the pairs that cross their kink transversally in a step.
-
-    In the `w`-equation the only discontinuous factor is the indicator `1[z_ij > 0]`
-    of `s_ij`; `c_ij` and the `v`-equation are continuous. The Runge-Kutta combination
-    integrates it as `sum_s b_s 1[z_ij(Y_s) > 0] c_ij(Y_s)`, a first-order quadrature
-    of a step function. For each pair whose start-side velocity reaches `z_ij = 0`
-    within the step, the crossing fraction `tau` is extrapolated from the start
-    (`z_ij` is exactly linear between the first two stages of an explicit method, so
-    its start velocity costs nothing), `c_ij` is interpolated linearly between the
-    first and the last evaluated stage, and the difference between the exact integral
-    of the indicator term under that model and the RK quadrature is added to `w_j`
-    (projected like the field, so sliding constraints stay exact). Diffrax has no
-    discontinuity handling inside a step, hence this by hand.
-
-    `fields` are the evaluated stages except the last (first same as last) one.
-    Returns the correction of `W(y1)` and of the error estimate (`error="smooth"`:
-    the same correction with the embedded weights, so the estimate measures the
-    smooth part; `"full"`: unchanged).
-    """
-    S = len(fields)  # stages used by y1 (the last, FSAL, stage has b = 0)
-    b = np.asarray(tab.b_sol)
-    f0 = fields[0]
-    z0, c0 = f0.Z, f0.C
-    a21 = float(np.asarray(tab.a_lower[0])[0])
-    zdot = (fields[1].Z - z0) / (a21 * dt)  # dz/dt at the start, exact
-    on = z0 > 0
-    toward = jnp.where(on, zdot < 0, zdot > 0)
-    safe = jnp.where(toward, zdot, 1.0)
-    tau = jnp.where(toward, -z0 / (safe * dt), jnp.inf)
-    cross = toward & (tau < 1) & ~mode.mask
-    if started is not None:  # started at the beginning of the step: nothing to correct
-        cross = cross & ~started
-    tau = jnp.clip(jnp.where(cross, tau, 0.0), 0.0, 1.0)
-    c_last = float(np.asarray(tab.c)[S - 2])  # abscissa of fields[-1]
-    slope_c = (fields[-1].C - c0) / c_last
-    # exact integral over [0, 1] of 1[active] c(theta) under the linear model of c
-    I_off = c0 * tau + slope_c * tau**2 / 2  # active before tau
-    I_on = c0 * (1 - tau) + slope_c * (1 - tau**2) / 2  # active after tau
-    exact = jnp.where(on, I_off, I_on)
-    rk = sum(float(b[k]) * jnp.where(f.Z > 0, f.C, 0.0) for k, f in enumerate(fields))
-    delta = jnp.where(cross, (1 - leak) * (exact - rk), 0.0)
-    if error == "smooth":
-        # The embedded solution's quadrature of the same term, with the last stage
-        # (at the corrected y1) on the far side of the crossing at theta = 1.
-        b_err = np.asarray(tab.b_error)
-        e = sum(
-            float(b_err[k]) * jnp.where(f.Z > 0, f.C, 0.0) for k, f in enumerate(fields)
-        )
-        e = e + float(b_err[S]) * jnp.where(on, 0.0, c0 + slope_c)
-        both = x.T @ jnp.concatenate([delta, -(1 - leak) * jnp.where(cross, e, 0.0)], 1)
-        h = delta.shape[1]
-        dA, eA = both[:, :h], both[:, h:]
-        return dt * _project(dA, mode.xs, mode.ginv), dt * _project(eA, mode.xs, mode.ginv)
-    dA = x.T @ delta
-    return dt * _project(dA, mode.xs, mode.ginv), jnp.zeros_like(dA)
-
-
-STARTED_PAIRS = 64  # started crossings per step handled as sparse rank-one updates
-
-
-def _pair_sum(mask: Array, coef: Array, x: Array, size: int = STARTED_PAIRS) -> Array:
-    """`sum_{(i, j) in mask} coef_ij x_i e_j^T` for each of the `c` columns of `coef`
-    (`n x h x c`): shape `c x D x h`.
-
-    Started crossings are few per step (a handful among the `n h` pairs), so they are
-    gathered and scattered (`O(size D)`) instead of a dense product with the data
-    (`O(n D h)`, which on all 3147 MNIST digits costs as much as a tenth of a step
-    each); more than `size` pairs take the dense product.
-    """
-    n, h = mask.shape
-    size = min(size, mask.size)
-    c = coef.shape[-1]
-    count = jnp.sum(mask)
-
-    def sparse():
-        i, j = jnp.nonzero(mask, size=size, fill_value=0)
-        valid = jnp.arange(size) < count
-        vals = jnp.where(valid[:, None], coef[i, j], 0.0)  # size x c
-        update = vals.T[:, None, :] * x[i].T[None, :, :]  # c x D x size
-        return jnp.zeros((c, x.shape[1], h), coef.dtype).at[:, :, j].add(update)
-
-    def dense():
-        return jnp.einsum("nd,nhc->cdh", x, jnp.where(mask[..., None], coef, 0.0))
-
-    return jax.lax.cond(count <= size, sparse, dense)
-
-
-class _Started(eqx.Module):
-    """Crossings started at the beginning of a step (see `_start_crossings`)."""
-
-    mask: Bool[Array, "n h"]
-    near: Bool[Array, "n h"]  # z_ij > 0 at the start (the side being left)
-    coef: Float[Array, "n h"]  # (near - far slope) c_ij on started pairs, else 0
-    tau: Float[Array, "n h"]  # crossing fraction of the step on started pairs, else 0
-    correction: Float[Array, "D h"]  # of y1: the near-side part, integrated exactly
-    error: Float[Array, "D h"]  # of the error estimate: what the correction misses
-
-
-def _start_crossings(
-    first: _Field, mode: _Mode, x: Array, dt: Array, leak: float, window: float
-) -> tuple[_Field, _Started]:
-    """Evaluate the step on the far side of the kink for the pairs whose crossing is
-    imminent, and integrate the part before the crossing exactly.
-
-    A non-sliding pair whose start velocity `zdot_ij = <x_i, dw_j/dt>` reaches its
-    kink within the fraction `window` of the step (at `tau dt`), and whose velocity on
-    the far side (`zdot_ij -+ (1 - leak) c_ij |x_i|^2`, without the projection) keeps
-    it going (a transversal crossing, not a sliding candidate), is treated as crossed
-    from the start of the step: every stage sees the far side, and the near-side part
-    `tau dt (1 -+ leak) c_ij x_i` (with `c_ij` frozen) is added to `y1`, so the
-    crossing's local error is `O((tau dt)^2)` (`CrossingController` ends the previous
-    step just before the crossing). `tau^2` times the jump goes to the error estimate.
-
-    Costs one product `X dW` and, in steps that start crossings, one sparse update.
-    """
-    zdot = x @ first.dW
-    near, toward = transversal_approach(first.Z, zdot, first.C, x, leak)
-    tau = jnp.where(toward, -first.Z / (jnp.where(toward, zdot, 1.0) * dt), jnp.inf)
-    mask = toward & (tau < window) & ~mode.mask
-    tau = jnp.where(mask, tau, 0.0)
-    coef = jnp.where(mask, jnp.where(near, 1.0 - leak, leak - 1.0) * first.C, 0.0)
-    D, h = first.A.shape
-
-    def with_starts():
-        stacked = jnp.stack([-coef, coef * tau, coef * tau * tau], axis=-1)
-        flip, corr, err = _pair_sum(mask, stacked, x)
-        A = first.A + flip
-        project = lambda a: _project(a, mode.xs, mode.ginv)  # noqa: E731
-        return A, project(A), dt * project(corr), dt * project(err)
-
-    def without():
-        zero = jnp.zeros((D, h), first.A.dtype)
-        return first.A, first.dW, zero, zero
-
-    A, dW, correction, error = jax.lax.cond(jnp.any(mask), with_starts, without)
-    first = _Field(dW=dW, dV=first.dV, Z=first.Z, C=first.C, A=A)
-    started = _Started(
-        mask=mask, near=near, coef=coef, tau=tau, correction=correction, error=error
-    )
-    return first, started
-
-
-def _unfinished_error(
-    started: _Started, z1: Array, mode: _Mode, x: Array, dt: Array
-) -> Array:
-    """Error estimate of a step for started pairs still on the near side at its end:
-    they approached their kink without reaching it (on orthogonally separable data a
-    pair ends on its boundary like that), so the whole step had the wrong field for
-    them. Their jump over the whole step is added, so that the step is rejected and
-    retried shorter, where the pair is no longer started."""
-    unfinished = started.mask & ((z1 > 0) == started.near)
-    D, h = started.correction.shape
-
-    def error():
-        coef = (started.coef * (1.0 - started.tau**2))[..., None]
-        e = _pair_sum(unfinished, coef, x)[0]
-        return dt * _project(e, mode.xs, mode.ginv)
-
-    return jax.lax.cond(
-        jnp.any(unfinished), error, lambda: jnp.zeros((D, h), started.correction.dtype)
-    )
 
 
 class SlidingReLU(AbstractTableauSolver):
@@ -528,16 +56,16 @@ class SlidingReLU(AbstractTableauSolver):
     decided from the last stage of the previous step (first same as last), so a step
     costs exactly the tableau's `stages - 1` gradient evaluations.
 
-    Used as `diffeqsolve(ODETerm(vector_field(loss, reduction)), SlidingReLU(...),
-    y0=model, args=data, ...)`; the term is only used for Diffrax's initial step
-    selection. `gradient_flow(..., solver="sliding")` does this.
+    Used as `diffeqsolve(ODETerm(GradientField(loss)), SlidingReLU(...), y0=model,
+    args=data, ...)`: the solver evaluates the field itself, with the loss it reads
+    from the term (`vector_field(loss, reduction)` builds the field).
+    `gradient_flow(..., solver="sliding")` does this.
 
     **Arguments:**
 
     - `inner`: a first-same-as-last explicit Runge-Kutta solver: `diffrax.Tsit5()`
       (default), `diffrax.Bosh3()` (cheaper at loose tolerances, `rtol >= 1e-6`: what
       `gradient_flow(solver="sliding")` picks there), `diffrax.Dopri5()`.
-    - `loss`, `reduction`: as in `neuralcollapse_jax.loss`.
     - `max_sliding`: slots per neuron (`m`). A pair that would slide but finds no free
       slot stays regular (correct, but it may chatter); counted in the `overflow` stat.
       Default `None`: `default_slots(n, D, h)`: the slot samples (`h x m x D`
@@ -571,8 +99,6 @@ class SlidingReLU(AbstractTableauSolver):
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
-    loss: str = eqx.field(static=True, default="cross_entropy")
-    reduction: str = eqx.field(static=True, default="sum")
     max_sliding: int | None = eqx.field(static=True, default=None)
     iterations: int = eqx.field(static=True, default=3)
     tol: float = eqx.field(static=True, default=1e-6)
@@ -626,19 +152,15 @@ class SlidingReLU(AbstractTableauSolver):
     def controller(
         self, rtol, atol, norm: Callable = optx.rms_norm
     ) -> diffrax.AbstractAdaptiveStepSizeController:
-        """The step-size controller for this solver: `CrossingController` with the
-        same loss and window when `crossings="land"`, else `diffrax.PIDController`."""
+        """The step-size controller for this solver: `diffrax.PIDController(rtol, atol,
+        norm)`, wrapped in a `CrossingController` with the same window when
+        `crossings="land"`."""
+        pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
         if self.crossings == "land":
             return CrossingController(
-                rtol=rtol,
-                atol=atol,
-                norm=norm,
-                loss=self.loss,
-                reduction=self.reduction,
-                window=self.crossing_window,
-                budget=self.crossing_budget,
+                pid, window=self.crossing_window, budget=self.crossing_budget
             )
-        return diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
+        return pid
 
     def evals_per_step(self) -> tuple[int, int]:
         """`(gradient evaluations per step, at start)`: the tableau's stages minus one
@@ -646,15 +168,13 @@ class SlidingReLU(AbstractTableauSolver):
         plus one evaluation at the start."""
         return len(self.inner.tableau.c), 1
 
-    def _eval(self, y: TwoLayerReLU, data: Dataset, mode: _Mode) -> _Field:
-        return _evaluate(y.W, y.V, data, mode, self.loss, self.reduction, y.leak)
-
     def init(self, terms, t0, t1, y0: TwoLayerReLU, args: Dataset) -> SlidingState:
-        del terms, t0, t1
+        del t0, t1
         n = args.x.shape[0]
         D, h = y0.W.shape
         m = self.slots(n, D, h)
-        field = self._eval(y0, args, _empty_mode(n, h, m, D, y0.W.dtype))
+        mode = empty_mode(n, h, m, D, y0.W.dtype)
+        field = evaluate(y0.W, y0.V, args, mode, term_loss(terms), y0.leak)
         zero = jnp.zeros((), jnp.int32)
         return SlidingState(
             idx=jnp.full((h, m), -1, jnp.int32),
@@ -674,35 +194,36 @@ class SlidingReLU(AbstractTableauSolver):
         # The regular field (no sliding set): used by Diffrax for the first step size.
         n = args.x.shape[0]
         D, h = y0.W.shape
-        f = self._eval(y0, args, _empty_mode(n, h, 1, D, y0.W.dtype))
+        mode = empty_mode(n, h, 1, D, y0.W.dtype)
+        f = evaluate(y0.W, y0.V, args, mode, term_loss(terms), y0.leak)
         return TwoLayerReLU(f.dW, f.dV, y0.leak)
 
     def step(self, terms, t0, t1, y0: TwoLayerReLU, args: Dataset, solver_state, made_jump):
-        del terms, made_jump  # the first stage is always recomputed from the state
+        del made_jump  # the first stage is always recomputed from the state
+        loss = term_loss(terms)
         state: SlidingState = solver_state
         data = args
         leak = y0.leak
-        # Gathered in each step (0.04 ms on M300) rather than carried in the solver
-        # state, which Diffrax selects between old and new in every step: carrying
-        # them measured no faster.
-        xs_old = _slots(state.idx, data.x)
-        old, cand = _candidates(state)
+        # Gathered in each step rather than carried in the solver state, which Diffrax
+        # selects between old and new in every step: carrying them was no faster.
+        xs_old = slots_of(state.idx, data.x)
+        old, cand = candidates(state)
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
         cand = jax.lax.cond(
             jnp.any(cand),
-            lambda: cand & _could_enter(state.field, data.x, leak, self.tol),
+            lambda: cand & could_enter(state.field, data.x, leak, self.tol),
             lambda: cand,
         )
 
         def update(_):
-            idx, mode, first, counters = _update_mode(
+            idx, mode, first, counters = update_mode(
                 state, old, cand, data.x, leak, self.iterations, self.tol
             )
             return idx, mode, first, {k: v.astype(jnp.int32) for k, v in counters.items()}
 
         def keep(_):
-            mode = _Mode(mask=old, xs=xs_old, ginv=state.ginv)
+            mode = Mode(mask=old, xs=xs_old, ginv=state.ginv)
             zero = jnp.zeros((), jnp.int32)
             counters = dict(entries=zero, exits=zero, overflow=zero)
             return state.idx, mode, state.field, counters
@@ -710,25 +231,24 @@ class SlidingReLU(AbstractTableauSolver):
         # A real branch on one device (the update is skipped in most steps); under
         # `vmap` both sides run and the result is selected.
         idx, mode, first, counters = jax.lax.cond(
-            _mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
+            mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
         )
         tab = self.inner.tableau
         dt = t1 - t0
         dtype = y0.W.dtype
         started = None
         if self.crossings != "none":
-            first, started = _start_crossings(
+            first, started = start_crossings(
                 first, mode, data.x, dt, leak, self.crossing_window
             )
         # Stage increments k_s = dt f_s as (W, V) pairs; explicit RK (Diffrax's tableau).
-        ks = [(dt * first.dW, dt * first.dV)]
         fields = [first]
-        last = None
         n_rows = len(tab.a_lower)
         eW_kink = None
-        for s, a_row in enumerate(tab.a_lower):
-            a_row = np.asarray(a_row)
-            Ws, Vs = _combine((y0.W, y0.V), ks, a_row)
+
+        def stage(s, c, ys):
+            nonlocal eW_kink
+            Ws, Vs = ys
             if started is not None and s == n_rows - 1:
                 # Started crossings spent `tau dt` on the near side: integrated
                 # exactly (with `c_ij` frozen), before y1's stage is evaluated.
@@ -736,7 +256,7 @@ class SlidingReLU(AbstractTableauSolver):
             if self.kink_correction and s == n_rows - 1:
                 # The last stage is y1 (first same as last): correct it before it is
                 # evaluated, so that the stored field is the one at the corrected y1.
-                dW_kink, eW_kink = _kink_correction(
+                dW_kink, eW_kink = kink_correction(
                     fields,
                     mode,
                     data.x,
@@ -747,17 +267,21 @@ class SlidingReLU(AbstractTableauSolver):
                     None if started is None else started.mask,
                 )
                 Ws = Ws + dW_kink
-            last = _evaluate(Ws, Vs, data, mode, self.loss, self.reduction, leak)
-            fields.append(last)
-            ks.append((dt * last.dW, dt * last.dV))
+            f = evaluate(Ws, Vs, data, mode, loss, leak)
+            fields.append(f)
+            return (Ws, Vs), (dt * f.dW, dt * f.dV), f
+
+        ks, (W1, V1), _ = explicit_stages(
+            tab, (y0.W, y0.V), (dt * first.dW, dt * first.dV), stage
+        )
         # First same as last: the last stage is at y1 = y0 + sum_s b_s k_s.
-        W1, V1 = Ws, Vs
+        last = fields[-1]
         b_err = np.asarray(tab.b_error)
-        eW, eV = _weighted(ks, b_err, (y0.W, y0.V))
+        eW, eV = weighted_sum(ks, b_err, (y0.W, y0.V))
         if eW_kink is not None:
             eW = eW + eW_kink
         if started is not None:
-            eW = eW + started.error + _unfinished_error(started, last.Z, mode, data.x, dt)
+            eW = eW + started.error + unfinished_error(started, last.Z, mode, data.x, dt)
         y1 = TwoLayerReLU(W1, V1, leak)
         y_error = TwoLayerReLU(eW, eV, leak)
         k_stack = TwoLayerReLU(

@@ -6,8 +6,8 @@ import dataclasses
 from typing import Any
 
 from .._dataset import Dataset
-from .._flow import SLIDING_TABLEAUS, resolve_solver, solver_name
-from .._sliding import CROSSINGS
+from .._sliding import CROSSINGS, SlidingReLU
+from .._solvers import resolve_solver, solver_name
 
 
 def check_crossings(crossings: str) -> None:
@@ -25,19 +25,16 @@ def flow_kwargs(
 ) -> dict[str, Any]:
     """`gradient_flow` keyword arguments for a reproduction's `solver`, `max_sliding`
     and `crossings` settings: `{}` for `solver=None` (the flow's default), else the
-    named solver, with `max_sliding` slots per neuron (`None`: the solver's default,
-    `default_slots`) and that treatment of transversal crossings if it is a sliding
-    one."""
+    named solver, with `max_sliding` slots per neuron and that treatment of
+    transversal crossings if it is a sliding one."""
     check_crossings(crossings)
     if solver is None:
         return {}
-    name = solver_name(solver, data, rtol)
-    if isinstance(name, str) and name in SLIDING_TABLEAUS:
-        # gradient_flow gives a SlidingReLU instance its own loss and reduction.
-        sliding = resolve_solver(name, "cross_entropy", "sum")
+    resolved = resolve_solver(solver, data, rtol)
+    if isinstance(resolved, SlidingReLU):
         return {
             "solver": dataclasses.replace(
-                sliding, max_sliding=max_sliding, crossings=crossings
+                resolved, max_sliding=max_sliding, crossings=crossings
             )
         }
-    return {"solver": name}
+    return {"solver": solver_name(solver, data, rtol)}

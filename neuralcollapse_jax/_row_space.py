@@ -1,0 +1,62 @@
+"""The flow in the row space of the data: exact, and cheaper when `rank(X) < D`."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._dataset import Dataset
+from ._model import TwoLayerReLU
+
+
+class RowSpace(eqx.Module):
+    """The data's row space `Q` (`D x r`, orthonormal columns), the part `W_perp` of the
+    initial `W` outside it, and the full data set.
+
+    `X W = (X Q)(Q^T W)` because `X W_perp = 0`, and `grad_W L = X^T G` lies in the row
+    space, so `W_perp` never moves: the flow of `(Q^T W, V)` on the data `X Q` is the
+    flow of `(W, V)` on `X`, exactly (to the rank threshold of `X`'s singular values).
+    """
+
+    Q: Float[Array, "D r"]
+    W_perp: Float[Array, "D h"]
+    data: Dataset
+
+    def lift(self, y: TwoLayerReLU) -> TwoLayerReLU:
+        """The full model `W = Q W_r + W_perp` of a reduced one."""
+        return TwoLayerReLU(self.Q @ y.W + self.W_perp, y.V, y.leak)
+
+
+def row_space_basis(data: Dataset) -> Float[Array, "D r"]:
+    """An orthonormal basis (`D x r`) of the row space of `data.x`, from its SVD.
+
+    The rank `r` counts singular values above `max(n, D) * eps * s_max` (NumPy's
+    `matrix_rank` threshold, with the data's floating-point `eps`). The data must be
+    concrete (not traced under `jit`/`vmap`): `r` decides array shapes.
+    """
+    if isinstance(data.x, jax.core.Tracer):
+        raise ValueError(
+            "row_space=True needs concrete data: the rank decides array shapes, so it "
+            "cannot be used with data traced under jit/vmap"
+        )
+    _, s, vt = np.linalg.svd(np.asarray(data.x, dtype=np.float64), full_matrices=False)
+    eps = jnp.finfo(data.x.dtype).eps
+    r = int(np.sum(s > max(data.x.shape) * eps * (s[0] if s.size else 0.0)))
+    return jnp.asarray(vt[:r].T, dtype=data.x.dtype)
+
+
+def reduce_to_row_space(
+    model: TwoLayerReLU, data: Dataset
+) -> tuple[TwoLayerReLU, Dataset, RowSpace | None]:
+    """The model and data in the row space of `data.x`, and the `RowSpace` that lifts
+    the reduced model back (`None`, with the inputs unchanged, for full-rank data)."""
+    Q = row_space_basis(data)
+    if Q.shape[1] == data.dim:
+        return model, data, None
+    W_r = Q.T @ model.W
+    lift = RowSpace(Q=Q, W_perp=model.W - Q @ W_r, data=data)
+    reduced = Dataset(data.x @ Q, data.y, data.num_classes)
+    return TwoLayerReLU(W_r, model.V, model.leak), reduced, lift
