@@ -220,7 +220,7 @@ def test_grad_evals_count_is_exact(small_problem, solver):
         model,
         args=small_problem,
         stepsize_controller=diffrax.PIDController(
-            rtol=nc._flow.DEFAULT_RTOL, atol=nc.default_atol(model, nc._flow.DEFAULT_RTOL)
+            rtol=nc.DEFAULT_RTOL, atol=nc.default_atol(model, nc.DEFAULT_RTOL)
         ),
         max_steps=10_000,
     )
@@ -275,7 +275,7 @@ def test_row_space_reduction_is_the_same_flow(solver):
     # three classes in D = 10 whose samples span 6 dimensions
     data = datasets.orthogonally_separable(jax.random.key(3), 3, 20, dim=10)
     model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 8, 3, 1e-2)
-    Q = np.asarray(nc._flow.row_space_basis(data))
+    Q = np.asarray(nc.row_space_basis(data))
     assert Q.shape == (10, 6)
     np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
     assert np.linalg.matrix_rank(np.asarray(data.x)) == 6
@@ -303,7 +303,7 @@ def test_row_space_full_rank_and_traced_data():
     """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
     x = jax.random.normal(jax.random.key(5), (30, 10), dtype=jnp.float64)
     data = nc.Dataset(x, jnp.arange(30) % 3)
-    assert nc._flow.row_space_basis(data).shape == (10, 10)
+    assert nc.row_space_basis(data).shape == (10, 10)
     model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 8, 3, 1e-2)
     kw = dict(t1=5.0, saveat=nc.log_times(5.0, 5), rtol=1e-8)
     a = nc.gradient_flow(model, data, **kw)
@@ -323,7 +323,7 @@ def test_auto_rule_matches_the_measured_separability(getkey):
     (cosines of the whole Gram matrix): orthogonal classes iff `mu_s >= 0` and
     `mu_d >= 0`. Blocks of 4 rows, so that the block loop and its last, shorter block
     are exercised."""
-    from neuralcollapse_jax._flow import _classes_orthogonal
+    from neuralcollapse_jax._solvers import _classes_orthogonal
 
     cases = [
         datasets.orthogonally_separable(getkey(), 3, (4, 5, 6), 12, 0.5, 0.2),

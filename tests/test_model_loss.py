@@ -208,3 +208,104 @@ def test_cross_entropy_keeps_precision_for_tiny_losses():
         expected[yi] = -S / (1 + S)
         np.testing.assert_allclose(grad[i], expected, rtol=1e-13, atol=0)
     assert float(per[0]) > 0 and float(grad[0, 0]) < 0  # not rounded away
+
+
+@pytest.mark.parametrize(
+    "name, cls, out_dim, k",
+    [
+        ("cross_entropy", nc.CrossEntropy, 3, 3),
+        ("exponential", nc.Exponential, 1, 2),
+        ("logistic", nc.Logistic, 1, 2),
+        ("square", nc.Square, 3, 3),
+    ],
+)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_names_and_objects_agree(getkey, name, cls, out_dim, k, reduction):
+    """A name with a reduction and the loss object give the same loss, gradient and
+    flow bit for bit; `as_loss` returns objects as given."""
+    data = _data(getkey(), k=k, sizes=(4, 5, 6)[:k])
+    model = nc.TwoLayerReLU.init(getkey(), 12, 6, out_dim, 0.5)
+    obj = cls(reduction=reduction)
+    assert nc.as_loss(name, reduction) == obj
+    assert nc.as_loss(obj) is obj and nc.as_loss(obj, reduction) is obj
+    assert obj.name == name and name in nc.LOSS_NAMES
+    assert float(nc.loss(model, data, name, reduction)) == float(nc.loss(model, data, obj))
+    g_name = nc.gradient(model, data, name, reduction)
+    g_obj = nc.gradient(model, data, obj)
+    np.testing.assert_array_equal(g_name.W, g_obj.W)
+    np.testing.assert_array_equal(g_name.V, g_obj.V)
+    kw = dict(t1=1.0, saveat=np.array([0.0, 1.0]), rtol=1e-6, solver="regular")
+    a = nc.gradient_flow(model, data, loss=name, reduction=reduction, **kw)
+    b = nc.gradient_flow(model, data, loss=obj, **kw)
+    np.testing.assert_array_equal(a.final.W, b.final.W)
+    gd = dict(learning_rate=1e-2, steps=5, save_steps=np.array([0, 5]))
+    c = nc.gradient_descent(model, data, loss=name, reduction=reduction, **gd)
+    d = nc.gradient_descent(model, data, loss=obj, **gd)
+    np.testing.assert_array_equal(c.final.W, d.final.W)
+
+
+def test_as_loss_bad_input():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        nc.as_loss("hinge")
+    with pytest.raises(ValueError, match="unknown loss"):
+        nc.as_loss(3)
+    with pytest.raises(ValueError, match="reduction"):
+        nc.as_loss("square", "max")
+    with pytest.raises(ValueError, match="reduction"):
+        nc.Square(reduction="max")
+    with pytest.raises(ValueError, match="conflicts"):
+        nc.as_loss(nc.Square(reduction="sum"), "mean")
+    with pytest.raises(ValueError, match="binary"):
+        nc.Logistic().check(3, 3)
+    with pytest.raises(ValueError, match="out_dim = K = 3"):
+        nc.CrossEntropy().check(1, 3)
+    with pytest.raises(ValueError, match="K = 2"):
+        nc.Square().check(1, 3)
+
+
+def test_loss_objects_against_hand_formulas(getkey):
+    """Per-sample values, the reduced value (with and without weights) and the output
+    residual `-dL/df` of each loss object, against closed forms in NumPy."""
+    f3 = np.asarray(jax.random.normal(getkey(), (6, 3)))
+    f1 = np.asarray(jax.random.normal(getkey(), (6, 1)))
+    y3 = np.array([0, 1, 2, 2, 1, 0])
+    y2 = np.array([0, 1, 1, 0, 1, 0])
+    s = 2.0 * y2 - 1.0
+    w = np.array([1.0, 1.0, 0.0, 1.0, 0.5, 1.0])
+    Y = np.eye(3)[y3]
+    p = _softmax(f3)
+    cases = [
+        # (loss, f, y, K, per-sample l, dl/df)
+        (nc.CrossEntropy(), f3, y3, 3, -np.log(np.sum(p * Y, axis=1)), p - Y),
+        (
+            nc.Exponential(),
+            f1,
+            y2,
+            2,
+            np.exp(-s * f1[:, 0]),
+            (-s * np.exp(-s * f1[:, 0]))[:, None],
+        ),
+        (
+            nc.Logistic(),
+            f1,
+            y2,
+            2,
+            2 * np.log1p(np.exp(-s * f1[:, 0])),
+            (-2 * s / (1 + np.exp(s * f1[:, 0])))[:, None],
+        ),
+        (nc.Square(), f3, y3, 3, 0.5 * np.sum((f3 - Y) ** 2, axis=1), f3 - Y),
+        (nc.Square(), f1, y2, 2, 0.5 * (f1[:, 0] - s) ** 2, f1 - s[:, None]),
+    ]
+    for loss, f, y, k, per, dldf in cases:
+        data = nc.Dataset(np.zeros((6, 2)), y, k)
+        fj = jnp.asarray(f)
+        np.testing.assert_allclose(loss.per_sample(fj, jnp.asarray(y), k), per, rtol=1e-13)
+        assert float(loss.value(fj, data.y, k)) == pytest.approx(per.sum(), rel=1e-13)
+        np.testing.assert_allclose(loss.residual(fj, data), -dldf, rtol=1e-12, atol=1e-15)
+        mean = type(loss)(reduction="mean")
+        assert float(mean.value(fj, data.y, k)) == pytest.approx(per.mean(), rel=1e-13)
+        weighted = float(mean.value(fj, data.y, k, jnp.asarray(w)))
+        assert weighted == pytest.approx(np.sum(w * per) / w.sum(), rel=1e-13)
+        np.testing.assert_allclose(
+            mean.residual(fj, data), -dldf / len(y), rtol=1e-12, atol=1e-15
+        )

@@ -2,6 +2,8 @@
 gradient descent as its step shrinks, the conservation law, agreement with the regular
 flow where nothing slides, jit/vmap, and the solver's statistics."""
 
+import traceback
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,7 @@ from scipy.optimize import brentq
 from scipy.special import expi
 
 import neuralcollapse_jax as nc
-from neuralcollapse_jax import datasets
-from neuralcollapse_jax._sliding import SlidingReLU
+from neuralcollapse_jax import SlidingReLU, datasets
 
 
 THETA = np.pi / 3
@@ -278,46 +279,52 @@ def test_float32_works():
     assert err32 <= 2 * err64 + 1e-3, (err32, err64)
 
 
-def test_grad_evals_count_is_exact():
-    """Count the solver's gradient evaluations with a host callback.
+calls = {"step": 0, "controller": 0, "other": 0}
 
-    The steps cost exactly `stages - 1` evaluations each. At the start Diffrax's
-    automatic first step evaluates the field too; XLA may merge those evaluations with
-    the solver's initial one, so the reported count is exact or over by at most 2.
-    """
-    from neuralcollapse_jax import _sliding
 
-    calls = {"step": 0, "other": 0}
-    original = _sliding._evaluate
+class CountingExponential(nc.Exponential):
+    """The exponential loss, counting (by a host callback) the evaluations of the
+    output residual `-dL/df`, which the sliding solver computes once per gradient
+    evaluation and the crossing controller once per step; each is told apart by where
+    it is traced from."""
 
-    def counting(*args, **kwargs):
-        import traceback
-
-        where = "step" if traceback.extract_stack()[-2].name == "step" else "other"
+    def residual(self, f, data):
+        names = [frame.name for frame in traceback.extract_stack()]
+        if "adapt_step_size" in names:
+            where = "controller"
+        elif "step" in names:
+            where = "step"
+        else:
+            where = "other"
 
         def bump():
             calls[where] += 1
 
         jax.debug.callback(bump, ordered=True)
-        return original(*args, **kwargs)
+        return super().residual(f, data)
 
+
+def test_grad_evals_count_is_exact():
+    """Count the solver's gradient evaluations with a host callback in the loss.
+
+    The steps cost exactly `stages - 1` evaluations each. At the start Diffrax's
+    automatic first step evaluates the field too; XLA may merge those evaluations with
+    the solver's initial one, so the reported count is exact or over by at most 2.
+    """
     model, data = _exit_problem()
-    _sliding._evaluate = counting
-    try:
-        jax.clear_caches()  # compiled solves hold the original function
-        traj = _flow(
-            model,
-            data,
-            t1=4.0,
-            saveat=np.array([0.0, 1.0, 2.0, 3.0, 4.0]),
-            loss="exponential",
-            rtol=1e-7,
-            solver="sliding_tsit5",
-        )
-        jax.block_until_ready(traj.final.W)
-    finally:
-        _sliding._evaluate = original
+    calls.update(step=0, controller=0, other=0)
+    traj = _flow(
+        model,
+        data,
+        t1=4.0,
+        saveat=np.array([0.0, 1.0, 2.0, 3.0, 4.0]),
+        loss=CountingExponential(),
+        rtol=1e-7,
+        solver="sliding_tsit5",
+    )
+    jax.block_until_ready(traj.final.W)
     assert calls["step"] == 6 * int(traj.stats["num_steps"])  # Tsit5: 7 stages, FSAL
+    assert calls["controller"] == int(traj.stats["num_steps"])
     total = calls["step"] + calls["other"]
     assert total <= int(traj.stats["grad_evals"]) <= total + 2, (calls, traj.stats)
     assert int(traj.stats["sliding_exits"]) >= 1
@@ -357,8 +364,8 @@ def test_sliding_by_name_picks_the_tableau_from_rtol():
         b = nc.gradient_flow(model, data, solver=SlidingReLU(inner=inner), rtol=rtol, **kw)
         np.testing.assert_array_equal(np.asarray(a.final.W), np.asarray(b.final.W))
         assert int(a.stats["grad_evals"]) == int(b.stats["grad_evals"])
-    assert nc._flow.sliding_tableau(1e-5) == "bosh3"
-    assert nc._flow.sliding_tableau(jnp.asarray(1e-9)) == "tsit5"
+    assert nc.sliding_tableau(1e-5) == "bosh3"
+    assert nc.sliding_tableau(jnp.asarray(1e-9)) == "tsit5"
     traced = jax.jit(
         lambda r: nc.gradient_flow(model, data, solver="sliding", rtol=r, **kw)
     )
@@ -430,7 +437,7 @@ def test_kink_correction_makes_the_crossing_step_second_order(inner):
     dts = np.array([0.2, 0.1, 0.05, 0.025])
     errors = {}
     for corr in (False, True):
-        solver = SlidingReLU(inner=inner, loss="exponential", kink_correction=corr)
+        solver = SlidingReLU(inner=inner, kink_correction=corr)
         errs = []
         for dt in dts:
             t0 = tc - 0.4 * dt
@@ -493,7 +500,7 @@ def test_a_started_crossing_has_a_second_order_local_error():
     data, tc, exact = _crossing_problem()
     errs = {}
     for crossings in ("start", "none"):
-        solver = SlidingReLU(inner=diffrax.Bosh3(), loss="exponential", crossings=crossings)
+        solver = SlidingReLU(inner=diffrax.Bosh3(), crossings=crossings)
         e = []
         for dt in (0.1, 0.05, 0.025, 0.0125):
             t0 = tc - 0.01 * dt
@@ -511,10 +518,11 @@ def test_crossing_control_bad_input():
         SlidingReLU(crossings="locate")
     with pytest.raises(ValueError, match="crossing_window"):
         SlidingReLU(crossing_window=1.5)
+    pid = diffrax.PIDController(rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="margin"):
-        nc.CrossingController(rtol=1e-6, atol=1e-9, margin=0.0)
+        nc.CrossingController(pid, margin=0.0)
     with pytest.raises(ValueError, match="budget"):
-        nc.CrossingController(rtol=1e-6, atol=1e-9, budget=-1.0)
+        nc.CrossingController(pid, budget=-1.0)
     with pytest.raises(ValueError, match="crossing_budget"):
         SlidingReLU(crossing_budget=0.0)
     assert SlidingReLU(crossing_budget=0.2).controller(1e-6, 1e-9).budget == 0.2
@@ -556,8 +564,7 @@ def test_default_slots_follow_the_data_size():
     rounding (the empty slots change the order of sums, and a step-size decision of
     the crossing control can turn on the last bits: the runs then agree to the
     tolerance, not to the last digit)."""
-    from neuralcollapse_jax._sliding import default_slots
-
+    default_slots = nc.default_slots
     assert default_slots(300, 784, 50) == 8  # M300: 32 slots would be 5x the data
     assert default_slots(3147, 784, 50) == 8  # M3147: n // (8 h) = 7
     assert default_slots(8000, 784, 50) == 20  # n // (8 h) in between
@@ -584,26 +591,26 @@ def test_default_slots_follow_the_data_size():
 def test_spd_inverse_matches_numpy():
     """The Gauss-Jordan sweeps give the inverse of SPD matrices, including nearly
     singular Gram matrices with the masked inverse's ridge."""
-    from neuralcollapse_jax._sliding import _masked_inverse, _spd_inverse
+    from neuralcollapse_jax._sliding_modes import masked_inverse, spd_inverse
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(5, 8, 12))
     G = np.einsum("jmd,jkd->jmk", X, X)
-    inv = np.asarray(jax.jit(_spd_inverse)(jnp.asarray(G)))
+    inv = np.asarray(jax.jit(spd_inverse)(jnp.asarray(G)))
     np.testing.assert_allclose(inv, np.linalg.inv(G), rtol=1e-10, atol=1e-12)
     # masked: only the used slots, zero elsewhere; a repeated sample stays finite
     used = rng.random((5, 8)) < 0.5
     used[:, :2] = True
     X[:, 1] = X[:, 0]
     G = np.einsum("jmd,jkd->jmk", X, X)
-    out = np.asarray(_masked_inverse(jnp.asarray(G), jnp.asarray(used)))
+    out = np.asarray(masked_inverse(jnp.asarray(G), jnp.asarray(used)))
     assert np.all(np.isfinite(out))
     assert np.all(out[~(used[:, :, None] & used[:, None, :])] == 0)
     for j in range(5):
         idx = np.nonzero(used[j])[0][1:]  # drop the duplicate: invertible
         sub = G[j][np.ix_(idx, idx)]
         keep = jnp.asarray(used[j : j + 1]).at[0, 0].set(False)
-        full = np.asarray(_masked_inverse(jnp.asarray(G[j : j + 1]), keep))[0]
+        full = np.asarray(masked_inverse(jnp.asarray(G[j : j + 1]), keep))[0]
         np.testing.assert_allclose(full[np.ix_(idx, idx)], np.linalg.inv(sub), rtol=1e-8)
 
 
@@ -612,14 +619,14 @@ def test_entry_filter_is_a_necessary_condition():
     (keeping the pairs already there) passes the cheap entry filter: on random fields,
     with neurons that already slide on other samples, the filter never rejects a pair
     that the check would keep."""
-    from neuralcollapse_jax._sliding import (
+    from neuralcollapse_jax._sliding_modes import (
+        Field,
         SlidingState,
-        _could_enter,
-        _Field,
-        _masked_inverse,
-        _project,
-        _slot_mask,
-        _update_mode,
+        could_enter,
+        masked_inverse,
+        project,
+        slot_mask,
+        update_mode,
     )
 
     rng = np.random.default_rng(1)
@@ -635,13 +642,13 @@ def test_entry_filter_is_a_necessary_condition():
             k = rng.integers(0, 3)
             idx[j, :k] = rng.choice(n, size=k, replace=False)
         idx = jnp.asarray(idx)
-        old = _slot_mask(idx, n)
+        old = slot_mask(idx, n)
         slope = (Z > 0).astype(Z.dtype)
         A = x.T @ jnp.where(old, 0.0, C * slope) + jnp.asarray(rng.normal(size=(D, h)))
         xs = jnp.where((idx >= 0)[..., None], x[jnp.maximum(idx, 0)], 0.0)
         G = jnp.einsum("jmd,jkd->jmk", xs, xs)
-        ginv = _masked_inverse(G, idx >= 0)
-        field = _Field(dW=_project(A, xs, ginv), dV=jnp.zeros((3, h)), Z=Z, C=C, A=A)
+        ginv = masked_inverse(G, idx >= 0)
+        field = Field(dW=project(A, xs, ginv), dV=jnp.zeros((3, h)), Z=Z, C=C, A=A)
         state = SlidingState(
             idx=idx,
             ginv=ginv,
@@ -658,13 +665,13 @@ def test_entry_filter_is_a_necessary_condition():
         # one candidate per neuron at a time (the filter is exact for single entries)
         for i in rng.choice(n, size=5, replace=False):
             cand = jnp.zeros((n, h), bool).at[i].set(True) & ~old
-            new_idx, *_ = _update_mode(state, old, cand, x, 0.0, 3, 1e-9)
-            new = np.asarray(_slot_mask(new_idx, n))
+            new_idx, *_ = update_mode(state, old, cand, x, 0.0, 3, 1e-9)
+            new = np.asarray(slot_mask(new_idx, n))
             # the filter refers to the current set: neurons that kept all their
             # sliding pairs (the others were checked against a smaller set)
             held = np.all(new >= np.asarray(old), axis=0)
             kept = new[i] & np.asarray(cand)[i] & held
-            passes = np.asarray(_could_enter(field, x, 0.0, 1e-9))[i]
+            passes = np.asarray(could_enter(field, x, 0.0, 1e-9))[i]
             assert np.all(passes[kept]), (trial, i)
             kept_total += int(kept.sum())
     assert kept_total > 10  # the check did accept pairs: the implication was tested
@@ -673,7 +680,7 @@ def test_entry_filter_is_a_necessary_condition():
 def test_pair_sum_matches_the_dense_product():
     """The sparse update of the started crossings equals the dense product, with
     several pairs on one neuron, and falls back to it beyond its size."""
-    from neuralcollapse_jax._sliding import _pair_sum
+    from neuralcollapse_jax._sliding_modes import pair_sum
 
     rng = np.random.default_rng(0)
     n, D, h = 30, 7, 5
@@ -684,5 +691,5 @@ def test_pair_sum_matches_the_dense_product():
         mask[rng.choice(n * h, size=count, replace=False)] = True
         mask = jnp.asarray(mask.reshape(n, h))
         dense = np.einsum("nd,nhc->cdh", x, np.where(mask[..., None], coef, 0.0))
-        got = _pair_sum(mask, coef, x, size=8)  # 40 > 8: the dense branch
+        got = pair_sum(mask, coef, x, size=8)  # 40 > 8: the dense branch
         np.testing.assert_allclose(np.asarray(got), dense, rtol=1e-12, atol=1e-12)
