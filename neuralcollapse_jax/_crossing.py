@@ -67,10 +67,12 @@ class CrossingState(eqx.Module):
 
 
 class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
-    r"""`PIDController` that ends a step just before the first predicted transversal
-    crossing of a ReLU kink that matters; for `SlidingReLU` on `TwoLayerReLU` models
-    (the state must have `W`, `V`; `args` is the `Dataset`; the term is
-    `ODETerm(GradientField(loss))`, whose loss gives `c_ij`).
+    r"""Wraps a `diffrax.PIDController` to end a step just before the first predicted
+    transversal crossing of a ReLU kink that matters.
+
+    For `SlidingReLU` on `TwoLayerReLU` models: the state must have `W`, `V`, `args`
+    is the `Dataset`, and the term is `ODETerm(GradientField(loss))`, whose loss gives
+    `c_ij`.
 
     A crossing of pair `(i, j)` left inside a step costs an error: with
     `c_ij = <r_i, v_j>` the jump of `dw_j/dt` is `(1 - leak) |c_ij| |x_i|`, and its
@@ -80,10 +82,10 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     the step); where the sum first exceeds `budget`, the step ends `margin` before the
     first crossing of that bin. Summing matters: on MNIST many crossings happen at
     once, each small, and a threshold per crossing either lets them add up or lands on
-    every one of them. Crossings nearer than
-    `window` times the proposed step are left to the solver, which starts them at the
-    beginning of the step (`SlidingReLU(crossing_window=...)`); the same `window` must
-    be used by both (`SlidingReLU.controller` builds a matching one).
+    every one of them. Crossings nearer than `window` times the proposed step are left
+    to the solver, which starts them at the beginning of the step
+    (`SlidingReLU(crossing_window=...)`); the same `window` must be used by both
+    (`SlidingReLU.controller` builds a matching one).
 
     **Arguments:**
 
@@ -105,6 +107,10 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     budget: float = eqx.field(static=True, default=BUDGET)
 
     def __check_init__(self):
+        if not isinstance(self.pid, diffrax.PIDController):
+            raise ValueError(
+                f"pid must be a diffrax.PIDController, got {type(self.pid).__name__}"
+            )
         for name in ("margin", "window"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
@@ -112,6 +118,7 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
         if not self.budget > 0:
             raise ValueError(f"budget must be positive, got {self.budget}")
 
+    # Diffrax's adaptive controllers expose their tolerances: those of the PID.
     @property
     def rtol(self):
         return self.pid.rtol

@@ -61,11 +61,10 @@ def gradient_descent(
     - `row_space`: descend in the row space of `data.x`, as `gradient_flow(...,
       row_space=True)` integrates: every gradient `X^T G` lies in the row space, so the
       part of `W` outside it never moves and the iterates are those of the full-space
-      run up to rounding, at the cost of `rank(X)` instead of `D` columns (on MNIST
-      about 1.8x faster per step). The trajectory is returned for the full model.
-      Only with the default `optax.sgd` (an `optimizer` such as Adam scales each
-      coordinate and is not invariant under the change of basis: `ValueError`); needs
-      concrete data.
+      run up to rounding, at the cost of `rank(X)` instead of `D` columns. The
+      trajectory is returned for the full model. Only with the default `optax.sgd`
+      (an `optimizer` such as Adam scales each coordinate and is not invariant under
+      the change of basis: `ValueError`); needs concrete data.
 
     **Returns:**
 

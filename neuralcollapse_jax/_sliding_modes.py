@@ -250,9 +250,9 @@ def update_mode(
     n, h = f.Z.shape
     m = state.idx.shape[1]
     # Slots: the current sliding pairs keep theirs; candidates fill the free ones in
-    # sample order (a rank by cumulative sums and one scatter, O(n h); a sort of all
-    # pairs by priority cost a tenth of a step at n = 3147). Candidates beyond the
-    # free slots stay regular this step (counted as `overflow`).
+    # sample order (a rank by cumulative sums and one scatter, O(n h), where a sort of
+    # all pairs by priority would cost more than the step on large data). Candidates
+    # beyond the free slots stay regular this step (counted as `overflow`).
     rows = jnp.arange(h)[:, None]
     free = state.idx < 0
     free_rank = jnp.cumsum(free, axis=1) - 1
@@ -411,8 +411,7 @@ def pair_sum(mask: Array, coef: Array, x: Array, size: int = STARTED_PAIRS) -> A
 
     Started crossings are few per step (a handful among the `n h` pairs), so they are
     gathered and scattered (`O(size D)`) instead of a dense product with the data
-    (`O(n D h)`, which on all 3147 MNIST digits costs as much as a tenth of a step
-    each); more than `size` pairs take the dense product.
+    (`O(n D h)`); more than `size` pairs take the dense product.
     """
     n, h = mask.shape
     size = min(size, mask.size)

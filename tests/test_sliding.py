@@ -532,6 +532,38 @@ def test_crossing_control_bad_input():
     )
 
 
+def test_crossing_controller_wraps_the_pid_it_is_given():
+    """`CrossingController` steps with the PID controller it holds, all its settings
+    included (a `dtmax` caps every step), and reads the loss from the term, which must
+    be the flow's field."""
+    model, data = _exit_problem()
+    term = diffrax.ODETerm(nc.vector_field("exponential"))
+
+    def solve(pid, term=term):
+        return diffrax.diffeqsolve(
+            term,
+            SlidingReLU(),
+            0.0,
+            2.0,
+            None,
+            model,
+            args=data,
+            stepsize_controller=nc.CrossingController(pid),
+            max_steps=10_000,
+        )
+
+    free = solve(diffrax.PIDController(rtol=1e-6, atol=1e-9))
+    capped = solve(diffrax.PIDController(rtol=1e-6, atol=1e-9, dtmax=0.01))
+    n_free = int(free.stats["num_accepted_steps"])
+    n_capped = int(capped.stats["num_accepted_steps"])
+    assert n_capped >= 200 > n_free, (n_capped, n_free)
+    plain = diffrax.ODETerm(lambda t, y, args: y)
+    with pytest.raises(ValueError, match="GradientField"):
+        solve(diffrax.PIDController(rtol=1e-6, atol=1e-9), term=plain)
+    with pytest.raises(ValueError, match="PIDController"):
+        nc.CrossingController(diffrax.ConstantStepSize())
+
+
 def test_kink_correction_bad_input():
     with pytest.raises(ValueError, match="kink_error"):
         SlidingReLU(kink_correction=True, kink_error="exact")
