@@ -1,4 +1,4 @@
-"""`ncjax run`: one gradient flow, configured as a sweep of one point, written to a folder."""
+"""`ncjax run`: one gradient flow, configured as a sweep of one point."""
 
 from __future__ import annotations
 

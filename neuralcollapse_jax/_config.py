@@ -57,7 +57,7 @@ GENERATOR_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-# -- checks: `check(key, value) -> value`, raising ValueError("KEY must be ...") ------------
+# -- checks: `check(key, value) -> value`, raising ValueError("KEY must be ...") --------
 
 
 def fail(key: str, msg: str):
