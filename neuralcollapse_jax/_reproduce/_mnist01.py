@@ -37,9 +37,8 @@ PAPER_LR = 2e-3
 class Config:
     """Settings of the `mnist01` reproduction (defaults: the full run)."""
 
-    per_class: int | None = setting(
-        None, "data.per_class"
-    )  # None: all 2115 test digits 0 and 1
+    # None: all 2115 test digits 0 and 1
+    per_class: int | None = setting(None, "data.per_class")
     width: int = setting(50, "model.width")
     scale: float = setting(1e-6, "model.scale")
     t1: float = setting(30.0, "flow.t1")  # = 15000 iterations of GD at step 2e-3

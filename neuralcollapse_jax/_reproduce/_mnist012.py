@@ -35,9 +35,8 @@ from ._solver import check_crossings, flow_kwargs
 class Config:
     """Settings of the `mnist012` reproduction (defaults: the full run)."""
 
-    per_class: int | None = setting(
-        None, "data.per_class"
-    )  # None: all 3147 test digits 0, 1, 2
+    # None: all 3147 test digits 0, 1, 2
+    per_class: int | None = setting(None, "data.per_class")
     width: int = setting(50, "model.width")
     scale: float = setting(1e-3, "model.scale")  # std; the paper's variance 1e-6
     batch_size: int = setting(1000, "mnist012.batch_size")
@@ -61,9 +60,8 @@ class Config:
     rtol: float = setting(1e-5, "flow.rtol")
     max_steps: int = setting(2_000_000, "flow.max_steps")
     num_saves: int = setting(100, "flow.num_saves")
-    pca_points: int = setting(
-        1000, "mnist012.pca_points"
-    )  # points shown in the PCA scatter plots
+    # Points shown in the PCA scatter plots
+    pca_points: int = setting(1000, "mnist012.pca_points")
     seed: int = setting(0, "model.seed")
     dtype: str = setting("float64", "dtype")
 
