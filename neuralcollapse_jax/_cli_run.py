@@ -59,7 +59,6 @@ DEFAULT_RUN: dict[str, Any] = {
     "data": DATA_PRESETS["synthetic"],
     "model": {"width": 50, "scale": 1e-4},
     "flow": {"t1": 1e4, "max_steps": 200_000, "num_saves": 200, "t_min_ratio": 1e-7},
-    "output": "ncjax-out/run",
 }
 
 # Short flags, each the same as `--set KEY=VALUE`.
@@ -124,8 +123,13 @@ def add_parser(sub) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """The default problem or the config file, then --data, the short flags and --set."""
-    raw = load_file(args.config) if args.config is not None else dict(DEFAULT_RUN)
+    """The default problem or the config file, then --data, the short flags and --set.
+    A relative `output` in the file is taken relative to the file, as in a sweep."""
+    raw = dict(DEFAULT_RUN)
+    if args.config is not None:
+        raw = load_file(args.config)
+        if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
+            raw["output"] = str(args.config.parent / raw["output"])
     if args.data is not None:
         raw["data"] = DATA_PRESETS[args.data]
     items = [
