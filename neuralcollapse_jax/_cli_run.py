@@ -21,9 +21,10 @@ from ._config import (
     out_dim,
     parse_assignment,
     set_in,
+    solver_name,
     to_yaml,
 )
-from ._flow import gradient_flow, log_times, solver_name
+from ._flow import gradient_flow, log_times
 from ._loss import check_loss
 from ._loss import loss as loss_value
 from ._model import TwoLayerReLU

@@ -22,7 +22,12 @@ import numpy as np
 import yaml
 
 from . import metrics
+
+# The solver registry (names, the default rtol, and how `auto` and `sliding` are
+# resolved for a data set and an rtol): `ncjax run` and the sweep plan take it from here.
 from ._flow import DEFAULT_RTOL, SOLVER_NAMES
+from ._flow import auto_solver as auto_solver
+from ._flow import solver_name as solver_name
 
 
 GENERATORS = ("orthogonally_separable", "block_orthogonal", "mnist", "iclr_toy")

@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._config import GENERATOR_ARGS, build_data, out_dim
-from .._flow import auto_solver, log_times, solver_name
+from .._config import GENERATOR_ARGS, auto_solver, build_data, out_dim, solver_name
+from .._flow import log_times
 from .._loss import check_loss
 from ._config import PARAMS, SweepConfig, _hashable
 
@@ -77,16 +77,6 @@ def make_plan(config: SweepConfig) -> Plan:
     """
     params = config.run_params()
     swept = config.swept()
-    where = {
-        k: (
-            "grid"
-            if k in config.grid
-            else "runs"
-            if k in config.run_keys
-            else PARAMS[k].section
-        )
-        for k in PARAMS
-    }
     data: dict[tuple, Any] = {}
     run_data: list[tuple] = []
     for p in params:
@@ -101,7 +91,7 @@ def make_plan(config: SweepConfig) -> Plan:
                     for k in GENERATOR_ARGS[p["generator"]]
                     if config.fixed.get(k) is not None
                 ]
-                named = ", ".join(f"{where[k]}.{k}={p[k]!r}" for k in keys) or (
+                named = ", ".join(f"{config.where(k)}={p[k]!r}" for k in keys) or (
                     f"data.generator={p['generator']!r}"
                 )
                 raise ValueError(f"{named}: impossible data set: {e}") from None
@@ -128,14 +118,15 @@ def make_plan(config: SweepConfig) -> Plan:
                 ds.num_classes,
             )
         except ValueError as e:
-            raise ValueError(f"{where['loss']}.loss={p['loss']!r}: {e}") from None
+            raise ValueError(f"{config.where('loss')}={p['loss']!r}: {e}") from None
         if (
             p["init"] == "semi_local"
             and p["loss"] in ("exponential", "logistic")
             and (ds.num_classes != 2)
         ):
             raise ValueError(
-                f"{where['init']}.init='semi_local' with a binary loss needs K = 2 classes"
+                f"{config.where('init')}='semi_local' with a binary loss needs K = 2 "
+                "classes"
             )
         b = Block(0, static, ds.num_samples, ds.dim, ds.num_classes)
         blocks.setdefault(b.key, b).runs.append(i)
