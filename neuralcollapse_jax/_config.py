@@ -293,7 +293,7 @@ def check_point(p: Mapping[str, Any], where: Callable[[str], str] | None = None)
                     f"{sorted(allowed)})",
                 )
     if p["atol"] is not None and p["atol_per_scale"] is not None:
-        fail(where("atol"), "and flow.atol_per_scale: give one of them, not both")
+        fail(where("atol"), f"and {where('atol_per_scale')}: give one of them, not both")
     if not 0.0 <= p["leak"] < 1.0:
         fail(where("leak"), f"must be in [0, 1), got {p['leak']!r}")
     if p["t_min_ratio"] > 1.0:
