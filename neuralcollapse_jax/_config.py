@@ -18,10 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import diffrax
 import numpy as np
 import yaml
 
-from . import metrics
+from . import datasets, metrics
 
 # The solver registry (names, the default rtol, and how `auto` and `sliding` are
 # resolved for a data set and an rtol): `ncjax run` and the sweep plan take it from here.
@@ -165,8 +166,6 @@ def solver(key, v):
         if v not in SOLVER_NAMES:
             fail(key, f"must be one of {list(SOLVER_NAMES)}, got {v!r}")
         return v
-    import diffrax
-
     if isinstance(v, diffrax.AbstractSolver):
         return v
     fail(key, f"must be a solver name or a Diffrax solver, got {v!r}")
@@ -524,8 +523,6 @@ def resolve_rtol(rtol: float | None) -> float:
 def build_data(p: Mapping[str, Any], key, dtype):
     """The `Dataset` that the data keys in `p` (bare names) describe; `key` is the PRNG
     key of the random generators."""
-    from . import datasets
-
     gen = p["generator"]
     kwargs = {k: p[k] for k in GENERATOR_ARGS[gen] if p[k] is not None and k != "data_seed"}
     if gen == "orthogonally_separable":
