@@ -189,7 +189,7 @@ def test_failed_runs_are_marked_and_do_not_stop_the_sweep():
     cfg = {
         "data": {"generator": "iclr_toy", "toy": "mu_large"},
         "model": {"width": 4, "init": "gaussian"},
-        "flow": {"loss": "exponential", "max_steps": 150, "num_saves": 5},
+        "flow": {"loss": "exponential", "rtol": 1e-8, "max_steps": 150, "num_saves": 5},
         "grid": {"scale": [1e-3, 1e60], "t1": [0.1, 1e6]},
         "record": list(RECORD),
     }
