@@ -35,15 +35,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
-from neuralcollapse_jax._cli_run import DEFAULTS  # noqa: E402
+from neuralcollapse_jax._cli_run import DEFAULT_RUN  # noqa: E402
 
 
 def _problems(quick: bool):
-    d = DEFAULTS
+    d = DEFAULT_RUN["data"]
     syn = nc.datasets.orthogonally_separable(
-        jax.random.key(d["seed"]),
+        jax.random.key(0),
         3,
-        d["per_class"],
+        d["points_per_class"],
         d["dim"],
         d["mu_s"],
         d["mu_d"],

@@ -3,6 +3,10 @@
 from . import datasets as datasets
 from . import metrics as metrics
 from . import theory as theory
+from ._config import DataConfig as DataConfig
+from ._config import FlowConfig as FlowConfig
+from ._config import ModelConfig as ModelConfig
+from ._config import RunConfig as RunConfig
 from ._crossing import CrossingController as CrossingController
 from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent

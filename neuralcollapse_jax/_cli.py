@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class CliError(ValueError):
-    """A bad option or input: reported as one line on stderr with exit code 2."""
+from . import _cli_run
+from ._reproduce import _cli as _cli_reproduce
+from ._sweep import _cli as _cli_sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,15 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact gradient-flow dynamics of shallow ReLU networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from . import _cli_run
-
+    # Each subcommand's module adds a parser whose `func(args) -> int` runs it.
     _cli_run.add_parser(sub)
-    # --- subcommands: each module adds a parser whose `func(args) -> int` runs it ---
-    from ._sweep import _cli as _cli_sweep
-
     _cli_sweep.add_parser(sub)
-    from ._reproduce import _cli as _cli_reproduce
-
     _cli_reproduce.add_parser(sub)
     return parser
 
@@ -40,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CliError as e:
-        sys.stderr.write(f"ncjax: error: {e}\n")
-        return 2
-    except ValueError as e:  # validation errors of the library
+    except ValueError as e:  # a bad option, config or input: one line, exit code 2
         msg = " ".join(str(e).split())
         sys.stderr.write(f"ncjax: error: {msg}\n")
         return 2

@@ -1,4 +1,4 @@
-"""`ncjax run`: one gradient flow on built-in data, written to an output folder."""
+"""`ncjax run`: one gradient flow, configured as a sweep of one point."""
 
 from __future__ import annotations
 
@@ -10,45 +10,71 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 
-DATASETS = ("synthetic", "block", "mnist01", "mnist012")
+from . import metrics
+from ._config import (
+    RunConfig,
+    build_data,
+    load_file,
+    out_dim,
+    parse_assignment,
+    set_in,
+    solver_name,
+    to_yaml,
+)
+from ._flow import gradient_flow, log_times
+from ._loss import check_loss
+from ._loss import loss as loss_value
+from ._model import TwoLayerReLU
+from ._trajectory import Status
 
-# Default rtol on MNIST. Its many transversal kink crossings make a step's local error
-# first order, so the cost grows like 1/rtol there: at 1e-9 neither solver reaches
-# t = 2 on 60 digits within 200,000 steps, while 1e-5 takes a few hundred (docs page
-# *Sliding*, "Choosing the solver").
-RTOL_SYNTHETIC = 1e-9
-RTOL_MNIST = 1e-5
 
-# Defaults of `ncjax run`: a synthetic orthogonally separable set with three unequal
-# classes, on which the three phases (alignment, separation, 1/t loss decay with
-# log-growing weights) all show within seconds on a laptop CPU.
-DEFAULTS: dict[str, Any] = {
-    "data": "synthetic",
-    "classes": 3,
-    "per_class": [20, 30, 40],
-    "dim": 30,
-    "mu_s": 0.5,
-    "mu_d": 0.2,
-    "norm_min": 0.5,
-    "norm_max": 1.5,
-    "mnist_per_class": 100,
-    "loss": "cross_entropy",
-    "reduction": "sum",
-    "width": 50,
-    "scale": 1e-4,
-    "init": "gaussian",
-    "t1": 1e4,
-    "seed": 0,
-    "rtol": None,  # 1e-9; on MNIST 1e-5 (RTOL_MNIST)
-    "atol": None,
-    "max_steps": 200_000,
-    "num_saves": 200,
-    "solver": "auto",
-    "dtype": "float64",
-    "out": "ncjax-out/run",
-    "progress": None,
+# The data sets of `--data NAME`: a replacement of the config's `data` section.
+DATA_PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic": {
+        "generator": "orthogonally_separable",
+        "num_classes": 3,
+        "points_per_class": [20, 30, 40],
+        "dim": 30,
+        "mu_s": 0.5,
+        "mu_d": 0.2,
+        "norm_min": 0.5,
+        "norm_max": 1.5,
+    },
+    "block": {
+        "generator": "block_orthogonal",
+        "num_classes": 3,
+        "points_per_class": [20, 30, 40],
+    },
+    "mnist01": {"generator": "mnist", "digits": [0, 1], "per_class": 100},
+    "mnist012": {"generator": "mnist", "digits": [0, 1, 2], "per_class": 100},
 }
+
+# The problem `ncjax run` solves without --config: three unequal synthetic classes, on
+# which the three phases (alignment, separation, 1/t loss decay with log-growing
+# weights) all show within seconds on a laptop CPU. Save times from t1 * 1e-7, so that
+# the alignment plateau at small t is on the plot.
+DEFAULT_RUN: dict[str, Any] = {
+    "data": DATA_PRESETS["synthetic"],
+    "model": {"width": 50, "scale": 1e-4},
+    "flow": {"t1": 1e4, "max_steps": 200_000, "num_saves": 200, "t_min_ratio": 1e-7},
+}
+
+# Short flags, each the same as `--set KEY=VALUE`.
+ALIASES = {
+    "width": "model.width",
+    "scale": "model.scale",
+    "seed": "model.seed",
+    "t1": "flow.t1",
+    "rtol": "flow.rtol",
+    "loss": "flow.loss",
+    "solver": "flow.solver",
+    "dtype": "dtype",
+    "out": "output",
+}
+DEFAULT_OUTPUT = "ncjax-out/run"
 
 
 def add_parser(sub) -> None:
@@ -57,37 +83,37 @@ def add_parser(sub) -> None:
         help="integrate the exact gradient flow on built-in data",
         description=(
             "Integrate the exact gradient flow of a two-layer ReLU network and write "
-            "summary.json, trajectory.nc and flow.png to the output folder. Options may "
-            "also come from a YAML/JSON --config file (keys as the long option names, "
-            "with underscores); flags given on the command line override it."
+            "summary.json, trajectory.nc and flow.png to the output folder. The problem "
+            "is the default one, or a --config file (the sections data, model, flow, "
+            "record, dtype, output of a sweep file, without grid/runs/execution), then "
+            "--data, the short flags and --set SECTION.KEY=VALUE in that order."
         ),
     )
-    p.add_argument("--config", type=Path, help="YAML or JSON file of options")
-    p.add_argument("--data", choices=DATASETS, help="data set (default: synthetic)")
-    p.add_argument("--classes", type=int, help="synthetic: number of classes K")
+    p.add_argument("--config", type=Path, help="YAML or JSON config file")
     p.add_argument(
-        "--per-class", type=int, nargs="+", help="synthetic: points per class (one or K)"
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="set a key, e.g. --set flow.t1=100 --set data.points_per_class=[5,6,7] "
+        "(value in YAML syntax; repeatable)",
     )
-    p.add_argument("--dim", type=int, help="synthetic: dimension D")
-    p.add_argument("--mu-s", type=float, help="synthetic: within-class cosine bound")
-    p.add_argument("--mu-d", type=float, help="synthetic: cross-class cosine bound")
-    p.add_argument("--norm-min", type=float, help="synthetic: smallest sample norm")
-    p.add_argument("--norm-max", type=float, help="synthetic: largest sample norm")
-    p.add_argument("--mnist-per-class", type=int, help="mnist: images per digit (0: all)")
-    p.add_argument("--loss", help="cross_entropy, exponential, logistic or square")
-    p.add_argument("--reduction", choices=("sum", "mean"))
-    p.add_argument("--width", type=int, help="hidden width h")
-    p.add_argument("--scale", type=float, help="init scale eps (a standard deviation)")
-    p.add_argument("--init", help="gaussian, lecun, balanced or semi_local")
-    p.add_argument("--t1", type=float, help="horizon")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--rtol", type=float, help="default 1e-9; 1e-5 on MNIST")
-    p.add_argument("--atol", type=float, help="default: rtol * rms(theta(0))")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--num-saves", type=int, help="log-spaced save times")
-    p.add_argument("--solver", help="auto, or a solver name gradient_flow accepts")
-    p.add_argument("--dtype", choices=("float64", "float32"))
-    p.add_argument("--out", type=Path, help="output folder (default ncjax-out/run)")
+    p.add_argument(
+        "--data",
+        choices=tuple(DATA_PRESETS),
+        help="replace the data section by a built-in data set (default: synthetic)",
+    )
+    for flag, key in ALIASES.items():
+        if flag not in ("dtype", "out"):
+            p.add_argument(f"--{flag}", metavar="VALUE", help=f"= --set {key}=VALUE")
+    p.add_argument("--dtype", choices=("float64", "float32"), help="= --set dtype=VALUE")
+    p.add_argument("--out", help="output folder (default ncjax-out/run); = --set output=")
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config as YAML and run nothing",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -97,155 +123,109 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load_config(path: Path) -> dict[str, Any]:
-    from ._cli import CliError
-
-    if not path.is_file():
-        raise CliError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            cfg = json.loads(text)
-        else:
-            import yaml
-
-            cfg = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad config
-        raise CliError(f"cannot parse config {path}: {' '.join(str(e).split())}") from e
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, dict):
-        raise CliError(f"config {path} must be a mapping of option names to values")
-    cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise CliError(f"unknown config key {unknown[0]!r} in {path}")
-    return cfg
-
-
-def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the config file, then the command-line flags."""
-    from ._cli import CliError
-
-    opts = dict(DEFAULTS)
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The default problem or the config file, then --data, the short flags and --set.
+    A relative `output` in the file is taken relative to the file, as in a sweep."""
+    raw = dict(DEFAULT_RUN)
     if args.config is not None:
-        opts.update(_load_config(args.config))
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            opts[key] = value
-    if opts["data"] not in DATASETS:
-        raise CliError(f"unknown data set {opts['data']!r}; choose one of {DATASETS}")
-    if opts["rtol"] is None:
-        opts["rtol"] = RTOL_MNIST if opts["data"].startswith("mnist") else RTOL_SYNTHETIC
-    for key in ("width", "classes", "dim", "max_steps", "num_saves", "seed"):
-        if not isinstance(opts[key], int) or isinstance(opts[key], bool):
-            raise CliError(f"{key} must be an integer, got {opts[key]!r}")
-    for key in ("width", "classes", "dim", "max_steps", "num_saves"):
-        if opts[key] < 1:
-            raise CliError(f"{key} must be positive, got {opts[key]}")
-    for key in ("scale", "t1", "rtol"):
-        if not isinstance(opts[key], int | float) or not opts[key] > 0:
-            raise CliError(f"{key} must be a positive number, got {opts[key]!r}")
-    return opts
+        raw = load_file(args.config)
+        if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
+            raw["output"] = str(args.config.parent / raw["output"])
+    if args.data is not None:
+        raw["data"] = DATA_PRESETS[args.data]
+    items = [
+        (key, getattr(args, flag))
+        for flag, key in ALIASES.items()
+        if getattr(args, flag) is not None
+    ]
+    items += [parse_assignment(item) for item in args.assignments]
+    for key, value in items:
+        raw = set_in(raw, key, value)
+    return RunConfig.from_dict(raw)
 
 
-def build_problem(opts: dict[str, Any]):
-    """The data set and initial model that the options describe."""
-    import jax
-    import jax.numpy as jnp
-
-    from . import datasets
-    from ._model import TwoLayerReLU
-
-    dtype = jnp.float64 if opts["dtype"] == "float64" else jnp.float32
-    key_data, key_model = jax.random.split(jax.random.key(opts["seed"]))
-    if opts["data"] == "synthetic":
-        per = opts["per_class"]
-        per = per[0] if isinstance(per, list) and len(per) == 1 else per
-        data = datasets.orthogonally_separable(
-            key_data,
-            num_classes=opts["classes"],
-            points_per_class=per,
-            dim=opts["dim"],
-            mu_s=opts["mu_s"],
-            mu_d=opts["mu_d"],
-            norm_range=(opts["norm_min"], opts["norm_max"]),
-            dtype=dtype,
-        )
-    elif opts["data"] == "block":
-        per = opts["per_class"]
-        per = per[0] if isinstance(per, list) and len(per) == 1 else per
-        data = datasets.block_orthogonal(
-            key_data, num_classes=opts["classes"], points_per_class=per, dtype=dtype
-        )
+def build_problem(cfg: RunConfig):
+    """The data set and initial model that the config describes. Without
+    `data.data_seed`, `model.seed` is split into the keys of the data and the model."""
+    dtype = cfg.dtype
+    if cfg.data.data_seed is None:
+        key_data, key_model = jax.random.split(jax.random.key(cfg.model.seed))
     else:
-        digits = (0, 1) if opts["data"] == "mnist01" else (0, 1, 2)
-        per = opts["mnist_per_class"] or None
-        data = datasets.mnist(digits=digits, per_class=per, dtype=dtype)
-    out_dim = 1 if opts["loss"] in ("exponential", "logistic") else data.num_classes
+        key_data = jax.random.key(cfg.data.data_seed)
+        key_model = jax.random.key(cfg.model.seed)
+    data = build_data(cfg.flat(), key_data, dtype)
+    k_out = out_dim(cfg.flow.loss, data.num_classes)
+    check_loss(cfg.flow.loss, cfg.flow.reduction, k_out, data.num_classes)
     model = TwoLayerReLU.init(
         key_model,
         data.dim,
-        opts["width"],
-        out_dim,
-        opts["scale"],
-        init=opts["init"],
+        cfg.model.width,
+        k_out,
+        cfg.model.scale,
+        init=cfg.model.init,
         data=data,
+        leak=cfg.model.leak,
         dtype=dtype,
     )
     return data, model
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._cli import CliError
-
-    opts = resolve_options(args)
-    import jax
-
-    jax.config.update("jax_enable_x64", opts["dtype"] == "float64")
-    import numpy as np
-
-    from ._flow import gradient_flow, log_times, solver_name
-    from ._loss import loss as loss_value
-    from ._trajectory import Status
-
-    data, model = build_problem(opts)
-    out = Path(opts["out"])
+    cfg = resolve_config(args)
+    if args.show_config:
+        sys.stdout.write(to_yaml(cfg.to_dict()))
+        return 0
+    jax.config.update("jax_enable_x64", cfg.dtype == "float64")
+    data, model = build_problem(cfg)
+    flow = cfg.flow
+    # The solver by name, as gradient_flow resolves it (for the summary and the report).
+    solver = solver_name(flow.solver, data, flow.rtol)
+    tolerances: dict[str, Any] = {}  # unset: gradient_flow's defaults
+    if flow.rtol is not None:
+        tolerances["rtol"] = flow.rtol
+    if flow.atol is not None:
+        tolerances["atol"] = flow.atol
+    elif flow.atol_per_scale is not None:
+        tolerances["atol"] = flow.atol_per_scale * cfg.model.scale
+    record = metrics.recorder(*cfg.record)
+    out = Path(cfg.output if cfg.output is not None else DEFAULT_OUTPUT)
+    # Everything is checked; only now the output folder.
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CliError(f"cannot create output folder {out}: {e.strerror}") from e
+        raise ValueError(f"cannot create output folder {out}: {e.strerror}") from e
     if not os.access(out, os.W_OK):
-        raise CliError(f"output folder {out} is not writable")
-    # Save from t1 * 1e-7 so that the alignment plateau at small t is on the plot.
-    ts = log_times(opts["t1"], opts["num_saves"], t_min=opts["t1"] * 1e-7)
-    progress = opts["progress"]
+        raise ValueError(f"output folder {out} is not writable")
+    ts = log_times(flow.t1, flow.num_saves, t_min=flow.t1 * flow.t_min_ratio)
+    progress = args.progress
     if progress is None:  # auto: a bar when a person is watching
         progress = sys.stderr.isatty()
-    # The solver by name, as gradient_flow resolves it (for the summary and the report).
-    solver = solver_name(opts["solver"], data, opts["rtol"])
+    opts = {
+        **cfg.flat(),
+        "record": list(cfg.record),
+        "dtype": cfg.dtype,
+        "output": str(out),
+    }
     start = time.perf_counter()
     traj = gradient_flow(
         model,
         data,
-        t1=opts["t1"],
+        t1=flow.t1,
         saveat=ts,
-        loss=opts["loss"],
-        reduction=opts["reduction"],
-        rtol=opts["rtol"],
-        atol=opts["atol"],
-        max_steps=opts["max_steps"],
+        loss=flow.loss,
+        reduction=flow.reduction,
+        max_steps=flow.max_steps,
         progress=bool(progress),
         solver=solver,
+        **tolerances,
     )
     jax.block_until_ready(traj)
     wall = time.perf_counter() - start
     status = int(traj.status)
     summary = {
-        "final_loss": float(loss_value(traj.final, data, opts["loss"], opts["reduction"])),
+        "final_loss": float(loss_value(traj.final, data, flow.loss, flow.reduction)),
         "initial_loss": float(traj.loss[0]),
-        "t1": float(opts["t1"]),
+        "t1": float(flow.t1),
         "num_steps": int(traj.stats["num_steps"]),
         "num_rejected_steps": int(traj.stats["num_rejected_steps"]),
         "grad_evals": int(traj.stats["grad_evals"]),
@@ -256,16 +236,19 @@ def run(args: argparse.Namespace) -> int:
         "n": data.num_samples,
         "D": data.dim,
         "K": data.num_classes,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+        "options": cfg.to_dict(),
         "stats": {k: int(v) for k, v in traj.stats.items()},
+    }
+    summary["final"] = {  # the recorded diagnostics at t1
+        name: jax.tree.map(lambda v: np.asarray(v).tolist(), fn(traj.final, data))
+        for name, fn in record.items()
     }
     write_trajectory(out / "trajectory.nc", traj, opts)
     plot_flow(out / "flow.png", traj)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    np.set_printoptions(precision=4)
     print(
         f"{Status.message(status)}; loss {summary['initial_loss']:.4g} -> "
-        f"{summary['final_loss']:.4g} at t = {opts['t1']:g}; {summary['num_steps']} steps, "
+        f"{summary['final_loss']:.4g} at t = {flow.t1:g}; {summary['num_steps']} steps, "
         f"{summary['grad_evals']} gradient evaluations ({solver} solver), {wall:.1f} s; "
         f"wrote {out}/"
     )

@@ -12,18 +12,16 @@ from neuralcollapse_jax._cli import main
 
 
 SMALL = [
-    "--per-class",
-    "5",
-    "6",
-    "7",
-    "--dim",
-    "12",
+    "--set",
+    "data.points_per_class=[5, 6, 7]",
+    "--set",
+    "data.dim=12",
     "--width",
     "8",
     "--t1",
     "50",
-    "--num-saves",
-    "20",
+    "--set",
+    "flow.num_saves=20",
     "--no-progress",
 ]
 
@@ -48,28 +46,35 @@ def test_run_writes_summary_trajectory_and_plot(tmp_path):
 
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("width: 6\nt1: 20\nper_class: [4, 4, 4]\ndim: 12\nnum_saves: 5\n")
-    out = tmp_path / "o"
-    assert (
-        main(
-            ["run", "--config", str(cfg), "--t1", "10", "--out", str(out), "--no-progress"]
-        )
-        == 0
+    cfg.write_text(
+        "data: {points_per_class: [4, 4, 4], dim: 12}\n"
+        "model: {width: 6}\n"
+        "flow: {t1: 20, num_saves: 5}\n"
     )
+    out = tmp_path / "o"
+    argv = ["run", "--config", str(cfg), "--t1", "10", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--set", "model.width=7"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["t1"] == 10.0
-    assert summary["options"]["width"] == 6
+    assert summary["options"]["model"]["width"] == 7
+    assert (summary["n"], summary["D"]) == (12, 12)
 
 
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["run", "--width", "0"], "width"),
-        (["run", "--scale", "-1"], "scale"),
-        (["run", "--loss", "hinge"], "loss"),
-        (["run", "--mu-d", "0.9"], "mu_d"),
+        (["run", "--width", "0"], "model.width"),
+        (["run", "--scale", "-1"], "model.scale"),
+        (["run", "--loss", "hinge"], "flow.loss"),
+        (["run", "--set", "data.mu_d=0.9"], "mu_d"),
         (["run", "--data", "cifar"], "data"),
-        (["run", "--t1", "abc"], "t1"),
+        (["run", "--t1", "abc"], "flow.t1"),
+        (["run", "--set", "flow.rtol=-1"], "flow.rtol must be a positive number"),
+        (["run", "--set", "flow.widht=3"], "flow.widht"),
+        (["run", "--set", "model.t1=3"], "belongs in 'flow'"),
+        (["run", "--set", "data.block_dim=3"], "data.block_dim"),
+        (["run", "--set", "flow.solver=rk4"], "flow.solver"),
+        (["run", "--set", "t1"], "SECTION.KEY=VALUE"),
         (["run", "--loss", "exponential"], "binary"),
     ],
 )
@@ -80,14 +85,19 @@ def test_bad_options_exit_2_with_one_line(argv, match, capsys, tmp_path):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "x").exists()  # refused before the output folder
 
 
 def test_bad_config_key(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("widht: 6\n")
+    cfg.write_text("model: {widht: 6}\n")
     assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "widht" in err and len(err.splitlines()) == 1
+    assert "model.widht" in err and len(err.splitlines()) == 1
+    cfg.write_text("model: {width: 6}\ngrid: {seed: [0, 1]}\n")
+    assert main(["run", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "grid" in err and "ncjax sweep" in err and len(err.splitlines()) == 1
 
 
 def test_console_script_exit_code(tmp_path):
@@ -100,20 +110,19 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.count("\n") == 1 and "width" in proc.stderr
 
 
-def test_mnist_run_defaults_to_rtol_1e5_and_the_sliding_solver(tmp_path):
-    """On MNIST the default rtol is 1e-5 (1e-9 elsewhere) and `--solver auto` runs the
-    sliding solver; an explicit `--rtol` wins."""
+def test_mnist_run_uses_the_library_defaults(tmp_path):
+    """On MNIST `ncjax run` passes no rtol of its own (the flow's default), `auto`
+    picks the sliding solver, and an explicit `flow.rtol` is passed on."""
     out = tmp_path / "m"
-    argv = ["run", "--data", "mnist012", "--mnist-per-class", "3", "--width", "4"]
-    argv += ["--t1", "0.2", "--num-saves", "4", "--no-progress", "--out", str(out)]
-    assert main(argv) == 0
+    argv = ["run", "--data", "mnist012", "--set", "data.per_class=3", "--width", "4"]
+    argv += ["--set", "flow.num_saves=4", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--t1", "0.05"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["options"]["rtol"] == 1e-5
+    assert summary["options"]["flow"]["rtol"] is None
     assert summary["status"].startswith("success")
-    assert "sliding_pairs" in summary["stats"]
-    assert summary["solver"] == "sliding_bosh3"
-    assert main([*argv, "--rtol", "1e-6"]) == 0
-    assert json.loads((out / "summary.json").read_text())["options"]["rtol"] == 1e-6
-    synthetic = tmp_path / "s"
-    assert main(["run", *SMALL, "--t1", "1", "--out", str(synthetic)]) == 0
-    assert json.loads((synthetic / "summary.json").read_text())["options"]["rtol"] == 1e-9
+    assert summary["solver"] == "sliding_tsit5"  # the tableau of the default rtol
+    assert (summary["n"], summary["D"], summary["K"]) == (9, 784, 3)
+    assert main([*argv, "--t1", "0.2", "--rtol", "1e-5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["flow"]["rtol"] == 1e-5
+    assert summary["solver"] == "sliding_bosh3" and "sliding_pairs" in summary["stats"]

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from neuralcollapse_jax import _cli
 from neuralcollapse_jax._reproduce import config, reproduce
@@ -80,22 +81,46 @@ def test_to_json_and_first_time():
 
 
 def test_config_validation():
-    cfg = config("theorem1", quick=True, scales="1e-3", width=8)
+    cfg = config("theorem1", quick=True, **{"theorem1.scales": "1e-3", "model.width": 8})
     assert cfg.scales == (1e-3,) and cfg.width == 8
+    assert config("theorem1", quick=True, scales="1e-3", width=8) == cfg  # by attribute
+    cfg = config("theorem1", **{"data.points_per_class": [3, "4", 5], "flow.t1": "1e6"})
+    assert cfg.per_class == (3, 4, 5) and cfg.t1 == 1e6
     with pytest.raises(ValueError, match="unknown reproduction"):
         config("nope")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="bogus is not a setting of toy"):
         config("toy", bogus=1)
-    with pytest.raises(ValueError, match="integer"):
-        config("toy", width=2.5)
+    with pytest.raises(ValueError, match="model.width must be an integer"):
+        config("toy", **{"model.width": 2.5})
+    with pytest.raises(ValueError, match="flow.rtol must be a positive number"):
+        config("toy", **{"flow.rtol": -1})
+    with pytest.raises(ValueError, match="data.per_class must be a positive integer"):
+        config("mnist01", **{"data.per_class": 0})
+
+
+def test_cli_set_and_show_config(capsys, tmp_path):
+    argv = ["reproduce", "theorem1", "--quick", "--show-config"]
+    changes = ["--set", "model.width=8", "--set", "theorem1.scales=1e-3"]
+    assert _cli.main([*argv, *changes]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["width"] == 8 and shown["theorem1"]["scales"] == [1e-3]
+    assert shown["data"]["points_per_class"] == [4, 6, 9]  # the quick run's
+    assert shown["flow"]["t1"] == 1e6
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_bad_input(capsys, tmp_path):
-    assert _cli.main(["reproduce", "toy", "--out", str(tmp_path), "--set", "width"]) == 2
+    out = tmp_path / "o"
+    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "width"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "KEY=VALUE" in err[0]
-    assert _cli.main(["reproduce", "toy", "--out", str(tmp_path), "--set", "t1=abc"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert len(err) == 1 and "SECTION.KEY=VALUE" in err[0]
+    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "width=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.width" in err[0]
+    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "flow.t1=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flow.t1" in err[0]
+    assert not out.exists()  # refused before the output folder
     with pytest.raises(SystemExit) as e:
         _cli.main(["reproduce", "nope"])
     assert e.value.code == 2
@@ -196,9 +221,10 @@ def test_mnist012_quick(quick):
 def test_mnist012_quick_exact_flow(tmp_path, solver):
     # The exact flow (sliding, the full run's default; and the regular field) next to
     # SGD on the quick problem.
-    r = reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="flow", solver=solver)
+    change = {"mnist012.exact": "flow", "flow.solver": solver}
+    r = reproduce("mnist012", tmp_path, quick=True, quiet=True, **change)
     assert r["ok"] and set(r["runs"]) == {"sgd", "flow"}
-    assert r["config"]["rtol"] == 1e-5
+    assert r["config"]["flow"]["rtol"] == 1e-5
     a, b = r["runs"]["sgd"], r["runs"]["flow"]
     assert b["pca_error_features"] < 0.01
     assert abs(a["train_accuracy"] - b["train_accuracy"]) < 0.1

@@ -1,5 +1,6 @@
 """Sweeps: equality with single runs, failed runs, resume, config errors, CLI, plots."""
 
+import inspect
 import json
 
 import jax
@@ -188,7 +189,7 @@ def test_failed_runs_are_marked_and_do_not_stop_the_sweep():
     cfg = {
         "data": {"generator": "iclr_toy", "toy": "mu_large"},
         "model": {"width": 4, "init": "gaussian"},
-        "flow": {"loss": "exponential", "max_steps": 150, "num_saves": 5},
+        "flow": {"loss": "exponential", "rtol": 1e-8, "max_steps": 150, "num_saves": 5},
         "grid": {"scale": [1e-3, 1e60], "t1": [0.1, 1e6]},
         "record": list(RECORD),
     }
@@ -415,3 +416,16 @@ def test_default_solver_is_resolved_per_data_set():
             save_params=False,
         )
         _assert_same(ds, {"scale": i}, traj, data)
+
+
+def test_solver_names_and_tolerance_defaults_are_gradient_flows():
+    """The sweep takes the solver names `gradient_flow` takes (and `default` for
+    `auto`), and an unset `rtol` is `gradient_flow`'s default."""
+    config = dict(CONFIG_A, flow={"t1": 30.0})
+    plan = _api.make_plan(nc.SweepConfig({**config, "flow": {"solver": "default"}}))
+    assert [b.static["solver"] for b in plan.blocks] == ["regular"]
+    with pytest.raises(ValueError, match="flow.solver must be one of"):
+        nc.SweepConfig({**config, "flow": {"solver": "heun"}})
+
+    default = inspect.signature(nc.gradient_flow).parameters["rtol"].default
+    assert {p["rtol"] for p in nc.SweepConfig(config).run_params()} == {default}

@@ -8,13 +8,12 @@ returns the same numbers as a dict.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
+from .._config import named_config, nested, to_yaml
 from . import _mnist01, _mnist012, _theorem1, _toy
 from ._output import Output
 
@@ -38,62 +37,22 @@ DEFAULT_ROOT = Path("ncjax-out") / "reproduce"
 
 def config(name: str, quick: bool = False, **options: Any):
     """The settings of reproduction `name`: the full run, or the `quick` one, with
-    `options` overriding fields. **Raises:** `ValueError` for an unknown name or field.
+    `options` changed. Options are named by key, as on the command line
+    (`**{"model.width": 8}`), or by the attribute name (`width=8`); values may be
+    strings (`"1e-3"`). **Raises:** `ValueError` naming the key for an unknown name,
+    key or value.
     """
     if name not in REPRODUCTIONS:
         raise ValueError(
             f"unknown reproduction {name!r}; choose one of {sorted(REPRODUCTIONS)}"
         )
     module = REPRODUCTIONS[name]
-    cls = module.Config
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for {name}; options are {sorted(fields)}"
-        )
-    values = dict(module.QUICK) if quick else {}
-    hints = typing.get_type_hints(cls)
-    for key, value in options.items():
-        values[key] = _coerce(key, value, hints[key])
-    return cls(**values)
+    return named_config(module.Config, name, module.QUICK if quick else {}, options)
 
 
-def _coerce(key: str, value: Any, hint) -> Any:
-    """Check and convert an option value against its annotated type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            value = (value,)
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"option {key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"option {key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"option {key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"option {key} must be a string, got {value!r}")
-        return value
-    return value
+def show_config(cfg) -> str:
+    """A reproduction's settings as YAML, by `section.key`."""
+    return to_yaml(nested(cfg))
 
 
 def reproduce(
@@ -114,7 +73,9 @@ def reproduce(
     - `quick`: a small, fast version (fewer samples, shorter horizon) with the same
       figures and numbers; used by the test suite.
     - `quiet`: no progress lines on stderr.
-    - `options`: overrides of the reproduction's settings (its `Config` fields).
+    - `options`: changes of the reproduction's settings, by key (`**{"model.width":
+      8}`, the names of `ncjax reproduce NAME --show-config`) or attribute name
+      (`width=8`).
 
     **Returns:**
 
@@ -129,7 +90,7 @@ def reproduce(
     output.log(f"{'quick' if quick else 'full'} run, writing to {folder}/")
     start = time.perf_counter()
     results = REPRODUCTIONS[name].run(cfg, output)
-    results["config"] = dataclasses.asdict(cfg)
+    results["config"] = nested(cfg)
     results["quick"] = bool(quick)
     results["wall_time_s"] = time.perf_counter() - start
     results["files"] = sorted(set(output.files) | {"results.json"})

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import jax
+
+from .._config import parse_assignment
+from . import DESCRIPTIONS, config, reproduce, show_config
 
 
 def add_parser(sub) -> None:
-    from . import DESCRIPTIONS
-
     names = "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
     p = sub.add_parser(
         "reproduce",
@@ -29,44 +33,42 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--set",
-        dest="options",
+        dest="assignments",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set per_class=100 --set scales=[1e-3,1e-5] "
-        "(values in YAML syntax; repeatable)",
+        metavar="SECTION.KEY=VALUE",
+        help="change a setting, e.g. --set data.per_class=100 "
+        "--set theorem1.scales=[1e-3,1e-5] (value in YAML syntax; repeatable; the keys "
+        "are those of --show-config)",
+    )
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved settings as YAML and run nothing",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
 def parse_options(items: list[str]) -> dict:
-    import yaml
-
-    from .._cli import CliError
-
+    """`--set SECTION.KEY=VALUE` items as `{"section.key": value}`."""
     options = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise CliError(
-                f"cannot parse the value of {key}: {' '.join(str(e).split())}"
-            ) from e
+        key, value = parse_assignment(item)
+        if "." not in key and key != "dtype":
+            raise ValueError(
+                f"--set {item}: name the key with its section (see --show-config), "
+                f"e.g. model.width=20"
+            )
         options[key] = value
     return options
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-
+    options = parse_options(args.assignments)
+    if args.show_config:
+        sys.stdout.write(show_config(config(args.name, args.quick, **options)))
+        return 0
     jax.config.update("jax_enable_x64", True)
-    from . import reproduce
-
-    options = parse_options(args.options)
     results = reproduce(args.name, args.out, quick=args.quick, quiet=args.quiet, **options)
     return 0 if results.get("ok", True) else 1

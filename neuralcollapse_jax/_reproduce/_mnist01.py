@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import datasets, metrics, theory
+from .._config import setting
 from .._descent import gradient_descent
 from .._flow import gradient_flow
 from .._model import TwoLayerReLU
@@ -36,29 +37,30 @@ PAPER_LR = 2e-3
 class Config:
     """Settings of the `mnist01` reproduction (defaults: the full run)."""
 
-    per_class: int | None = None  # None: all 2115 test digits 0 and 1
-    width: int = 50
-    scale: float = 1e-6
-    t1: float = 30.0  # = 15000 iterations of GD at step 2e-3
+    # None: all 2115 test digits 0 and 1
+    per_class: int | None = setting(None, "data.per_class")
+    width: int = setting(50, "model.width")
+    scale: float = setting(1e-6, "model.scale")
+    t1: float = setting(30.0, "flow.t1")  # = 15000 iterations of GD at step 2e-3
     # "flow": the exact flow; "gd": the paper's gradient descent (step `learning_rate`).
-    method: str = "flow"
+    method: str = setting("flow", "mnist01.method")
     # gradient_flow's solver: the sliding solver holds the pairs that slide on their
     # ReLU kink, where the regular field chatters on all 2115 digits. The Tsit5 tableau
     # is fixed (`"sliding"` would pick Bosh3 at this rtol) so that the documented full
     # run stays the one measured. None: gradient_flow's default (`"auto"`).
-    solver: str | None = "sliding_tsit5"
+    solver: str | None = setting("sliding_tsit5", "flow.solver")
     # Slots per neuron of the sliding solver, fixed at the value of the documented full
     # run (None: the solver's default, `default_slots`, which is 8 here).
-    max_sliding: int | None = 32
+    max_sliding: int | None = setting(32, "mnist01.max_sliding")
     # Transversal crossings of the sliding solver, fixed at the documented full run's
     # treatment ("none": left to the error control; "land": the solver's default).
-    crossings: str = "none"
-    learning_rate: float = PAPER_LR  # for method "gd"
-    rtol: float = 1e-5
-    max_steps: int = 2_000_000
-    num_saves: int = 300
-    seed: int = 0
-    dtype: str = "float64"
+    crossings: str = setting("none", "mnist01.crossings")
+    learning_rate: float = setting(PAPER_LR, "mnist01.learning_rate")  # for method "gd"
+    rtol: float = setting(1e-5, "flow.rtol")
+    max_steps: int = setting(2_000_000, "flow.max_steps")
+    num_saves: int = setting(300, "flow.num_saves")
+    seed: int = setting(0, "model.seed")
+    dtype: str = setting("float64", "dtype")
 
 
 QUICK = dict(per_class=20, width=20, method="gd", learning_rate=2e-2, num_saves=50)

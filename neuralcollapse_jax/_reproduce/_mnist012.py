@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import datasets, metrics
+from .._config import setting
 from .._descent import gradient_descent
 from .._flow import gradient_flow
 from .._model import TwoLayerReLU, pseudo_labels
@@ -34,33 +35,35 @@ from ._solver import check_crossings, flow_kwargs
 class Config:
     """Settings of the `mnist012` reproduction (defaults: the full run)."""
 
-    per_class: int | None = None  # None: all 3147 test digits 0, 1, 2
-    width: int = 50
-    scale: float = 1e-3  # std; the paper's variance 1e-6
-    batch_size: int = 1000
-    learning_rate: float = 0.1
-    epochs: int = 50
+    # None: all 3147 test digits 0, 1, 2
+    per_class: int | None = setting(None, "data.per_class")
+    width: int = setting(50, "model.width")
+    scale: float = setting(1e-3, "model.scale")  # std; the paper's variance 1e-6
+    batch_size: int = setting(1000, "mnist012.batch_size")
+    learning_rate: float = setting(0.1, "mnist012.learning_rate")
+    epochs: int = setting(50, "mnist012.epochs")
     # The full-batch run next to SGD: "flow" (the exact flow), "gd" (full-batch gradient
     # descent with step `gd_learning_rate`, the flow's Euler discretization) or "none".
-    exact: str = "flow"
+    exact: str = setting("flow", "mnist012.exact")
     # gradient_flow's solver: the sliding solver holds the pairs that slide on their
     # ReLU kink, where the regular field chatters on all 3147 digits. The Tsit5 tableau
     # is fixed (`"sliding"` would pick Bosh3 at this rtol) so that the documented full
     # run stays the one measured. None: gradient_flow's default (`"auto"`).
-    solver: str | None = "sliding_tsit5"
+    solver: str | None = setting("sliding_tsit5", "flow.solver")
     # Slots per neuron of the sliding solver, fixed at the value of the documented full
     # run (None: the solver's default, `default_slots`, which is 8 here).
-    max_sliding: int | None = 32
+    max_sliding: int | None = setting(32, "mnist012.max_sliding")
     # Transversal crossings of the sliding solver, fixed at the documented full run's
     # treatment ("none": left to the error control; "land": the solver's default).
-    crossings: str = "none"
-    gd_learning_rate: float = 1e-2  # for exact = "gd"
-    rtol: float = 1e-5
-    max_steps: int = 2_000_000
-    num_saves: int = 100
-    pca_points: int = 1000  # points shown in the PCA scatter plots
-    seed: int = 0
-    dtype: str = "float64"
+    crossings: str = setting("none", "mnist012.crossings")
+    gd_learning_rate: float = setting(1e-2, "mnist012.gd_learning_rate")  # for exact = "gd"
+    rtol: float = setting(1e-5, "flow.rtol")
+    max_steps: int = setting(2_000_000, "flow.max_steps")
+    num_saves: int = setting(100, "flow.num_saves")
+    # Points shown in the PCA scatter plots
+    pca_points: int = setting(1000, "mnist012.pca_points")
+    seed: int = setting(0, "model.seed")
+    dtype: str = setting("float64", "dtype")
 
 
 QUICK = dict(

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from .. import datasets, metrics, theory
+from .._config import setting
 from .._flow import gradient_flow, log_times
 from .._model import TwoLayerReLU, pseudo_labels
 from .._trajectory import Status
@@ -26,26 +27,26 @@ from ._output import Output, pyplot
 class Config:
     """Settings of the `theorem1` reproduction (defaults: the full run)."""
 
-    classes: int = 4
-    per_class: tuple[int, ...] = (6, 10, 14, 20)
-    dim: int = 40
-    mu_s: float = 0.6
-    mu_d: float = 0.15
-    norm_min: float = 0.5
-    norm_max: float = 1.5
-    width: int = 24
-    init: str = "semi_local"
-    scales: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-6)
-    t1: float = 1e12
-    num_saves: int = 120
-    rtol: float = 1e-9
-    max_steps: int = 400_000
+    classes: int = setting(4, "data.num_classes")
+    per_class: tuple[int, ...] = setting((6, 10, 14, 20), "data.points_per_class")
+    dim: int = setting(40, "data.dim")
+    mu_s: float = setting(0.6, "data.mu_s")
+    mu_d: float = setting(0.15, "data.mu_d")
+    norm_min: float = setting(0.5, "data.norm_min")
+    norm_max: float = setting(1.5, "data.norm_max")
+    width: int = setting(24, "model.width")
+    init: str = setting("semi_local", "model.init")
+    scales: tuple[float, ...] = setting((1e-2, 1e-3, 1e-4, 1e-6), "theorem1.scales")
+    t1: float = setting(1e12, "flow.t1")
+    num_saves: int = setting(120, "flow.num_saves")
+    rtol: float = setting(1e-9, "flow.rtol")
+    max_steps: int = setting(400_000, "flow.max_steps")
     # A second run from a random balanced init, which does not satisfy the semi-local
     # Assumption 4, so that the separation time T* is a measured quantity (0 for a
     # semi-local init, whose neurons start separated). Its t1 is `t1_random`.
-    random_init: bool = True
-    t1_random: float = 1e8
-    seed: int = 0
+    random_init: bool = setting(True, "theorem1.random_init")
+    t1_random: float = setting(1e8, "theorem1.t1_random")
+    seed: int = setting(0, "model.seed")
 
 
 QUICK = dict(

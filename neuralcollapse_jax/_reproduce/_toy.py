@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from .. import datasets, theory
+from .._config import setting
 from .._flow import gradient_flow, log_times
 from .._model import TwoLayerReLU
 from .._trajectory import Status
@@ -28,14 +29,14 @@ from ._output import Output, first_time, pyplot
 class Config:
     """Settings of the `toy` reproduction (defaults: the full run)."""
 
-    width: int = 50
-    scale: float = 1e-6
-    t1: float = 60.0
-    num_saves: int = 300
-    rtol: float = 1e-9
-    max_steps: int = 200_000
-    cos_thresholds: tuple[float, ...] = (0.9, 0.99)
-    seed: int = 0
+    width: int = setting(50, "model.width")
+    scale: float = setting(1e-6, "model.scale")
+    t1: float = setting(60.0, "flow.t1")
+    num_saves: int = setting(300, "flow.num_saves")
+    rtol: float = setting(1e-9, "flow.rtol")
+    max_steps: int = setting(200_000, "flow.max_steps")
+    cos_thresholds: tuple[float, ...] = setting((0.9, 0.99), "toy.cos_thresholds")
+    seed: int = setting(0, "model.seed")
 
 
 QUICK = dict(width=20, t1=40.0, num_saves=80, rtol=1e-7)

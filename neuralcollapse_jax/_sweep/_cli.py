@@ -6,6 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
+import jax
+
+from .._config import load_file, parse_assignment, set_in
+from ._api import resolve_execution, sweep
+from ._config import SweepConfig
+from ._plan import make_plan
+from ._plot import plot_sweep
+from ._store import load_sweep
+
+
+# Flags, each the same as `--set KEY=VALUE`.
+ALIASES = {
+    "backend": "execution.backend",
+    "chunk_size": "execution.chunk_size",
+    "batch_size": "execution.batch_size",
+    "workers": "execution.workers",
+    "ray_address": "execution.ray_address",
+}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,12 +38,21 @@ def add_parser(sub) -> None:
     )
     p.add_argument("config", type=Path, help="the sweep config (YAML or JSON)")
     p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="set a key of the config, e.g. --set flow.t1=100 --set grid.seed=[0,1,2] "
+        "(value in YAML syntax; repeatable)",
+    )
+    p.add_argument(
         "-o", "--output", type=Path, help="result file (default: the config's output)"
     )
-    p.add_argument("--backend", choices=("local", "ray"), help="override execution.backend")
-    p.add_argument("--chunk-size", type=int, help="runs per chunk (saved together)")
-    p.add_argument("--batch-size", type=int, help="runs per batched solve")
-    p.add_argument("--workers", type=int, help="local worker threads")
+    p.add_argument("--backend", choices=("local", "ray"), help="= --set execution.backend=")
+    p.add_argument("--chunk-size", help="runs per chunk (saved together)")
+    p.add_argument("--batch-size", help="runs per batched solve")
+    p.add_argument("--workers", help="local worker threads")
     p.add_argument("--ray-address", help="address of a Ray cluster (default: local)")
     p.add_argument(
         "--overwrite",
@@ -71,34 +99,29 @@ def add_parser(sub) -> None:
     q.set_defaults(func=run_plot)
 
 
-def _configure_jax(dtype: str) -> None:
-    import jax
-
-    jax.config.update("jax_enable_x64", dtype == "float64")
+def load_config(args: argparse.Namespace) -> SweepConfig:
+    """The config file, then the execution flags and --set; a relative `output` is
+    taken relative to the file."""
+    raw = load_file(args.config)
+    if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
+        raw["output"] = str(args.config.parent / raw["output"])
+    items = [
+        (key, getattr(args, flag))
+        for flag, key in ALIASES.items()
+        if getattr(args, flag) is not None
+    ]
+    items += [parse_assignment(item) for item in args.assignments]
+    for key, value in items:
+        raw = set_in(raw, key, value)
+    return SweepConfig(raw)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ._config import SweepConfig
-
-    config = SweepConfig.load(args.config)
-    ex = config.execution
-    for key in ("chunk_size", "batch_size", "workers"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be positive, got {value}")
-            ex[key] = value
-    if args.backend is not None:
-        ex["backend"] = args.backend
-    if args.ray_address is not None:
-        ex["ray_address"] = args.ray_address
+    config = load_config(args)
     output = args.output if args.output is not None else config.output
     if output is None and not args.check:
         raise ValueError("no output file: give -o/--output or 'output' in the config")
-    _configure_jax(config.dtype)
-    from ._api import resolve_execution, sweep
-    from ._plan import make_plan
-
+    jax.config.update("jax_enable_x64", config.dtype == "float64")
     if args.check:
         plan = make_plan(config)
         ex_ = resolve_execution(config, max(len(b.runs) for b in plan.blocks))
@@ -108,7 +131,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
         print(ex_.describe())
         return 0
-    progress = args.progress if args.progress is not None else ex["progress"]
+    progress = args.progress if args.progress is not None else config.execution["progress"]
     ds = sweep(
         config,
         output,
@@ -122,9 +145,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from ._plot import plot_sweep
-    from ._store import load_sweep
-
     ds = load_sweep(args.sweep_file)
     if "status" not in ds:
         raise ValueError(f"{args.sweep_file} is not a sweep result (no 'status' variable)")

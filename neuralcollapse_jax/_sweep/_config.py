@@ -6,7 +6,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +13,29 @@ from typing import Any
 
 import numpy as np
 
+from .._config import (
+    DEFAULT_RECORD,
+    KEYS,
+    RUN_KEYS,
+    check_point,
+    choice,
+    fail,
+    flag,
+    load_file,
+    number,
+    parse_dtype,
+    parse_output,
+    parse_record,
+    parse_sections,
+    plain,
+    positive_int,
+    resolve_rtol,
+)
+from .._config import plain as _plain  # noqa: F401 - the name `_store` imports
 
-# Every parameter of a run, by section. `kind` says how a sweep over it executes:
-#
-# - "traced": a per-run array inside one compiled solve (no recompilation);
-# - "data": generated on the host per run (cached); runs whose data have equal
-#   shapes share one compiled solve, other shapes form separate blocks;
-# - "static": part of the compiled program (shapes, loss, solver): one block per value.
+
+# Every key of a run's sections by its bare name (`grid` and `runs` name them so):
+# its section, default, how a sweep over it executes (`kind`), check and meaning.
 @dataclass(frozen=True)
 class _Param:
     section: str
@@ -30,179 +45,14 @@ class _Param:
     doc: str
 
 
-def _fail(key: str, msg: str):
-    raise ValueError(f"{key}: {msg}")
-
-
-def _positive_int(key, v):
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-        _fail(key, f"must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _nonneg_int(key, v):
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
-        _fail(key, f"must be a non-negative integer, got {v!r}")
-    return int(v)
-
-
-def _positive(key, v):
-    if isinstance(v, bool) or not isinstance(v, int | float | np.number):
-        _fail(key, f"must be a number, got {v!r}")
-    if not (math.isfinite(float(v)) and float(v) > 0):
-        _fail(key, f"must be positive and finite, got {v!r}")
-    return float(v)
-
-
-def _optional_positive(key, v):
-    return None if v is None else _positive(key, v)
-
-
-def _number(key, v):
-    if isinstance(v, bool) or not isinstance(v, int | float | np.number):
-        _fail(key, f"must be a number, got {v!r}")
-    if not math.isfinite(float(v)):
-        _fail(key, f"must be finite, got {v!r}")
-    return float(v)
-
-
-def _flag(key, v):
-    if not isinstance(v, bool | np.bool_):
-        _fail(key, f"must be true or false, got {v!r}")
-    return bool(v)
-
-
-def _choice(*names):
-    def check(key, v):
-        if v not in names:
-            _fail(key, f"must be one of {list(names)}, got {v!r}")
-        return v
-
-    return check
-
-
-def _sizes(key, v):
-    if isinstance(v, Sequence) and not isinstance(v, str):
-        return tuple(_positive_int(key, s) for s in v)
-    return _positive_int(key, v)
-
-
-def _digits(key, v):
-    if not isinstance(v, Sequence) or isinstance(v, str):
-        _fail(key, f"must be a list of digits, got {v!r}")
-    return tuple(_nonneg_int(key, d) for d in v)
-
-
-def _solver(key, v):
-    if isinstance(v, str):
-        if v not in SOLVERS:
-            _fail(key, f"must be one of {sorted(SOLVERS)} (or a Diffrax solver), got {v!r}")
-        return v
-    import diffrax
-
-    if isinstance(v, diffrax.AbstractSolver):
-        return v
-    _fail(key, f"must be a solver name or a Diffrax solver, got {v!r}")
-
-
-SOLVERS = (
-    "default",
-    "auto",
-    "regular",
-    "sliding",
-    "sliding_bosh3",
-    "sliding_tsit5",
-    "tsit5",
-    "dopri5",
-    "dopri8",
-    "bosh3",
-    "heun",
-    "euler",
-)
-GENERATORS = ("orthogonally_separable", "block_orthogonal", "mnist", "iclr_toy")
-INITS = ("gaussian", "lecun", "balanced", "semi_local")
-LOSSES = ("cross_entropy", "exponential", "logistic", "square")
-
 PARAMS: dict[str, _Param] = {
-    # model
-    "width": _Param("model", 50, "static", _positive_int, "hidden width `h`"),
-    "init": _Param("model", "gaussian", "static", _choice(*INITS), "initialization"),
-    "leak": _Param("model", 0.0, "static", _number, "leaky-ReLU slope"),
-    "scale": _Param("model", 1e-3, "traced", _positive, "init scale `eps` (a std)"),
-    "seed": _Param("model", 0, "traced", _nonneg_int, "PRNG seed of the init"),
-    # flow
-    "t1": _Param("flow", 1000.0, "traced", _positive, "horizon"),
-    "rtol": _Param("flow", 1e-8, "traced", _positive, "relative tolerance"),
-    "atol": _Param("flow", None, "traced", _optional_positive, "absolute tolerance"),
-    "atol_per_scale": _Param(
-        "flow", None, "traced", _optional_positive, "absolute tolerance / init scale"
-    ),
-    "loss": _Param("flow", "cross_entropy", "static", _choice(*LOSSES), "loss"),
-    "reduction": _Param("flow", "sum", "static", _choice("sum", "mean"), "reduction"),
-    "max_steps": _Param("flow", 100_000, "static", _positive_int, "step budget"),
-    "num_saves": _Param("flow", 100, "static", _positive_int, "log-spaced save times"),
-    "t_min_ratio": _Param("flow", 1e-4, "static", _positive, "first save time / t1"),
-    "solver": _Param("flow", "default", "static", _solver, "Diffrax solver"),
-    # data
-    "generator": _Param(
-        "data", "orthogonally_separable", "data", _choice(*GENERATORS), "data generator"
-    ),
-    "data_seed": _Param("data", 0, "data", _nonneg_int, "PRNG seed of the data"),
-    "num_classes": _Param("data", None, "data", _positive_int, "`K`"),
-    "points_per_class": _Param("data", None, "data", _sizes, "class sizes"),
-    "dim": _Param("data", None, "data", _positive_int, "`D`"),
-    "mu_s": _Param("data", None, "data", _number, "within-class cosine bound"),
-    "mu_d": _Param("data", None, "data", _number, "cross-class cosine bound"),
-    "norm_min": _Param("data", None, "data", _positive, "smallest sample norm"),
-    "norm_max": _Param("data", None, "data", _positive, "largest sample norm"),
-    "rotate": _Param("data", None, "data", _flag, "random rotation"),
-    "block_dim": _Param("data", None, "data", _positive_int, "block size"),
-    "spread": _Param("data", None, "data", _number, "block spread"),
-    "digits": _Param("data", None, "data", _digits, "MNIST digits"),
-    "per_class": _Param("data", None, "data", _positive_int, "MNIST images per digit"),
-    "center": _Param("data", None, "data", _flag, "MNIST centering"),
-    "toy": _Param(
-        "data", None, "data", _choice("mu_large", "mu_small", "orthogonal"), "toy set"
-    ),
+    key: _Param(
+        section, f.default, f.metadata["kind"], f.metadata["check"], f.metadata["doc"]
+    )
+    for key, (section, f) in KEYS.items()
 }
 
-# The data parameters each generator takes (others are rejected, naming the key).
-GENERATOR_ARGS: dict[str, tuple[str, ...]] = {
-    "orthogonally_separable": (
-        "data_seed",
-        "num_classes",
-        "points_per_class",
-        "dim",
-        "mu_s",
-        "mu_d",
-        "norm_min",
-        "norm_max",
-        "rotate",
-    ),
-    "block_orthogonal": (
-        "data_seed",
-        "num_classes",
-        "points_per_class",
-        "block_dim",
-        "spread",
-    ),
-    "mnist": ("digits", "per_class", "center"),
-    "iclr_toy": ("toy",),
-}
-
-SECTIONS = ("model", "flow", "data")
-TOP_KEYS = (
-    "name",
-    "model",
-    "flow",
-    "data",
-    "record",
-    "grid",
-    "runs",
-    "dtype",
-    "execution",
-    "output",
-)
+TOP_KEYS = (*RUN_KEYS, "grid", "runs", "execution")
 EXECUTION: dict[str, Any] = {
     "backend": "local",
     "chunk_size": "auto",
@@ -213,7 +63,6 @@ EXECUTION: dict[str, Any] = {
     "ray_num_cpus": 1,
     "ray_num_gpus": 0,
 }
-DEFAULT_RECORD = ("weight_norm", "min_margin", "separated")
 
 
 def _grid_values(key: str, spec) -> list:
@@ -221,19 +70,19 @@ def _grid_values(key: str, spec) -> list:
     or `{range: [start, stop]}` / `{range: [start, stop, step]}`."""
     if isinstance(spec, Mapping):
         if len(spec) != 1:
-            _fail(
+            fail(
                 key,
                 f"a generated grid has exactly one of geomspace, linspace, range; "
                 f"got {sorted(spec)}",
             )
         ((how, args),) = spec.items()
         if how not in ("geomspace", "linspace", "range"):
-            _fail(key, f"unknown grid generator {how!r}; use geomspace, linspace or range")
+            fail(key, f"unknown grid generator {how!r}; use geomspace, linspace or range")
         if not isinstance(args, Sequence) or isinstance(args, str):
-            _fail(key, f"{how} takes a list of numbers, got {args!r}")
+            fail(key, f"{how} takes a list of numbers, got {args!r}")
         if how == "range":
             if len(args) not in (2, 3) or not all(isinstance(a, int) for a in args):
-                _fail(
+                fail(
                     key,
                     f"range takes [start, stop] or [start, stop, step] integers, "
                     f"got {args!r}",
@@ -241,21 +90,21 @@ def _grid_values(key: str, spec) -> list:
             values = list(range(*args))
         else:
             if len(args) != 3 or not isinstance(args[2], int):
-                _fail(key, f"{how} takes [start, stop, num], got {args!r}")
+                fail(key, f"{how} takes [start, stop, num], got {args!r}")
             start, stop, num = args
             if how == "geomspace" and not (float(start) > 0 and float(stop) > 0):
-                _fail(key, f"geomspace needs positive start and stop, got {args!r}")
+                fail(key, f"geomspace needs positive start and stop, got {args!r}")
             fn = np.geomspace if how == "geomspace" else np.linspace
             values = [float(v) for v in fn(float(start), float(stop), num)]
     elif isinstance(spec, Sequence) and not isinstance(spec, str):
         values = list(spec)
     else:
-        _fail(
+        fail(
             key,
             f"must be a list of values or a geomspace/linspace/range spec, got {spec!r}",
         )
     if len(values) == 0:
-        _fail(key, "the grid is empty: give at least one value")
+        fail(key, "is empty: give at least one value")
     return values
 
 
@@ -265,24 +114,13 @@ def _hashable(v):
     return v
 
 
-def _plain(v):
-    """A JSON/YAML-friendly copy of a value (tuples as lists, numpy as Python)."""
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, str | int | float | bool) or v is None:
-        return v
-    return repr(v)
-
-
 class SweepConfig:
     """A validated sweep configuration.
 
     Built from a mapping (or a YAML/JSON file with `SweepConfig.load`) with the
-    sections:
+    sections of a `RunConfig` (the same keys, defaults and checks; `data_seed` unset
+    is 0: one data set across model seeds) and what a sweep adds, `grid`, `runs`
+    and `execution`:
 
     - `data`: `generator` (`orthogonally_separable`, `block_orthogonal`, `mnist`,
       `iclr_toy`) and its arguments (`data_seed`, `num_classes`, `points_per_class`,
@@ -293,9 +131,10 @@ class SweepConfig:
     - `flow`: `t1`, `rtol`, `atol` (or `atol_per_scale`: `atol = atol_per_scale *
       scale`; neither: `gradient_flow`'s scale-free default), `loss`, `reduction`,
       `max_steps`, `num_saves`, `t_min_ratio` (saves at `log_times(t1, num_saves,
-      t_min_ratio * t1)`), `solver` (`default` = `auto`: `regular` on orthogonally
-      separable data, `sliding` otherwise, decided per data set before anything runs;
-      `sliding`'s tableau is chosen per run from its rtol; or a name).
+      t_min_ratio * t1)`), `solver` (`auto`, also spelled `default`: `regular` on
+      orthogonally separable data, `sliding` otherwise, decided per data set before
+      anything runs; `sliding`'s tableau is chosen per run from its rtol; or a name of
+      `gradient_flow`'s solvers). Unset `rtol`: `gradient_flow`'s default.
     - `record`: names from `neuralcollapse_jax.metrics.RECORDERS`, `"standard"`, or
       (from Python) a dict `{name: fn(model, data)}`.
     - `grid`: `{parameter: values}`, swept as a Cartesian product. Values are a list
@@ -320,57 +159,41 @@ class SweepConfig:
         config = dict(config)
         unknown = sorted(set(config) - set(TOP_KEYS))
         if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown config key; the keys are {list(TOP_KEYS)}"
-            )
+            fail(unknown[0], f"is not a key of the schema; the keys are {list(TOP_KEYS)}")
         self.name = str(config.get("name", "sweep"))
-        fixed: dict[str, Any] = {}
-        for section in SECTIONS:
-            values = config.get(section) or {}
-            if not isinstance(values, Mapping):
-                _fail(section, "must be a mapping of parameter names to values")
-            for key, value in values.items():
-                p = PARAMS.get(key)
-                if p is None or p.section != section:
-                    hint = f" (it belongs in '{p.section}')" if p is not None else ""
-                    _fail(f"{section}.{key}", f"unknown parameter{hint}")
-                fixed[key] = value
-        self.fixed = {
-            k: PARAMS[k].check(f"{PARAMS[k].section}.{k}", v) if v is not None else None
-            for k, v in fixed.items()
-        }
+        self.fixed = parse_sections(config)
 
         grid = config.get("grid") or {}
         if not isinstance(grid, Mapping):
-            _fail("grid", "must be a mapping of parameter names to value lists")
+            fail("grid", "must be a mapping of parameter names to value lists")
         self.grid: dict[str, list] = {}
         for key, spec in grid.items():
             if key not in PARAMS:
-                _fail(f"grid.{key}", "unknown parameter")
+                fail(f"grid.{key}", "is not a key of the schema")
             if key in ("solver",) and not isinstance(spec, Sequence):
-                _fail(f"grid.{key}", "must be a list")
+                fail(f"grid.{key}", "must be a list")
             values = _grid_values(f"grid.{key}", spec)
             values = [PARAMS[key].check(f"grid.{key}", v) for v in values]
             if len({_hashable(v) for v in values}) != len(values):
-                _fail(f"grid.{key}", f"repeated values in {values}")
+                fail(f"grid.{key}", f"has repeated values {values}")
             self.grid[key] = values
 
         runs = config.get("runs")
         self.runs: list[dict[str, Any]] | None = None
         if runs is not None:
             if not isinstance(runs, Sequence) or isinstance(runs, str):
-                _fail("runs", "must be a list of {parameter: value} mappings")
+                fail("runs", "must be a list of {parameter: value} mappings")
             if len(runs) == 0:
-                _fail("runs", "the list of runs is empty")
+                fail("runs", "is empty: give at least one run")
             keys = None
             self.runs = []
             for i, run in enumerate(runs):
                 if not isinstance(run, Mapping) or not run:
-                    _fail(f"runs[{i}]", "must be a non-empty mapping")
+                    fail(f"runs[{i}]", "must be a non-empty mapping")
                 if keys is None:
                     keys = tuple(run)
                 if set(run) != set(keys):
-                    _fail(
+                    fail(
                         f"runs[{i}]",
                         f"has keys {sorted(run)}; every run must set "
                         f"the same keys {sorted(keys)}",
@@ -378,9 +201,9 @@ class SweepConfig:
                 checked = {}
                 for key, value in run.items():
                     if key not in PARAMS:
-                        _fail(f"runs[{i}].{key}", "unknown parameter")
+                        fail(f"runs[{i}].{key}", "is not a key of the schema")
                     if key in self.grid:
-                        _fail(f"runs[{i}].{key}", "is also a grid parameter")
+                        fail(f"runs[{i}].{key}", "is also a grid parameter")
                     checked[key] = (
                         PARAMS[key].check(f"runs[{i}].{key}", value)
                         if value is not None
@@ -396,57 +219,35 @@ class SweepConfig:
         if isinstance(record, Mapping):
             for name, fn in record.items():
                 if not callable(fn):
-                    _fail(f"record.{name}", "must be a function fn(model, data)")
+                    fail(f"record.{name}", "must be a function fn(model, data)")
             self.record_fns = dict(record)
             self.record = tuple(sorted(record))
         else:
-            from .. import metrics
+            self.record = parse_record(record or [])
 
-            if isinstance(record, str):
-                record = [record]
-            names: list[str] = []
-            for name in record or []:
-                if name == "standard":
-                    names.extend(metrics.STANDARD)
-                elif name in metrics.RECORDERS:
-                    names.append(name)
-                else:
-                    _fail(
-                        f"record.{name}",
-                        f"unknown diagnostic; choose from "
-                        f"{sorted(metrics.RECORDERS)} or 'standard'",
-                    )
-            self.record = tuple(dict.fromkeys(names))
-
-        dtype = config.get("dtype", "float64")
-        if dtype not in ("float64", "float32"):
-            _fail("dtype", f"must be 'float64' or 'float32', got {dtype!r}")
-        self.dtype = dtype
+        self.dtype = parse_dtype(config.get("dtype", "float64"))
 
         execution = dict(EXECUTION)
         given = config.get("execution") or {}
         if not isinstance(given, Mapping):
-            _fail("execution", "must be a mapping")
+            fail("execution", "must be a mapping")
         for key, value in given.items():
             if key not in EXECUTION:
-                _fail(
+                fail(
                     f"execution.{key}",
-                    f"unknown option; the options are {sorted(EXECUTION)}",
+                    f"is not an option; the options are {sorted(EXECUTION)}",
                 )
             execution[key] = value
-        _choice("local", "ray")("execution.backend", execution["backend"])
+        choice("local", "ray")("execution.backend", execution["backend"])
         for key in ("chunk_size", "batch_size", "workers"):
             if execution[key] != "auto":
-                _positive_int(f"execution.{key}", execution[key])
-        _flag("execution.progress", execution["progress"])
-        _number("execution.ray_num_cpus", execution["ray_num_cpus"])
-        _number("execution.ray_num_gpus", execution["ray_num_gpus"])
+                execution[key] = positive_int(f"execution.{key}", execution[key])
+        execution["progress"] = flag("execution.progress", execution["progress"])
+        number("execution.ray_num_cpus", execution["ray_num_cpus"])
+        number("execution.ray_num_gpus", execution["ray_num_gpus"])
         self.execution = execution
 
-        output = config.get("output")
-        if output is not None and not isinstance(output, str | Path):
-            _fail("output", f"must be a file name, got {output!r}")
-        self.output = None if output is None else str(output)
+        self.output = parse_output(config.get("output"))
         self._raw = config
         self._validate_combinations()
 
@@ -456,21 +257,7 @@ class SweepConfig:
     def load(cls, path: str | Path) -> SweepConfig:
         """Read a YAML (or JSON) file; a relative `output` is taken relative to it."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() == ".json":
-                raw = json.loads(text)
-            else:
-                import yaml
-
-                raw = yaml.safe_load(text)
-        except Exception as e:  # noqa: BLE001 - any parse error is a bad config
-            raise ValueError(f"cannot parse {path}: {' '.join(str(e).split())}") from e
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{path}: a sweep config must be a mapping")
-        raw = dict(raw)
+        raw = load_file(path)
         if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
             raw["output"] = str(path.parent / raw["output"])
         return cls(raw)
@@ -502,33 +289,24 @@ class SweepConfig:
                 p = dict(base)
                 p.update({k: v for k, v in run.items() if v is not None})
                 p.update(dict(zip(self.grid, combo)))
+                p["rtol"] = resolve_rtol(p["rtol"])
                 out.append(p)
         return out
 
     def swept(self) -> tuple[str, ...]:
         return tuple(self.grid) + tuple(self.run_keys)
 
+    def where(self, key: str) -> str:
+        """Where the config sets `key`: `grid.key`, `runs.key` or `section.key`."""
+        if key in self.grid:
+            return f"grid.{key}"
+        if key in self.run_keys:
+            return f"runs.{key}"
+        return f"{PARAMS[key].section}.{key}"
+
     def _validate_combinations(self) -> None:
-        swept = self.swept()
         for p in self.run_params():
-            gen = p["generator"]
-            allowed = set(GENERATOR_ARGS[gen])
-            for key in PARAMS:
-                if PARAMS[key].section == "data" and key != "generator":
-                    given = key in swept or self.fixed.get(key) is not None
-                    if given and key not in allowed and p.get(key) is not None:
-                        where = (
-                            "grid"
-                            if key in self.grid
-                            else ("runs" if key in self.run_keys else "data")
-                        )
-                        _fail(
-                            f"{where}.{key}",
-                            f"is not an argument of the {gen} "
-                            f"generator (it takes {sorted(allowed)})",
-                        )
-            if p["atol"] is not None and p["atol_per_scale"] is not None:
-                _fail("flow.atol", "give atol or atol_per_scale, not both")
+            check_point(p, where=self.where)
 
     # -- identity ----------------------------------------------------------------------
 
@@ -542,7 +320,7 @@ class SweepConfig:
         raw.pop("execution", None)
         raw.pop("output", None)
         raw["execution"] = {k: self.execution[k] for k in ("chunk_size", "batch_size")}
-        return _plain(raw)
+        return plain(raw)
 
     def hash(self) -> str:
         """A digest of everything that determines the numbers (not where they go)."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
 import numpy as np
 
-from ._config import GENERATOR_ARGS, PARAMS, SweepConfig, _hashable
+from .._config import GENERATOR_ARGS, auto_solver, build_data, out_dim, solver_name
+from .._flow import log_times
+from .._loss import check_loss
+from ._config import PARAMS, SweepConfig, _hashable
 
 
 TRACED = tuple(k for k, p in PARAMS.items() if p.kind == "traced")
@@ -23,34 +27,7 @@ def data_key(p: dict[str, Any]) -> tuple:
 
 def make_data(p: dict[str, Any], dtype: str):
     """The `Dataset` of a run (on the host; raises `ValueError` for impossible ones)."""
-    import jax
-
-    from .. import datasets
-
-    gen = p["generator"]
-    kwargs = {k: p[k] for k in GENERATOR_ARGS[gen] if p[k] is not None and k != "data_seed"}
-    if gen == "orthogonally_separable":
-        lo = kwargs.pop("norm_min", None)
-        hi = kwargs.pop("norm_max", None)
-        if lo is not None or hi is not None:
-            lo = hi if lo is None else lo
-            hi = lo if hi is None else hi
-            kwargs["norm_range"] = (lo, hi)
-        return datasets.orthogonally_separable(
-            jax.random.key(p["data_seed"]), dtype=dtype, **kwargs
-        )
-    if gen == "block_orthogonal":
-        return datasets.block_orthogonal(
-            jax.random.key(p["data_seed"]), dtype=dtype, **kwargs
-        )
-    if gen == "mnist":
-        return datasets.mnist(dtype=dtype, **kwargs)
-    return datasets.iclr_toy(kwargs.get("toy", "mu_large"), dtype=dtype)
-
-
-def out_dim(loss: str, num_classes: int) -> int:
-    """`K_out`: one output for the binary losses, `K` otherwise."""
-    return 1 if loss in ("exponential", "logistic") else num_classes
+    return build_data(p, jax.random.key(p["data_seed"] or 0), dtype)
 
 
 @dataclass
@@ -98,21 +75,8 @@ def make_plan(config: SweepConfig) -> Plan:
     impossible geometry, a loss that does not fit the data, a model that cannot be
     built.
     """
-    from .._flow import auto_solver, solver_name
-    from .._loss import check_loss
-
     params = config.run_params()
     swept = config.swept()
-    where = {
-        k: (
-            "grid"
-            if k in config.grid
-            else "runs"
-            if k in config.run_keys
-            else PARAMS[k].section
-        )
-        for k in PARAMS
-    }
     data: dict[tuple, Any] = {}
     run_data: list[tuple] = []
     for p in params:
@@ -127,7 +91,7 @@ def make_plan(config: SweepConfig) -> Plan:
                     for k in GENERATOR_ARGS[p["generator"]]
                     if config.fixed.get(k) is not None
                 ]
-                named = ", ".join(f"{where[k]}.{k}={p[k]!r}" for k in keys) or (
+                named = ", ".join(f"{config.where(k)}={p[k]!r}" for k in keys) or (
                     f"data.generator={p['generator']!r}"
                 )
                 raise ValueError(f"{named}: impossible data set: {e}") from None
@@ -141,7 +105,7 @@ def make_plan(config: SweepConfig) -> Plan:
     for i, p in enumerate(params):
         ds = data[run_data[i]]
         static = {k: p[k] for k in STATIC}
-        if isinstance(static["solver"], str) and static["solver"] in ("default", "auto"):
+        if isinstance(static["solver"], str) and static["solver"] == "auto":
             if run_data[i] not in auto:
                 auto[run_data[i]] = auto_solver(ds)
             static["solver"] = auto[run_data[i]]
@@ -154,19 +118,16 @@ def make_plan(config: SweepConfig) -> Plan:
                 ds.num_classes,
             )
         except ValueError as e:
-            raise ValueError(f"{where['loss']}.loss={p['loss']!r}: {e}") from None
+            raise ValueError(f"{config.where('loss')}={p['loss']!r}: {e}") from None
         if (
             p["init"] == "semi_local"
             and p["loss"] in ("exponential", "logistic")
             and (ds.num_classes != 2)
         ):
             raise ValueError(
-                f"{where['init']}.init='semi_local' with a binary loss needs K = 2 classes"
+                f"{config.where('init')}='semi_local' with a binary loss needs K = 2 "
+                "classes"
             )
-        if not 0.0 <= p["leak"] < 1.0:
-            raise ValueError(f"{where['leak']}.leak={p['leak']!r}: must be in [0, 1)")
-        if p["t_min_ratio"] > 1.0:
-            raise ValueError(f"flow.t_min_ratio={p['t_min_ratio']!r}: must be in (0, 1]")
         b = Block(0, static, ds.num_samples, ds.dim, ds.num_classes)
         blocks.setdefault(b.key, b).runs.append(i)
     ordered = list(blocks.values())
@@ -205,8 +166,6 @@ def order_runs(runs: list[int], params, run_data) -> list[int]:
 
 def traced_arrays(plan: Plan, runs: list[int], dtype) -> dict[str, np.ndarray]:
     """The per-run arrays of a chunk: init scale, seed, horizon, save times, tolerances."""
-    from .._flow import log_times
-
     ps = [plan.params[i] for i in runs]
     scale = np.array([p["scale"] for p in ps], dtype=dtype)
     atol = np.array(
