@@ -26,9 +26,10 @@ from . import datasets, metrics
 
 # The solver registry (names, the default rtol, and how `auto` and `sliding` are
 # resolved for a data set and an rtol): `ncjax run` and the sweep plan take it from here.
-from ._flow import DEFAULT_RTOL, SOLVER_NAMES
-from ._flow import auto_solver as auto_solver
-from ._flow import solver_name as solver_name
+from ._flow import DEFAULT_RTOL
+from ._solvers import SOLVER_NAMES
+from ._solvers import auto_solver as auto_solver
+from ._solvers import solver_name as solver_name
 
 
 GENERATORS = ("orthogonally_separable", "block_orthogonal", "mnist", "iclr_toy")
