@@ -355,11 +355,13 @@ def plot_flow(
     elif t_sep == 0:
         markers.append(Line2D([], [], color="none", label="separated from t = 0"))
     else:
-        markers.append(Line2D([], [], color="none", label="not separated by the end"))
+        mixed = int(d["num_mixed"][-1]) if len(t) else 0
+        label = f"never separated (neurons active on ≥ 2 classes at the end: {mixed})"
+        markers.append(Line2D([], [], color="none", label=label))
     horizon = figure["alignment_horizon"]
     show_horizon = horizon is not None and t[0] <= horizon <= t[-1]
     if show_horizon:
-        label = f"T = {horizon:.3g}: end of the alignment phase (Lemma 2's horizon)"
+        label = f"T = {horizon:.3g}: Lemma 2's horizon (alignment phase at least until T)"
         markers.append(Line2D([], [], color="k", ls=":", lw=1.2, label=label))
     for a in axes.flat:
         if show_sep:
