@@ -29,6 +29,11 @@ from ._trajectory_io import save_trajectory
 # statistics for every sample, neuron and class): about 128 MiB in float64.
 BATCH_FLOATS = 2**24
 
+# The figure also marks the first save time from which the neurons active on two
+# classes or more hold less than this share of ||theta||^2 (separation up to small
+# neurons, which an unbalanced initialization can leave behind).
+MIXED_SHARE = 1e-3
+
 # Losses whose early dynamics Lemma 2 (NeurIPS 2025; ICLR 2024's Lemma 1) describes.
 ALIGNMENT_LOSSES = ("cross_entropy", "exponential", "logistic")
 
@@ -60,6 +65,9 @@ def _per_save(model: TwoLayerReLU, data: Dataset, limit) -> dict[str, Any]:
     out["num_mixed"] = act["num_mixed"]
     out["num_dead"] = act["num_dead"]
     out["weight_norm"] = metrics.weight_norm(model)
+    mixed = jnp.sum(metrics.activity(model, data) > 0, axis=0) >= 2
+    sq = jnp.sum(model.W**2, axis=0) + jnp.sum(model.V**2, axis=0)
+    out["mixed_share"] = jnp.sum(jnp.where(mixed, sq, 0.0)) / jnp.sum(sq)
     # Alignment of each neuron with the class direction of its group, and the mean over
     # each group weighted by ||w_j||^2 (neurons that stay small count little).
     groups = metrics.group_masks(model, data.num_classes)  # (K, h)
@@ -194,6 +202,13 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v) & (v > FLOOR), v, np.nan)
 
 
+def _loglog(ax, t, values, **kwargs) -> None:
+    """A line on log axes, left off (with its legend entry) when nothing is positive."""
+    v = _positive(values)
+    if not np.isnan(v).all():
+        ax.loglog(t, v, **kwargs)
+
+
 def plot_flow(
     path: Path,
     traj: Trajectory,
@@ -218,8 +233,8 @@ def plot_flow(
 
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.6), constrained_layout=True)
     ax = axes[0, 0]
-    ax.loglog(t, _positive(np.asarray(traj.loss)[keep]), color="C0", label="loss L(θ(t))")
-    ax.loglog(t, _positive(d["weight_norm"]), color="C1", label="weight norm ‖θ(t)‖")
+    _loglog(ax, t, np.asarray(traj.loss)[keep], color="C0", label="loss L(θ(t))")
+    _loglog(ax, t, d["weight_norm"], color="C1", label="weight norm ‖θ(t)‖")
     ax.set(title="loss and weight norm", xlabel="time t", ylabel="value")
     ax.legend(fontsize=8)
 
@@ -231,27 +246,31 @@ def plot_flow(
         ax.semilogx(t, own[:, j], color=colors[int(last_group[j]) % k], lw=0.5, alpha=0.3)
     handles = [Line2D([], [], color="0.5", lw=0.5, alpha=0.6, label="single neurons")]
     for c in range(k):
-        (line,) = ax.semilogx(
-            t, d["group_alignment"][:, c], color=colors[c], lw=2, label=f"group {c}"
-        )
-        handles.append(line)
+        if np.isfinite(d["group_alignment"][:, c]).any():  # else the group is empty
+            (line,) = ax.semilogx(
+                t, d["group_alignment"][:, c], color=colors[c], lw=2, label=f"group {c}"
+            )
+            handles.append(line)
     if figure["late_alignment"] is not None:
         for c in range(k):
             ax.axhline(figure["late_alignment"][c], color=colors[c], ls="--", lw=1)
         handles.append(
             Line2D([], [], color="0.3", ls="--", lw=1, label="cos(u_k, x̄_k): limit")
         )
+    low = np.nanmin(own) if np.isfinite(own).any() else -1.0
     ax.set(
-        title="alignment: cos(w_j, x̄_k) over the group N_k of neuron j",
+        title="alignment: cos(w_j, x̄_k), k the group of neuron j",
         xlabel="time t",
         ylabel="cosine",
-        ylim=(-1.05, 1.05),
+        ylim=(max(-1.05, low - 0.05), 1.05),
     )
     ax.legend(handles=handles, fontsize=7, loc="lower right")
 
     ax = axes[0, 2]
-    ax.semilogx(t, d["num_mixed"], color="C3", label="neurons active on ≥ 2 classes")
-    ax.semilogx(t, d["num_dead"], color="0.4", label="dead neurons")
+    _loglog(ax, t, d["num_mixed"], color="C3", label="neurons active on ≥ 2 classes")
+    _loglog(ax, t, d["num_dead"], color="0.4", label="dead neurons")
+    _loglog(ax, t, d["mixed_share"], color="C4", label="share of ‖θ‖² in the former")
+    ax.axhline(MIXED_SHARE, color="C4", ls="--", lw=1, label=f"share {MIXED_SHARE:g}")
     sep = d["separated"].astype(bool)
     if sep.any():
         ax.fill_between(
@@ -266,12 +285,11 @@ def plot_flow(
             label="separated (metrics.is_separated)",
         )
     ax.set(
-        title="inter-class separation",
+        title="inter-class separation (zeros not drawn)",
         xlabel="time t",
-        ylabel="number of neurons",
-        ylim=(0, None),
+        ylabel="count, or share of ‖θ‖²",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
     ax = axes[1, 0]
     series = {
@@ -329,7 +347,7 @@ def plot_flow(
                 ("self_duality", "self-duality error (vs V = Ẽ diag(s) Φ)"),
             )
         ):
-            ax.loglog(t, _positive(lim[key]), color=f"C{i}", label=name)
+            _loglog(ax, t, lim[key], color=f"C{i}", label=name)
         ax.legend(fontsize=7)
         ax.set(ylabel="distance")
     else:
@@ -347,6 +365,19 @@ def plot_flow(
     ax.set(title="distance to Theorem 1's predicted limit", xlabel="time t")
 
     markers = []
+    horizon = figure["alignment_horizon"]
+    show_horizon = horizon is not None and t[0] <= horizon <= t[-1]
+    if show_horizon:
+        label = f"T = {horizon:.3g}: Lemma 2's horizon (alignment phase at least until T)"
+        markers.append(Line2D([], [], color="k", ls=":", lw=1.2, label=label))
+    t_share = float(theory.separation_time(t, d["mixed_share"] < MIXED_SHARE))
+    show_share = math.isfinite(t_share) and t_share != figure["separation_time"]
+    if show_share:
+        label = (
+            f"T = {t_share:.3g}: from here on, neurons active on ≥ 2 classes hold "
+            f"< {MIXED_SHARE:g} of ‖θ‖²"
+        )
+        markers.append(Line2D([], [], color="C4", ls="--", lw=1.2, label=label))
     t_sep = figure["separation_time"]
     show_sep = math.isfinite(t_sep) and t_sep > 0
     if show_sep:
@@ -358,14 +389,11 @@ def plot_flow(
         mixed = int(d["num_mixed"][-1]) if len(t) else 0
         label = f"never separated (neurons active on ≥ 2 classes at the end: {mixed})"
         markers.append(Line2D([], [], color="none", label=label))
-    horizon = figure["alignment_horizon"]
-    show_horizon = horizon is not None and t[0] <= horizon <= t[-1]
-    if show_horizon:
-        label = f"T = {horizon:.3g}: Lemma 2's horizon (alignment phase at least until T)"
-        markers.append(Line2D([], [], color="k", ls=":", lw=1.2, label=label))
     for a in axes.flat:
         if show_sep:
             a.axvline(t_sep, color="k", lw=1, alpha=0.6)
+        if show_share:
+            a.axvline(t_share, color="C4", ls="--", lw=1.2)
         if show_horizon:
             a.axvline(horizon, color="k", ls=":", lw=1.2)
         a.grid(True, which="both", alpha=0.25)
@@ -378,6 +406,6 @@ def plot_flow(
         if isinstance(scale, int | float)
         else "gradient flow of a two-layer ReLU network"
     )
-    fig.legend(handles=markers, loc="outside lower center", ncols=len(markers))
+    fig.legend(handles=markers, loc="outside lower center", ncols=2, fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
