@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics, theory
 from ._dataset import Dataset
 from ._model import TwoLayerReLU
-from ._trajectory import Trajectory
+from ._trajectory import Status, Trajectory
 from ._trajectory_io import save_trajectory
 
 
@@ -225,7 +225,10 @@ def plot_flow(
 
     d = figure["diag"]
     ts = np.asarray(traj.ts)
-    keep = np.isfinite(ts) & (ts > 0)
+    # Log time axis; after a failed run the states past the failure are not finite.
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    finite = np.isfinite(W).all(axis=(1, 2)) & np.isfinite(V).all(axis=(1, 2))
+    keep = np.isfinite(ts) & (ts > 0) & finite & np.isfinite(np.asarray(traj.loss))
     t = ts[keep]
     d = jax.tree.map(lambda a: a[keep], d)
     k = data.num_classes
@@ -270,7 +273,17 @@ def plot_flow(
     _loglog(ax, t, d["num_mixed"], color="C3", label="neurons active on ≥ 2 classes")
     _loglog(ax, t, d["num_dead"], color="0.4", label="dead neurons")
     _loglog(ax, t, d["mixed_share"], color="C4", label="share of ‖θ‖² in the former")
+    if not ax.get_lines():
+        ax.text(
+            0.5,
+            0.6,
+            "no neuron is active on two classes\nat any save time",
+            transform=ax.transAxes,
+            ha="center",
+            fontsize=9,
+        )
     ax.axhline(MIXED_SHARE, color="C4", ls="--", lw=1, label=f"share {MIXED_SHARE:g}")
+    ax.set_yscale("log")
     sep = d["separated"].astype(bool)
     if sep.any():
         ax.fill_between(
@@ -371,7 +384,7 @@ def plot_flow(
         label = f"T = {horizon:.3g}: Lemma 2's horizon (alignment phase at least until T)"
         markers.append(Line2D([], [], color="k", ls=":", lw=1.2, label=label))
     t_share = float(theory.separation_time(t, d["mixed_share"] < MIXED_SHARE))
-    show_share = math.isfinite(t_share) and t_share != figure["separation_time"]
+    show_share = t[0] < t_share < math.inf and t_share != figure["separation_time"]
     if show_share:
         label = (
             f"T = {t_share:.3g}: from here on, neurons active on ≥ 2 classes hold "
@@ -396,16 +409,20 @@ def plot_flow(
             a.axvline(t_share, color="C4", ls="--", lw=1.2)
         if show_horizon:
             a.axvline(horizon, color="k", ls=":", lw=1.2)
+        a.set_xscale("log")
         a.grid(True, which="both", alpha=0.25)
         a.set_xlim(t[0], t[-1])
     scale = config.get("scale")
-    fig.suptitle(
-        f"gradient flow of a two-layer ReLU network: {config.get('data')} data, "
-        f"n = {data.num_samples}, D = {data.dim}, K = {k}, width h = "
-        f"{traj.final.width}, init scale {scale:g}, {config.get('loss')} loss"
-        if isinstance(scale, int | float)
-        else "gradient flow of a two-layer ReLU network"
-    )
+    title = "gradient flow of a two-layer ReLU network"
+    if isinstance(scale, int | float):
+        title += (
+            f": {config.get('data')} data, n = {data.num_samples}, D = {data.dim}, "
+            f"K = {k}, width h = {traj.final.width}, init scale {scale:g}, "
+            f"{config.get('loss')} loss"
+        )
+    if int(traj.status) != Status.SUCCESS:
+        title += f"\nthe run stopped early: {Status.message(int(traj.status))}"
+    fig.suptitle(title)
     fig.legend(handles=markers, loc="outside lower center", ncols=2, fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
