@@ -64,6 +64,9 @@ from ._times import log_steps as log_steps
 from ._times import log_times as log_times
 from ._trajectory import Status as Status
 from ._trajectory import Trajectory as Trajectory
+from ._trajectory_io import load_run as load_run
+from ._trajectory_io import load_trajectory as load_trajectory
+from ._trajectory_io import save_trajectory as save_trajectory
 
 
 __version__ = "0.1.0"

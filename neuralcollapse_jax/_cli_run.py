@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from ._flow import gradient_flow, log_times
 from ._loss import check_loss
 from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
+from ._run_report import write_run
 from ._trajectory import Status
 
 
@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         "record": list(cfg.record),
         "dtype": cfg.dtype,
         "output": str(out),
+        "data": cfg.data.generator,
     }
     start = time.perf_counter()
     traj = gradient_flow(
@@ -243,9 +244,7 @@ def run(args: argparse.Namespace) -> int:
         name: jax.tree.map(lambda v: np.asarray(v).tolist(), fn(traj.final, data))
         for name, fn in record.items()
     }
-    write_trajectory(out / "trajectory.nc", traj, opts)
-    plot_flow(out / "flow.png", traj)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_run(out, traj, data, model, summary, opts)
     print(
         f"{Status.message(status)}; loss {summary['initial_loss']:.4g} -> "
         f"{summary['final_loss']:.4g} at t = {flow.t1:g}; {summary['num_steps']} steps, "
@@ -253,51 +252,3 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out}/"
     )
     return 0 if status == Status.SUCCESS else 1
-
-
-def write_trajectory(path: Path, traj, opts: dict[str, Any]) -> None:
-    """The trajectory as netCDF (times, loss, W, V), readable with xarray or netCDF4."""
-    import numpy as np
-    import xarray as xr
-
-    W = np.asarray(traj.models.W)
-    V = np.asarray(traj.models.V)
-    ds = xr.Dataset(
-        {
-            "loss": (("time",), np.asarray(traj.loss)),
-            "W": (("time", "D", "h"), W),
-            "V": (("time", "K_out", "h"), V),
-        },
-        coords={"time": np.asarray(traj.ts)},
-        attrs={
-            "description": "exact gradient flow of f(x) = V relu(W^T x)",
-            "status": int(traj.status),
-            **{k: str(v) for k, v in opts.items()},
-        },
-    )
-    tmp = path.with_suffix(".nc.tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, path)
-
-
-def plot_flow(path: Path, traj) -> None:
-    """Loss and weight norm against time, log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    t = np.asarray(traj.ts)
-    keep = t > 0
-    loss = np.asarray(traj.loss)[keep]
-    norm = np.asarray(traj.weight_norm())[keep]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
-    axes[0].loglog(t[keep], loss, color="C0")
-    axes[0].set(xlabel="time t", ylabel="training loss L(θ(t))", title="loss")
-    axes[1].loglog(t[keep], norm, color="C1")
-    axes[1].set(xlabel="time t", ylabel="‖θ(t)‖_F", title="weight norm")
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -7,6 +7,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dataset import Dataset
@@ -105,6 +106,24 @@ class TwoLayerReLU(eqx.Module):
     @property
     def out_dim(self) -> int:
         return self.V.shape[-2]
+
+    def __getitem__(self, index) -> TwoLayerReLU:
+        """The model at `index` of the leading axis (e.g. `traj.models[-1]`, a save time).
+
+        `index` is concrete: an integer (negative from the end), a slice, an integer
+        array or a boolean mask, as in NumPy.
+
+        **Raises:** `ValueError` for a model without a leading axis (`W` of shape
+        `(D, h)`); `IndexError` for an index out of range (JAX itself would clamp it).
+        """
+        if self.W.ndim < 3:
+            raise ValueError(
+                f"the model has no leading axis to index (W has shape {self.W.shape})"
+            )
+        if isinstance(index, jax.Array):
+            index = np.asarray(index)
+        index = np.arange(self.W.shape[0])[index]
+        return TwoLayerReLU(self.W[index], self.V[index], self.leak)
 
     def preactivations(self, x: Float[Array, "n D"]) -> Float[Array, "n h"]:
         """`x_i^T w_j` for every sample `i` and neuron `j`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -51,6 +52,14 @@ class Trajectory(eqx.Module):
       `num_accepted_steps`, `num_rejected_steps` and `grad_evals` (gradient evaluations).
     - `status`: integer `Status` code; `Status.SUCCESS` (0) when the horizon was reached.
       After a failure the save times past the failure hold `inf`.
+
+    **Indexing.** `len(traj)` is the number of save times `T`. `traj[i]` is the model at
+    save index `i` (negative indices count from the end: `traj[-1]` is the last saved
+    model), the same as `traj.models[i]`. A slice, an integer array or a boolean mask
+    (e.g. `traj[traj.ts >= 1.0]`) gives a `Trajectory` of those save times, whose
+    `final`, `stats` and `status` are still those of the whole run. Indices are
+    concrete (not traced). With leading batch axes (`jax.vmap`), the index selects save
+    times in every run of the batch.
     """
 
     ts: Float[Array, " T"]
@@ -71,6 +80,40 @@ class Trajectory(eqx.Module):
         codes = np.unique(np.asarray(self.status))
         return "; ".join(Status.message(c) for c in codes)
 
+    def __len__(self) -> int:
+        return self.ts.shape[-1]
+
+    def __getitem__(self, index) -> TwoLayerReLU | Trajectory:
+        # Normalize any NumPy index (int, negative int, slice, int array, mask) to
+        # concrete save indices; NumPy raises IndexError when one is out of range.
+        idx = np.arange(len(self))[_concrete_index(index)]
+        if idx.ndim == 0:
+            if self.models is None:
+                raise ValueError("parameters were not saved: run with save_params=True")
+            i = int(idx)
+            return TwoLayerReLU(
+                self.models.W[..., i, :, :], self.models.V[..., i, :, :], self.models.leak
+            )
+        if idx.ndim != 1:
+            raise ValueError(f"a save-time index must be one-dimensional, got {index!r}")
+        axis = self.ts.ndim - 1  # the time axis of `ts`, `loss` and every record
+        records = jax.tree.map(lambda a: jnp.take(a, idx, axis=axis), self.records)
+        return Trajectory(
+            ts=jnp.take(self.ts, idx, axis=axis),
+            models=None
+            if self.models is None
+            else TwoLayerReLU(
+                jnp.take(self.models.W, idx, axis=-3),
+                jnp.take(self.models.V, idx, axis=-3),
+                self.models.leak,
+            ),
+            loss=jnp.take(self.loss, idx, axis=axis),
+            records=records,
+            final=self.final,
+            stats=self.stats,
+            status=self.status,
+        )
+
     def model_at(self, index: int) -> TwoLayerReLU:
         """The model at save index `index` (for an un-batched trajectory)."""
         if self.models is None:
@@ -85,3 +128,11 @@ class Trajectory(eqx.Module):
             jnp.sum(self.models.W**2, axis=(-2, -1))
             + jnp.sum(self.models.V**2, axis=(-2, -1))
         )
+
+
+def _concrete_index(index):
+    if isinstance(index, jax.core.Tracer):
+        raise ValueError("a Trajectory takes concrete save indices, not traced ones")
+    if isinstance(index, jax.Array):
+        return np.asarray(index)
+    return index

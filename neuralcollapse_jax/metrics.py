@@ -25,9 +25,18 @@ mean `phi_bar = sum_k phi_k / K`, class-mean directions `phi_k/||phi_k||`, class
   `group_masks`, `group_stable_ranks`, `neuron_alignment`, `balance`.
 - Activations: `activity`, `activation_summary`, `is_separated`.
 - Margins: `normalized_margins`, `min_normalized_margin`.
+- All at once: `summary(model, data)`, a dict of every NC metric, the smallest
+  normalized margin and the separation state.
 - Recording: `RECORDERS` (name -> `fn(model, data)`), `recorder(*names)`,
   `standard_recorders()`; pass the result as `record=` to `gradient_flow` or
   `gradient_descent`.
+
+**Two call forms.** The functions of features (`class_means`, NC1-NC4,
+`within_class_cosines`, `directional_nc1`, `class_orthogonality`) take either the
+features, `nc1(features, labels, num_classes)` (`nc3` and `nc4` also the classifier
+`V`), or a model and a data set, `nc1(model, data)`, which measures the hidden features
+`relu(W^T x_i)` of `data.x` under `model` (and its classifier `model.V`). The two forms
+give the same values.
 
 **Degenerate cases.** Inside `jit`/`vmap` no exception can be raised, so an undefined
 value is `NaN`, with one meaning throughout: *the quantity does not exist for these
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
@@ -81,6 +91,7 @@ __all__ = [
     "spectral_norm_sq",
     "stable_rank",
     "standard_recorders",
+    "summary",
     "weight_norm",
     "within_class_cosines",
 ]
@@ -103,6 +114,49 @@ def _nan_if(cond, value):
     return jnp.where(cond, jnp.nan, value)
 
 
+def _resolve(features, labels, num_classes, name: str):
+    """`(model or None, features, labels, K)` from either call form, `(model, data)`
+    or `(features, labels, num_classes)`."""
+    if isinstance(features, TwoLayerReLU):
+        if not isinstance(labels, Dataset):
+            raise ValueError(
+                f"{name}(model, data) needs a Dataset as second argument, got "
+                f"{type(labels).__name__}"
+            )
+        if num_classes is not None:
+            raise ValueError(
+                f"{name}(model, data) takes the number of classes from the data; "
+                "do not pass num_classes"
+            )
+        return features, features.features(labels.x), labels.y, labels.num_classes
+    if isinstance(labels, Dataset):
+        raise ValueError(
+            f"{name} got a Dataset as second argument but a {type(features).__name__} "
+            "as first: call it as (model, data) or (features, labels, num_classes)"
+        )
+    if num_classes is None:
+        raise ValueError(
+            f"{name}(features, labels, num_classes) needs num_classes (or call it as "
+            f"{name}(model, data))"
+        )
+    return None, features, labels, num_classes
+
+
+def _feature_args(features, labels, num_classes, name: str):
+    return _resolve(features, labels, num_classes, name)[1:]
+
+
+def _classifier_args(features, labels, num_classes, V, name: str):
+    model, features, labels, num_classes = _resolve(features, labels, num_classes, name)
+    if model is not None:
+        if V is not None:
+            raise ValueError(f"{name}(model, data) takes V from the model; do not pass V")
+        V = model.V
+    elif V is None:
+        raise ValueError(f"{name}(features, labels, num_classes, V) needs the classifier V")
+    return features, labels, num_classes, V
+
+
 def _unit_rows(m: Float[Array, "K p"]) -> Float[Array, "K p"]:
     """Rows divided by their norms; a zero row becomes `NaN` (it has no direction)."""
     norms = jnp.linalg.norm(m, axis=-1, keepdims=True)
@@ -110,7 +164,9 @@ def _unit_rows(m: Float[Array, "K p"]) -> Float[Array, "K p"]:
 
 
 def class_means(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> tuple[Float[Array, "K h"], Float[Array, " K"]]:
     r"""Class means `phi_k = sum_{i in I_k} phi_i / |I_k|` and class sizes `|I_k|`.
 
@@ -123,7 +179,13 @@ def class_means(
     **Returns:**
 
     `(means, counts)` of shapes `(K, h)` and `(K,)`; the mean of an empty class is `NaN`.
+
+    **Call forms:** `class_means(features, labels, num_classes)`, or `class_means(model,
+    data)`: the features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(
+        features, labels, num_classes, "class_means"
+    )
     oh = _one_hot(labels, num_classes, features.dtype)
     counts = jnp.sum(oh, axis=0)
     sums = oh.T @ features
@@ -147,7 +209,9 @@ def class_directions(data: Dataset) -> Float[Array, "K D"]:
 
 
 def nc1(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, ""]:
     r"""NC1 of Min, Zhu and Vidal (NeurIPS 2025, App. B.2): a trace ratio.
 
@@ -160,7 +224,11 @@ def nc1(
 
     A scalar; `NaN` if a class is empty or all features vanish, `inf` if the class means
     coincide while the within-class scatter does not vanish.
+
+    **Call forms:** `nc1(features, labels, num_classes)`, or `nc1(model, data)`: the
+    features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(features, labels, num_classes, "nc1")
     means, counts = class_means(features, labels, num_classes)
     diff = features - means[labels]
     per_sample = jnp.sum(diff**2, axis=-1)
@@ -172,7 +240,9 @@ def nc1(
 
 
 def nc1_papyan(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, ""]:
     r"""NC1 of Papyan, Han and Donoho (2020): `tr(Sigma_W Sigma_B^+) / K`.
 
@@ -187,7 +257,13 @@ def nc1_papyan(
     **Returns:**
 
     A scalar; `NaN` if a class is empty, all features vanish, or `M = 0`.
+
+    **Call forms:** `nc1_papyan(features, labels, num_classes)`, or `nc1_papyan(model,
+    data)`: the features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(
+        features, labels, num_classes, "nc1_papyan"
+    )
     means, _ = class_means(features, labels, num_classes)
     n = features.shape[0]
     deviations = features - means[labels]
@@ -199,7 +275,9 @@ def nc1_papyan(
 
 
 def within_class_cosines(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, " n"]:
     r"""`cos(phi_i, phi_{y_i})`: the cosine of each feature with its class mean.
 
@@ -207,7 +285,14 @@ def within_class_cosines(
     the NeurIPS paper predicts (features of a class are parallel, with different lengths).
     A zero feature has cosine 0 (it points nowhere: not collapsed); a class with zero mean
     gives `NaN`.
+
+    **Call forms:** `within_class_cosines(features, labels, num_classes)`, or
+    `within_class_cosines(model, data)`: the features `relu(W^T x_i)` of `data` under
+    `model`.
     """
+    features, labels, num_classes = _feature_args(
+        features, labels, num_classes, "within_class_cosines"
+    )
     means, _ = class_means(features, labels, num_classes)
     mu = means[labels]
     nf = jnp.linalg.norm(features, axis=-1)
@@ -218,12 +303,20 @@ def within_class_cosines(
 
 
 def directional_nc1(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, " K"]:
     r"""Per class `1 - mean_{i in I_k} cos(phi_i, phi_k)`: 0 under directional collapse.
 
     `NaN` for an empty class or a class whose features all vanish.
+
+    **Call forms:** `directional_nc1(features, labels, num_classes)`, or
+    `directional_nc1(model, data)`: the features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(
+        features, labels, num_classes, "directional_nc1"
+    )
     cos = within_class_cosines(features, labels, num_classes)
     oh = _one_hot(labels, num_classes, features.dtype)
     counts = jnp.sum(oh, axis=0)
@@ -236,7 +329,9 @@ def directional_nc1(
 
 
 def nc2(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, ""]:
     r"""NC2 of Min, Zhu and Vidal (NeurIPS 2025, App. B.2): orthogonal-frame distance.
 
@@ -248,7 +343,11 @@ def nc2(
     **Returns:**
 
     A scalar; `NaN` if a class is empty or has zero mean features.
+
+    **Call forms:** `nc2(features, labels, num_classes)`, or `nc2(model, data)`: the
+    features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(features, labels, num_classes, "nc2")
     means, _ = class_means(features, labels, num_classes)
     phi = _unit_rows(means)
     g = phi @ phi.T
@@ -273,7 +372,9 @@ def etf_distance(rows: Float[Array, "K p"]) -> Float[Array, ""]:
 
 
 def nc2_etf(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, ""]:
     r"""Simplex-ETF distance of the centred class means (Papyan et al. 2020; Zhu et al.).
 
@@ -281,21 +382,34 @@ def nc2_etf(
     the global mean for balanced classes; with it, orthogonal class means of equal norm
     give exactly an ETF whatever the class sizes). `NaN` for an empty class or a dead
     network.
+
+    **Call forms:** `nc2_etf(features, labels, num_classes)`, or `nc2_etf(model, data)`: the
+    features `relu(W^T x_i)` of `data` under `model`.
     """
+    features, labels, num_classes = _feature_args(features, labels, num_classes, "nc2_etf")
     means, _ = class_means(features, labels, num_classes)
     centred = means - jnp.mean(means, axis=0, keepdims=True)
     return _nan_if(_dead(features), etf_distance(centred))
 
 
 def class_orthogonality(
-    features: Float[Array, "n h"], labels: Int[Array, " n"], num_classes: int
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
 ) -> Float[Array, ""]:
     r"""`max_{k != l} cos(phi_k, phi_l)`: 0 when the class features are orthogonal.
 
     For ReLU features (non-negative) the class means are orthogonal exactly when every
     feature of one class is orthogonal to every feature of another, the inter-class
     separation of Theorem 1. `NaN` for an empty class or a class with zero mean.
+
+    **Call forms:** `class_orthogonality(features, labels, num_classes)`, or
+    `class_orthogonality(model, data)`: the features `relu(W^T x_i)` of `data` under
+    `model`.
     """
+    features, labels, num_classes = _feature_args(
+        features, labels, num_classes, "class_orthogonality"
+    )
     means, _ = class_means(features, labels, num_classes)
     phi = _unit_rows(means)
     k = num_classes
@@ -320,10 +434,10 @@ def _self_dual_target(out_dim: int, num_classes: int, dtype) -> Float[Array, "K_
 
 
 def nc3(
-    features: Float[Array, "n h"],
-    labels: Int[Array, " n"],
-    num_classes: int,
-    V: Float[Array, "K_out h"],
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
+    V: Float[Array, "K_out h"] | None = None,
 ) -> Float[Array, ""]:
     r"""NC3 of Min, Zhu and Vidal: projected self-duality, with target `E~/sqrt(K)`.
 
@@ -347,7 +461,13 @@ def nc3(
     A scalar; `NaN` for an empty class or a class with zero mean features.
 
     **Raises:** `ValueError` if `V` has neither `K` rows nor one row with `K = 2`.
+
+    **Call forms:** `nc3(features, labels, num_classes, V)`, or `nc3(model, data)`: the
+    features `relu(W^T x_i)` of `data` under `model`, and its classifier `model.V`.
     """
+    features, labels, num_classes, V = _classifier_args(
+        features, labels, num_classes, V, "nc3"
+    )
     target = _self_dual_target(V.shape[-2], num_classes, features.dtype)
     means, _ = class_means(features, labels, num_classes)
     phi = _unit_rows(means)
@@ -360,17 +480,23 @@ def nc3(
 
 
 def nc4(
-    features: Float[Array, "n h"],
-    labels: Int[Array, " n"],
-    num_classes: int,
-    V: Float[Array, "K_out h"],
+    features: Float[Array, "n h"] | TwoLayerReLU,
+    labels: Int[Array, " n"] | Dataset,
+    num_classes: int | None = None,
+    V: Float[Array, "K_out h"] | None = None,
 ) -> Float[Array, ""]:
     r"""NC4: fraction of samples where the classifier and the nearest class centre differ.
 
     Prediction `argmax_k (V phi_i)_k` (for `K_out = 1`: class 1 iff `v^T phi_i > 0`)
     against `argmin_k ||phi_i - phi_k||` (Papyan et al. 2020). 0 when they agree on every
     sample. Empty classes are never the nearest centre. `NaN` for a dead network.
+
+    **Call forms:** `nc4(features, labels, num_classes, V)`, or `nc4(model, data)`: the
+    features `relu(W^T x_i)` of `data` under `model`, and its classifier `model.V`.
     """
+    features, labels, num_classes, V = _classifier_args(
+        features, labels, num_classes, V, "nc4"
+    )
     logits = features @ V.T
     if V.shape[-2] == 1:
         pred = (logits[:, 0] > 0).astype(jnp.int32)
@@ -544,6 +670,60 @@ def normalized_margins(model: TwoLayerReLU, data: Dataset) -> Float[Array, " n"]
 def min_normalized_margin(model: TwoLayerReLU, data: Dataset) -> Float[Array, ""]:
     """`min_i normalized_margins(model, data)_i`."""
     return jnp.min(normalized_margins(model, data))
+
+
+# ----------------------------------------------------------------------------------
+# All at once
+# ----------------------------------------------------------------------------------
+
+
+def summary(model: TwoLayerReLU, data: Dataset) -> dict[str, Array]:
+    r"""Every NC metric of `model` on `data`, with the margin and the separation state.
+
+    **Arguments:**
+
+    - `model`: a `TwoLayerReLU` (with `K` outputs, or one output for `K = 2`).
+    - `data`: the `Dataset` whose features are measured.
+
+    **Returns:**
+
+    A dict of arrays, the same values as the single functions:
+
+    | key | value | shape |
+    |---|---|---|
+    | `"nc1"`, `"nc1_papyan"` | `nc1`, `nc1_papyan` | `()` |
+    | `"directional_nc1"` | `directional_nc1` | `(K,)` |
+    | `"nc2"`, `"nc2_etf"` | `nc2`, `nc2_etf` | `()` |
+    | `"orthogonality"` | `class_orthogonality` | `()` |
+    | `"nc3"`, `"nc4"` | `nc3`, `nc4` (with `model.V`) | `()` |
+    | `"min_margin"` | `min_normalized_margin` | `()` |
+    | `"separated"` | `is_separated` | `()`, bool |
+
+    Compiled once per shape; works under `jax.vmap` over a batch of models, e.g. the
+    saved models of a trajectory: `jax.vmap(lambda m: summary(m, data))(traj.models)`.
+
+    **Raises:** `ValueError` if the classifier has neither `K` rows nor one row with
+    `K = 2`.
+    """
+    _self_dual_target(model.out_dim, data.num_classes, model.W.dtype)  # shape check
+    return _summary_jit(model, data)
+
+
+@eqx.filter_jit
+def _summary_jit(model: TwoLayerReLU, data: Dataset) -> dict[str, Array]:
+    f, y, k = model.features(data.x), data.y, data.num_classes
+    return {
+        "nc1": nc1(f, y, k),
+        "nc1_papyan": nc1_papyan(f, y, k),
+        "directional_nc1": directional_nc1(f, y, k),
+        "nc2": nc2(f, y, k),
+        "nc2_etf": nc2_etf(f, y, k),
+        "orthogonality": class_orthogonality(f, y, k),
+        "nc3": nc3(f, y, k, model.V),
+        "nc4": nc4(f, y, k, model.V),
+        "min_margin": min_normalized_margin(model, data),
+        "separated": is_separated(model, data),
+    }
 
 
 # ----------------------------------------------------------------------------------

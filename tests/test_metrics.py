@@ -397,3 +397,101 @@ def test_recording_along_descent(getkey):
         )
     )(traj.models.W, traj.models.V)
     np.testing.assert_allclose(traj.records["nc1"], ref, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- (model, data) form
+
+
+FEATURE_METRICS = (
+    "class_means",
+    "nc1",
+    "nc1_papyan",
+    "within_class_cosines",
+    "directional_nc1",
+    "nc2",
+    "nc2_etf",
+    "class_orthogonality",
+)
+
+
+@pytest.mark.parametrize("out_dim", [3, 1])
+def test_model_form_equals_feature_form(getkey, out_dim):
+    k = 3 if out_dim == 3 else 2
+    sizes = [3, 4, 5][:k]
+    data = datasets.orthogonally_separable(getkey(), k, sizes, 12, 0.5, 0.2)
+    model = _model(getkey(), 12, 6, out_dim)
+    f = model.features(data.x)  # relu(W^T x_i): the same features, so equal results
+    f_np = np.maximum(np.asarray(data.x) @ np.asarray(model.W), 0.0)
+    np.testing.assert_allclose(f, f_np, rtol=1e-14)
+    for name in FEATURE_METRICS:
+        fn = getattr(metrics, name)
+        for a, b in zip(
+            jax.tree.leaves(fn(model, data)), jax.tree.leaves(fn(f, data.y, k)), strict=True
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    for fn in (metrics.nc3, metrics.nc4):
+        assert fn(model, data) == fn(f, data.y, k, model.V)
+    # Keyword calls of the feature form keep working.
+    assert metrics.nc1(features=f, labels=data.y, num_classes=k) == metrics.nc1(
+        f, data.y, k
+    )
+
+
+def test_model_form_bad_calls(getkey):
+    data = datasets.orthogonally_separable(getkey(), 3, [3, 4, 5], 12, 0.5, 0.2)
+    model = _model(getkey(), 12, 6, 3)
+    f = model.features(data.x)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        metrics.nc1(f, data.y)
+    with pytest.raises(ValueError, match="Dataset as second argument"):
+        metrics.nc1(model, data.y)
+    with pytest.raises(ValueError, match="do not pass num_classes"):
+        metrics.nc2(model, data, 3)
+    with pytest.raises(ValueError, match="takes V from the model"):
+        metrics.nc3(model, data, V=model.V)
+    with pytest.raises(ValueError, match="needs the classifier V"):
+        metrics.nc4(f, data.y, 3)
+    with pytest.raises(ValueError, match="call it as"):
+        metrics.nc1(f, data)
+
+
+def test_summary_has_every_metric(getkey):
+    data = datasets.orthogonally_separable(getkey(), 3, [3, 4, 5], 12, 0.5, 0.2)
+    model = _model(getkey(), 12, 6, 3)
+    s = metrics.summary(model, data)
+    assert set(s) == {
+        "nc1",
+        "nc1_papyan",
+        "directional_nc1",
+        "nc2",
+        "nc2_etf",
+        "orthogonality",
+        "nc3",
+        "nc4",
+        "min_margin",
+        "separated",
+    }
+    f = np.maximum(np.asarray(data.x) @ np.asarray(model.W), 0.0)
+    y = np.asarray(data.y)
+    np.testing.assert_allclose(s["nc1"], _ref_nc1(f, y, 3), rtol=1e-12)
+    np.testing.assert_allclose(s["nc1_papyan"], _ref_nc1_papyan(f, y, 3), rtol=1e-9)
+    np.testing.assert_allclose(s["nc2"], _ref_nc2(f, y, 3), rtol=1e-12)
+    for key, fn in (
+        ("directional_nc1", metrics.directional_nc1),
+        ("nc2_etf", metrics.nc2_etf),
+        ("orthogonality", metrics.class_orthogonality),
+        ("nc3", metrics.nc3),
+        ("nc4", metrics.nc4),
+        ("min_margin", metrics.min_normalized_margin),
+        ("separated", metrics.is_separated),
+    ):
+        np.testing.assert_allclose(s[key], fn(model, data), rtol=1e-12, err_msg=key)
+    assert s["separated"].dtype == bool and s["directional_nc1"].shape == (3,)
+    # Under vmap over a batch of models (e.g. the saved models of a trajectory).
+    batch = nc.TwoLayerReLU(
+        jnp.stack([model.W, 2 * model.W]), jnp.stack([model.V, model.V])
+    )
+    sb = jax.vmap(lambda m: metrics.summary(m, data))(batch)
+    np.testing.assert_allclose(sb["nc1"][0], s["nc1"], rtol=1e-12)
+    with pytest.raises(ValueError, match="outputs"):
+        metrics.summary(_model(getkey(), 12, 6, 4), data)
