@@ -437,3 +437,21 @@ def test_default_solver_is_resolved_per_data_set():
             save_params=False,
         )
         _assert_same(ds, {"scale": i}, traj, data)
+
+
+@pytest.mark.parametrize("config", [CONFIG_A, CONFIG_B], ids=["shared", "per_run"])
+def test_batched_solves_agree_with_one_run_per_solve(config):
+    """Several runs per solve (`vmap`, as on accelerators; chunks padded to their size)
+    give the runs of one run per solve, up to the solver's tolerance."""
+    grid = {**config["grid"], "width": [5]} if "width" in config["grid"] else config["grid"]
+    one = nc.sweep(dict(config, grid=grid, execution={"batch_size": 1}), progress=False)
+    batched = nc.sweep(
+        dict(config, grid=grid, execution={"chunk_size": 4, "batch_size": 3}),
+        progress=False,
+    )
+    np.testing.assert_array_equal(batched["status"].values, one["status"].values)
+    assert int(one["status"].max()) == Status.SUCCESS
+    for name in ("loss", "min_margin", "final_loss", "final_min_margin"):
+        np.testing.assert_allclose(
+            batched[name].values, one[name].values, rtol=1e-4, atol=1e-12, err_msg=name
+        )

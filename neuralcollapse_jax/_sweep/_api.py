@@ -160,7 +160,10 @@ def sweep(
     `TwoLayerReLU.init(jax.random.key(seed), D, width, K_out, scale, init)` on the data
     set the config describes. Runs whose shapes and static settings agree form a
     block compiled once; init scale, seed, horizon, tolerances and data of equal shape
-    are batched arrays, so no value recompiles.
+    are traced values, so no value recompiles. With one run per solve (the choice on a
+    CPU) the runs are plain `gradient_flow` calls on worker threads, sharing the
+    compiled solve with any other call of the same settings, whatever the grid's size;
+    with several (accelerators) a chunk is one compiled program, batched with `vmap`.
 
     Results are written chunk by chunk to `<output>.parts/` (each file atomically),
     then assembled into `output`. A sweep interrupted at any point (even by `kill

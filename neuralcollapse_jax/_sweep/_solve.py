@@ -68,7 +68,7 @@ def block_spec(block, dtype: str) -> dict[str, Any]:
     return spec
 
 
-def initial_model(spec: dict, seed, scale, data: Dataset, dtype) -> TwoLayerReLU:
+def initial_model(spec: dict, seed, scale, data: Dataset | None, dtype) -> TwoLayerReLU:
     """`theta(0)` of a run: `TwoLayerReLU.init(jax.random.key(seed), D, width, K_out,
     scale, init)`, as a single run builds it."""
     return TwoLayerReLU.init(
@@ -175,14 +175,15 @@ def initial_models(spec: dict, params: dict, x, y, shared_data: bool, dtype):
     tolerance: `default_atol(model, rtol)` when the config gives none, batched where
     `batched_atol`, one run at a time otherwise (a batched reduction may round
     differently)."""
-    K = spec["K"]
+    semi = spec["init"] == "semi_local"  # the only init that reads the data
 
     def init(seed, scale, xi, yi):
-        return initial_model(spec, seed, scale, Dataset(xi, yi, K), dtype)
+        data = Dataset(xi, yi, spec["K"]) if semi else None
+        return initial_model(spec, seed, scale, data, dtype)
 
     seeds = jnp.asarray(params["seed"])
     scales = jnp.asarray(params["scale"], dtype=dtype)
-    if spec["init"] == "semi_local" and not shared_data:
+    if semi and not shared_data:
         models = jax.vmap(init)(seeds, scales, jnp.asarray(x), jnp.asarray(y))
     else:
         models = jax.vmap(init, in_axes=(0, 0, None, None))(
