@@ -259,10 +259,17 @@ def chunk_function(
     runs vmapped at a time. Memory is that of `batch_size` runs. One per block
     settings (a bounded cache); `jax.jit` caches its compilations per shape and
     device."""
-    spec_items = tuple(sorted((k, _hashable(v)) for k, v in spec.items()))
-    return _chunk_program(
-        spec_items, tuple(sorted(record.items())), batch_size, shared_data
+    key = (
+        tuple(sorted((k, _hashable(v)) for k, v in spec.items())),
+        tuple(sorted(record.items())),
+        batch_size,
+        shared_data,
     )
+    try:
+        hash(key)
+    except TypeError:  # a setting that is not hashable (a solver holding arrays)
+        return _chunk_program.__wrapped__(*key)
+    return _chunk_program(*key)
 
 
 def solve_inputs(spec: dict, params: dict, x, y, shared_data: bool) -> dict:
