@@ -115,7 +115,11 @@ def _run_local(
     numbers = itertools.count()
 
     def bind():
-        bound.device = ex.devices[next(numbers) % len(ex.devices)]
+        # With one device, no `jax.default_device` context: JAX's compilation caches
+        # are keyed on it, and the runs would not share the compiled solve of plain
+        # `gradient_flow` calls.
+        k = next(numbers)
+        bound.device = ex.devices[k % len(ex.devices)] if len(ex.devices) > 1 else None
 
     def solve(block, runs, size):
         params, x, y = chunk_inputs(plan, block, runs, dtype)

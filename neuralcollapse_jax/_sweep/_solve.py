@@ -132,7 +132,9 @@ def solve_run(
     settings), then the final diagnostics."""
     dtype = np.dtype(spec["dtype"])
     data = Dataset(x, y, spec["K"])
-    model = initial_model(spec, p["seed"], p["scale"], data, dtype)
+    # A Python seed and scale, as a user passes them: the same values, and the same
+    # compiled initialization.
+    model = initial_model(spec, int(p["seed"]), float(p["scale"]), data, dtype)
     traj = gradient_flow(
         model,
         data,
@@ -156,10 +158,9 @@ def solve_run(
 def _run_each(spec, record, params, x, y, shared_data: bool, device) -> dict:
     """The runs of a chunk one `gradient_flow` call at a time, stacked on the host."""
     solver = solver_object(spec)
-    if not jax.config.jax_enable_x64:
-        params = dict(params, seed=params["seed"].astype(np.int32))
     outs = []
     with jax.default_device(device) if device is not None else contextlib.nullcontext():
+        x, y = jnp.asarray(x), jnp.asarray(y)
         for k in range(len(params["scale"])):
             p = {name: a[k] for name, a in params.items()}
             xk, yk = (x, y) if shared_data else (x[k], y[k])
