@@ -21,10 +21,7 @@ from ._model import TwoLayerReLU
 from ._progress import LogTimeProgressMeter
 from ._rk import UnrolledERK
 from ._row_space import RowSpace, reduce_to_row_space
-from ._solvers import REGULAR_SOLVERS as REGULAR_SOLVERS
-from ._solvers import auto_solver as auto_solver
 from ._solvers import evals_per_step, resolve_solver
-from ._solvers import solver_name as solver_name
 from ._times import log_times
 from ._trajectory import Status, Trajectory
 from ._validation import check_flow_args, check_problem

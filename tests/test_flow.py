@@ -1,6 +1,8 @@
 """The exact gradient flow: accuracy against an independent integrator, the
 conservation law, jit/vmap, status reporting, and input validation."""
 
+import logging
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -108,19 +110,31 @@ def test_jit_and_vmap_over_scales_and_seeds_match_single_runs(small_problem):
     assert successes >= 2
 
 
-def test_no_recompile_across_values(small_problem):
+def test_no_recompile_across_values(small_problem, caplog):
     """t1, tolerances and save times are traced: new values reuse the compiled solve."""
-    from neuralcollapse_jax._flow import _solve
-
     model = nc.TwoLayerReLU.init(jax.random.key(4), 12, 8, 3, 1e-3)
-    nc.gradient_flow(model, small_problem, t1=5.0, saveat=np.linspace(0, 5, 4))
-    before = _solve._cached._cache_size()
-    nc.gradient_flow(
-        model, small_problem, t1=7.0, saveat=np.linspace(0, 7, 4), rtol=1e-7, atol=1e-12
-    )
     model2 = nc.TwoLayerReLU.init(jax.random.key(5), 12, 8, 3, 1e-6)
-    nc.gradient_flow(model2, small_problem, t1=6.0, saveat=np.linspace(0, 6, 4), rtol=1e-7)
-    assert _solve._cached._cache_size() == before
+    nc.gradient_flow(model, small_problem, t1=5.0, saveat=np.linspace(0, 5, 4))
+    jax.config.update("jax_log_compiles", True)  # JAX logs every compilation
+    try:
+        with caplog.at_level(logging.WARNING):
+            nc.gradient_flow(
+                model,
+                small_problem,
+                t1=7.0,
+                saveat=np.linspace(0, 7, 4),
+                rtol=1e-7,
+                atol=1e-12,
+            )
+            nc.gradient_flow(
+                model2, small_problem, t1=6.0, saveat=np.linspace(0, 6, 4), rtol=1e-7
+            )
+            compiled = [r.getMessage() for r in caplog.records]
+            jax.jit(lambda v: 2 * v)(jnp.ones(3))  # a new program is logged
+            assert any("<lambda>" in r.getMessage() for r in caplog.records)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert [m for m in compiled if m.startswith("Compiling ")] == []
 
 
 def test_binary_exponential_flow_against_scipy(getkey):

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 import neuralcollapse_jax as nc
 from neuralcollapse_jax import Status
 from neuralcollapse_jax._cli import main as cli_main
-from neuralcollapse_jax._sweep import _api, _solve
+from neuralcollapse_jax._sweep import _api
 
 
 RECORD = ("min_margin", "separated")
@@ -162,27 +163,45 @@ def test_sweep_geometry_widths_runs_equal_single_runs(result_b):
                     )
 
 
-def test_one_compile_per_block(monkeypatch):
-    """Scale, seed and horizon values never recompile: one program per block."""
-    lowered = []
-    original = _solve.compiled
+@pytest.fixture
+def compiled(caplog):
+    """The programs XLA compiles from now on, as JAX logs them (`jax_log_compiles`)."""
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            start = len(caplog.records)
+            yield lambda: [
+                r.getMessage().split(" with ")[0]
+                for r in caplog.records[start:]
+                if r.getMessage().startswith("Compiling ")
+            ]
+    finally:
+        jax.config.update("jax_log_compiles", False)
 
-    def counting(fn, args):
-        exe = original(fn, args)
-        lowered.append((id(fn), id(exe)))
-        return exe
 
-    monkeypatch.setattr(_solve, "_COMPILED", {})
-    monkeypatch.setattr(_solve, "compiled", counting)
+def test_values_and_grid_size_do_not_recompile(compiled):
+    """Scale, seed and horizon values and the number of runs never recompile, and a
+    sweep's runs are `gradient_flow` calls: once one sweep has run, another sweep of
+    other values and size, and a single run of the same settings, compile nothing."""
+    jax.clear_caches()  # what compiles below does not depend on the tests before
+    execution = {"batch_size": 1, "workers": 2}
+    grid = {"scale": [1e-4, 3e-4, 5e-3], "t1": [10.0, 20.0]}
+    cfg = dict(CONFIG_A, grid=grid, execution=execution)
+    nc.sweep(cfg, progress=False)
+    before = len(compiled())
     cfg = dict(
         CONFIG_A,
-        grid={"scale": [1e-4, 2e-4, 3e-4, 5e-3], "t1": [10.0, 20.0]},
-        execution={"chunk_size": 3, "workers": 1},
+        grid={"scale": [2e-4, 7e-4, 1e-3, 4e-3, 9e-3], "seed": [3, 4], "t1": [15.0]},
+        execution=dict(execution, chunk_size=3),
     )
     ds = nc.sweep(cfg, progress=False)
     assert int(ds["status"].max()) == Status.SUCCESS
-    assert len(lowered) == 3  # three chunks (3 + 3 + 2 padded) ...
-    assert len(_solve._COMPILED) == 1  # ... one executable
+    data = nc.datasets.block_orthogonal(jax.random.key(0), points_per_class=4, block_dim=4)
+    traj = _single(data, 6, "lecun", 5, 6e-4, 25.0, 8, 1e-4, 1e-6, 1e-6 * 6e-4)
+    assert compiled()[before:] == []
+    assert bool(traj.ok)
+    jax.jit(lambda v: 2 * v)(jnp.ones(3))  # a new program: the log records compilations
+    assert any("<lambda>" in c for c in compiled()[before:])
 
 
 def test_failed_runs_are_marked_and_do_not_stop_the_sweep():
@@ -369,15 +388,19 @@ def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b)
     """`T*` per run: the first save time from which `separated` holds to the end."""
     found = 0
     for ds in (result_a, result_b):
-        sep = nc._sweep._plot.separation_time(ds)
-        assert sep.dims == ds["status"].dims
-        flags = ds["separated"].transpose(*sep.dims, "time").values > 0.5
-        times = ds["t"].broadcast_like(ds["separated"]).transpose(*sep.dims, "time").values
+        dims = ds["status"].dims
+        recorded = ds["separated"].transpose(*dims, "time").values
+        times = ds["t"].broadcast_like(ds["separated"]).transpose(*dims, "time").values
+        sep = jax.vmap(nc.theory.separation_time)(
+            times.reshape(-1, times.shape[-1]), recorded.reshape(-1, recorded.shape[-1])
+        )
+        sep = np.asarray(sep).reshape(recorded.shape[:-1])
+        flags = recorded > 0.5
         for index in np.ndindex(sep.shape):
             f, t = flags[index], times[index]
             lasting = [k for k in range(len(f)) if f[k:].all()]
             want = t[lasting[0]] if lasting else np.inf
-            assert sep.values[index] == want
+            assert sep[index] == want
             found += bool(lasting)
     assert found > 0
 
@@ -425,7 +448,25 @@ def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     plan = _api.make_plan(nc.SweepConfig({**config, "flow": {"solver": "default"}}))
     assert [b.static["solver"] for b in plan.blocks] == ["regular"]
     with pytest.raises(ValueError, match="flow.solver must be one of"):
-        nc.SweepConfig({**config, "flow": {"solver": "heun"}})
+        nc.SweepConfig({**config, "flow": {"solver": "rk4"}})
 
     default = inspect.signature(nc.gradient_flow).parameters["rtol"].default
     assert {p["rtol"] for p in nc.SweepConfig(config).run_params()} == {default}
+
+
+@pytest.mark.parametrize("config", [CONFIG_A, CONFIG_B], ids=["shared", "per_run"])
+def test_batched_solves_agree_with_one_run_per_solve(config):
+    """Several runs per solve (`vmap`, as on accelerators; chunks padded to their size)
+    give the runs of one run per solve, up to the solver's tolerance."""
+    grid = {**config["grid"], "width": [5]} if "width" in config["grid"] else config["grid"]
+    one = nc.sweep(dict(config, grid=grid, execution={"batch_size": 1}), progress=False)
+    batched = nc.sweep(
+        dict(config, grid=grid, execution={"chunk_size": 4, "batch_size": 3}),
+        progress=False,
+    )
+    np.testing.assert_array_equal(batched["status"].values, one["status"].values)
+    assert int(one["status"].max()) == Status.SUCCESS
+    for name in ("loss", "min_margin", "final_loss", "final_min_margin"):
+        np.testing.assert_allclose(
+            batched[name].values, one[name].values, rtol=1e-4, atol=1e-12, err_msg=name
+        )

@@ -146,3 +146,21 @@ def test_killed_during_assembly_is_finished_by_a_restart(tmp_path):
     res = nc.load_sweep(output)
     for name in ref.data_vars:
         np.testing.assert_array_equal(res[name].values, ref[name].values)
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    """The result, the chunk files and the manifest are created as `open` creates
+    files: mode 0666 less the umask (0644 under the common umask 022)."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text(CONFIG.replace("seed: [0, 1, 2]", "seed: [0]").replace("5]", "2]"))
+    output = tmp_path / "out.nc"
+    previous = os.umask(0o022)
+    try:
+        nc.sweep(config, output, keep_parts=True, progress=False)
+    finally:
+        os.umask(previous)
+    parts = output.with_name(output.name + ".parts")
+    files = [output, parts / "manifest.json", *_parts(output)]
+    assert len(files) == 4
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o644, f

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
-import queue
+import tempfile
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from ._config import SweepConfig
 from ._plan import Plan, chunk_runs, make_plan, traced_arrays
-from ._solve import block_spec, recorders, run_chunk
+from ._ray import run_ray
+from ._solve import block_spec, chunk_inputs, recorders, run_chunk
 from ._store import PartStore, assemble, load_sweep, write_dataset
 
 
@@ -48,14 +54,13 @@ def cpu_count() -> int:
 def resolve_execution(config: SweepConfig, largest_block: int) -> Execution:
     """The automatic choices, each overridable in `execution`.
 
-    - CPU: one run per solve (`batch_size = 1`: a batched adaptive solve costs more
-      per run than an unbatched one there, and every member waits for the slowest),
-      one worker thread per core, small chunks so that the workers stay busy.
+    - CPU: one run per solve (`batch_size = 1`: each run is a `gradient_flow` call,
+      as a batched adaptive solve costs more per run than an unbatched one there and
+      every member waits for the slowest), one worker thread per core, small chunks
+      so that the workers stay busy.
     - GPU/TPU: the chunk is one batched solve (`batch_size = chunk_size`, at most
       4096 runs), one worker per device.
     """
-    import jax
-
     ex = config.execution
     devices = tuple(jax.local_devices())
     platform = devices[0].platform
@@ -83,8 +88,6 @@ def resolve_execution(config: SweepConfig, largest_block: int) -> Execution:
 
 
 def _check_dtype(config: SweepConfig) -> None:
-    import jax
-
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError(
             "dtype: float64 needs JAX's 64-bit mode: call "
@@ -92,44 +95,7 @@ def _check_dtype(config: SweepConfig) -> None:
         )
 
 
-class _Progress:
-    """A tqdm bar in runs: done, runs/s and time left."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=initial,
-                unit="run",
-                desc=desc,
-                dynamic_ncols=True,
-                smoothing=0.1,
-            )
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _chunk_inputs(plan: Plan, block, runs: list[int], dtype) -> tuple:
-    params = traced_arrays(plan, runs, dtype)
-    if block.shared_data:
-        ds = plan.data[plan.run_data[runs[0]]]
-        x, y = np.asarray(ds.x), np.asarray(ds.y)
-    else:
-        x = np.stack([np.asarray(plan.data[plan.run_data[i]].x) for i in runs])
-        y = np.stack([np.asarray(plan.data[plan.run_data[i]].y) for i in runs])
-    return params, x, y
-
-
-def _tasks(plan: Plan, done: set[int], ex: Execution) -> list[tuple[Any, list[int]]]:
+def _tasks(plan: Plan, done: set[int], ex: Execution) -> list[tuple[Any, list[int], int]]:
     tasks = []
     for block in plan.blocks:
         size = min(ex.chunk_size, len(block.runs))
@@ -139,64 +105,47 @@ def _tasks(plan: Plan, done: set[int], ex: Execution) -> list[tuple[Any, list[in
 
 
 def _run_local(
-    plan: Plan, tasks, ex: Execution, store: PartStore, progress: _Progress, record
+    plan: Plan, tasks, ex: Execution, store: PartStore, progress, record
 ) -> None:
-    """Worker threads take chunks from a queue; each writes its chunk when done."""
+    """A pool of worker threads, each bound to one device, solves the chunks; each
+    chunk is written as soon as it is done. The first error cancels the chunks not
+    yet started and is raised."""
     dtype = np.dtype(plan.config.dtype)
-    work: queue.Queue = queue.Queue()
-    for t in tasks:
-        work.put(t)
-    finished: queue.Queue = queue.Queue()
-    errors: list[BaseException] = []
-    stop = threading.Event()
+    bound = threading.local()
+    numbers = itertools.count()
 
-    def worker(device):
-        while not stop.is_set():
-            try:
-                block, runs, size = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                params, x, y = _chunk_inputs(plan, block, runs, dtype)
-                out = run_chunk(
-                    block_spec(block, plan.config.dtype),
-                    record,
-                    params,
-                    x,
-                    y,
-                    chunk_size=size,
-                    batch_size=ex.batch_size,
-                    shared_data=block.shared_data,
-                    device=device,
-                )
-                store.write(runs, out)
-                finished.put(len(runs))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                errors.append(e)
-                stop.set()
-                finished.put(0)
-                return
+    def bind():
+        # With one device, no `jax.default_device` context: JAX's compilation caches
+        # are keyed on it, and the runs would not share the compiled solve of plain
+        # `gradient_flow` calls.
+        k = next(numbers)
+        bound.device = ex.devices[k % len(ex.devices)] if len(ex.devices) > 1 else None
 
-    threads = [
-        threading.Thread(
-            target=worker, args=(ex.devices[k % len(ex.devices)],), daemon=True
+    def solve(block, runs, size):
+        params, x, y = chunk_inputs(plan, block, runs, dtype)
+        out = run_chunk(
+            block_spec(block, plan.config.dtype),
+            record,
+            params,
+            x,
+            y,
+            chunk_size=size,
+            batch_size=ex.batch_size,
+            shared_data=block.shared_data,
+            device=bound.device,
         )
-        for k in range(max(1, ex.workers))
-    ]
-    for th in threads:
-        th.start()
-    remaining = sum(len(r) for _, r, _ in tasks)
-    try:
-        while remaining > 0 and not errors:
-            n = finished.get()
-            remaining -= n
-            progress.update(n)
-    finally:
-        stop.set()
-        for th in threads:
-            th.join()
-    if errors:
-        raise errors[0]
+        store.write(runs, out)
+        return len(runs)
+
+    with ThreadPoolExecutor(max(1, ex.workers), initializer=bind) as pool:
+        futures = [pool.submit(solve, *task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                progress.update(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def sweep(
@@ -215,7 +164,10 @@ def sweep(
     `TwoLayerReLU.init(jax.random.key(seed), D, width, K_out, scale, init)` on the data
     set the config describes. Runs whose shapes and static settings agree form a
     block compiled once; init scale, seed, horizon, tolerances and data of equal shape
-    are batched arrays, so no value recompiles.
+    are traced values, so no value recompiles. With one run per solve (the choice on a
+    CPU) the runs are plain `gradient_flow` calls on worker threads, sharing the
+    compiled solve with any other call of the same settings, whatever the grid's size;
+    with several (accelerators) a chunk is one compiled program, batched with `vmap`.
 
     Results are written chunk by chunk to `<output>.parts/` (each file atomically),
     then assembled into `output`. A sweep interrupted at any point (even by `kill
@@ -266,7 +218,7 @@ def sweep(
     attrs = {
         "title": f"neuralcollapse_jax sweep {config.name}",
         "config_hash": config.hash(),
-        "config": __import__("json").dumps(config.to_dict(), default=repr),
+        "config": json.dumps(config.to_dict(), default=repr),
         "num_runs": config.num_runs,
         "dtype": config.dtype,
     }
@@ -282,8 +234,6 @@ def sweep(
 
     tmpdir = None
     if out_path is None:
-        import tempfile
-
         tmpdir = tempfile.TemporaryDirectory(prefix="ncjax-sweep-")
         store_path = Path(tmpdir.name) / "sweep.nc"
     else:
@@ -293,12 +243,18 @@ def sweep(
         store = PartStore(store_path, config, overwrite=overwrite)
         done = set(store.done())
         tasks = _tasks(plan, done, ex)
-        bar = _Progress(config.num_runs, len(done), show, config.name)
+        bar = tqdm(
+            total=config.num_runs,
+            initial=len(done),
+            unit="run",
+            desc=config.name,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            disable=not show,
+        )
         try:
             if tasks:
                 if ex.backend == "ray":
-                    from ._ray import run_ray
-
                     run_ray(plan, tasks, ex, store, bar)
                 else:
                     _run_local(plan, tasks, ex, store, bar, record)

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ._solve import block_spec, chunk_inputs, run_chunk_task
+
 
 def run_ray(plan, tasks, ex, store, progress) -> None:
     """Ship every chunk as a task; write each result as it arrives.
@@ -22,9 +24,6 @@ def run_ray(plan, tasks, ex, store, progress) -> None:
             "execution.backend: 'ray' needs the ray extra "
             "(pip install 'neuralcollapse_jax[ray]')"
         ) from None
-    from ._api import _chunk_inputs
-    from ._solve import block_spec, run_chunk_task
-
     config = plan.config
     ex_cfg = config.execution
     if not ray.is_initialized():
@@ -45,7 +44,7 @@ def run_ray(plan, tasks, ex, store, progress) -> None:
     shared_refs: dict[int, Any] = {}
     pending: dict[Any, list[int]] = {}
     for block, runs, size in tasks:
-        params, x, y = _chunk_inputs(plan, block, runs, dtype)
+        params, x, y = chunk_inputs(plan, block, runs, dtype)
         if block.shared_data:
             if block.index not in shared_refs:
                 shared_refs[block.index] = (ray.put(x), ray.put(y))

@@ -1,79 +1,181 @@
-"""One compiled solve per block: a chunk of runs through `gradient_flow`."""
+"""Solving the runs of a chunk: one `gradient_flow` call per run, or one batched program.
+
+With one run per solve (`batch_size = 1`, the choice on a CPU) every run is a plain
+`gradient_flow` call: it reuses the compiled solve of any earlier call with the same
+shapes and settings, and a grid of any size compiles nothing more. With more runs per
+solve (accelerators) a chunk is one compiled program that vmaps `gradient_flow` over
+`batch_size` runs at a time.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from .. import metrics
+from .._dataset import Dataset
+from .._field import vector_field
+from .._flow import default_atol, gradient_flow
+from .._loss import loss as loss_value
+from .._model import TwoLayerReLU
+from .._solvers import resolve_solver
+from ._config import _hashable
+from ._plan import Plan, out_dim, traced_arrays
 
-# Compiled chunk functions, one per (block settings, chunk layout), shared by the
-# threads of a process (and cached across the tasks a Ray worker runs).
-_CACHE: dict[tuple, Callable] = {}
-_COMPILED: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
-_COMPILE_LOCKS: dict[tuple, threading.Lock] = {}
 
-
-def solver_object(name):
-    """A solver name of the config as the object `gradient_flow` takes."""
-    if not isinstance(name, str):
-        return name
-    if name.startswith("sliding"):  # the plan has fixed the tableau from the rtol
-        return name
-    import diffrax
-
-    from .._flow import REGULAR_SOLVERS
-
-    if name in REGULAR_SOLVERS:  # as `gradient_flow(solver=name)` builds it
-        return REGULAR_SOLVERS[name]()
-    return {"heun": diffrax.Heun, "euler": diffrax.Euler}[name]()
+def solver_object(spec: dict) -> diffrax.AbstractSolver:
+    """The Diffrax solver of a block (its name resolved as `gradient_flow` resolves it;
+    the plan has already fixed `auto` per data set and `sliding`'s tableau per rtol)."""
+    return resolve_solver(spec["solver"])
 
 
 def recorders(record: tuple[str, ...], record_fns: dict | None) -> dict[str, Callable]:
     if record_fns is not None:
         return dict(record_fns)
-    from .. import metrics
-
     return metrics.recorder(*record)
 
 
+def chunk_inputs(plan: Plan, block, runs: list[int], dtype) -> tuple:
+    """The per-run arrays of a chunk (`traced_arrays`) and its data: one `(x, y)` when
+    the block shares its data set, stacked per run otherwise."""
+    params = traced_arrays(plan, runs, dtype)
+    if block.shared_data:
+        ds = plan.data[plan.run_data[runs[0]]]
+        x, y = np.asarray(ds.x), np.asarray(ds.y)
+    else:
+        x = np.stack([np.asarray(plan.data[plan.run_data[i]].x) for i in runs])
+        y = np.stack([np.asarray(plan.data[plan.run_data[i]].y) for i in runs])
+    return params, x, y
+
+
+def block_spec(block, dtype: str) -> dict[str, Any]:
+    """The static settings that one compiled solve depends on."""
+    spec = dict(block.static)
+    spec.update(n=block.n, D=block.D, K=block.K, dtype=dtype)
+    return spec
+
+
+def initial_model(spec: dict, seed, scale, data: Dataset | None, dtype) -> TwoLayerReLU:
+    """`theta(0)` of a run: `TwoLayerReLU.init(jax.random.key(seed), D, width, K_out,
+    scale, init)`, as a single run builds it."""
+    return TwoLayerReLU.init(
+        jax.random.key(seed),
+        spec["D"],
+        spec["width"],
+        out_dim(spec["loss"], spec["K"]),
+        scale,
+        init=spec["init"],
+        data=data if spec["init"] == "semi_local" else None,
+        leak=spec["leak"],
+        dtype=dtype,
+    )
+
+
+def final_values(
+    final: TwoLayerReLU, data: Dataset, spec: dict, record: dict[str, Callable]
+) -> dict:
+    """The recorded diagnostics and the loss of a run's final model."""
+    values = {name: fn(final, data) for name, fn in record.items()}
+    values["loss"] = loss_value(final, data, spec["loss"], spec["reduction"])
+    return values
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+@eqx.filter_jit
+def _final_values_compiled(final, data, loss, reduction, record):
+    spec = {"loss": loss, "reduction": reduction}
+    values = final_values(final, data, spec, dict(record))
+    # `gradient_flow` checks the final state with this expression, and in the batched
+    # program the final loss is compiled next to it (XLA shares the forward pass).
+    # Compiling it here too makes the final loss round the same in both programs.
+    finite = (
+        _all_finite(final)
+        & _all_finite(vector_field(loss, reduction)(None, final, data))
+        & jnp.isfinite(values["loss"])
+    )
+    return values, finite
+
+
+def _outputs(traj, final: dict) -> dict:
+    return {
+        "loss": traj.loss,
+        "records": traj.records,
+        "final": final,
+        "status": traj.status,
+        "num_steps": traj.stats["num_steps"],
+        "num_rejected_steps": traj.stats["num_rejected_steps"],
+        "grad_evals": traj.stats["grad_evals"],
+    }
+
+
+def solve_run(
+    spec: dict, record: dict[str, Callable], p: dict, x, y, solver
+) -> dict[str, Any]:
+    """One run of a sweep as a user would write it: `TwoLayerReLU.init`, then
+    `gradient_flow` (the compiled solve is shared with every call of equal shapes and
+    settings), then the final diagnostics."""
+    dtype = np.dtype(spec["dtype"])
+    data = Dataset(x, y, spec["K"])
+    # A Python seed and scale, as a user passes them: the same values, and the same
+    # compiled initialization.
+    model = initial_model(spec, int(p["seed"]), float(p["scale"]), data, dtype)
+    traj = gradient_flow(
+        model,
+        data,
+        t1=p["t1"],
+        saveat=p["ts"],
+        loss=spec["loss"],
+        reduction=spec["reduction"],
+        rtol=p["rtol"],
+        atol=p["atol"] if p["atol"] > 0 else None,
+        max_steps=spec["max_steps"],
+        solver=solver,
+        record=record,
+        save_params=False,
+    )
+    final, _ = _final_values_compiled(
+        traj.final, data, spec["loss"], spec["reduction"], tuple(sorted(record.items()))
+    )
+    return _outputs(traj, final)
+
+
+def _run_each(spec, record, params, x, y, shared_data: bool, device) -> dict:
+    """The runs of a chunk one `gradient_flow` call at a time, stacked on the host."""
+    solver = solver_object(spec)
+    outs = []
+    with jax.default_device(device) if device is not None else contextlib.nullcontext():
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        for k in range(len(params["scale"])):
+            p = {name: a[k] for name, a in params.items()}
+            xk, yk = (x, y) if shared_data else (x[k], y[k])
+            outs.append(jax.device_get(solve_run(spec, record, p, xk, yk, solver)))
+    return jax.tree.map(lambda *a: np.stack(a), *outs)
+
+
+# --- The batched program (accelerators) ---------------------------------------------
+
+
 def initial_models(spec: dict, params: dict, x, y, shared_data: bool, dtype):
-    """`theta(0)` of every run of a chunk, and its absolute tolerance.
-
-    Built op by op outside the compiled solve, exactly as a single run builds them:
-    `TwoLayerReLU.init(jax.random.key(seed), D, width, K_out, scale, init)`, and
-    `default_atol(model, rtol)` when the config gives no `atol` (batched where
-    `batched_atol`; one run at a time otherwise, as a batched reduction may round
-    differently). So a sweep's runs equal single `gradient_flow` calls bit for bit.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from .._dataset import Dataset
-    from .._flow import default_atol
-    from .._model import TwoLayerReLU
-    from ._plan import out_dim
-
-    K = spec["K"]
-    semi = spec["init"] == "semi_local"
+    """`theta(0)` of every run of a chunk (`initial_model`, vmapped), and its absolute
+    tolerance: `default_atol(model, rtol)` when the config gives none, batched where
+    `batched_atol`, one run at a time otherwise (a batched reduction may round
+    differently)."""
+    semi = spec["init"] == "semi_local"  # the only init that reads the data
 
     def init(seed, scale, xi, yi):
-        data = Dataset(xi, yi, K) if semi else None
-        return TwoLayerReLU.init(
-            jax.random.key(seed),
-            spec["D"],
-            spec["width"],
-            out_dim(spec["loss"], K),
-            scale,
-            init=spec["init"],
-            data=data,
-            leak=spec["leak"],
-            dtype=dtype,
-        )
+        data = Dataset(xi, yi, spec["K"]) if semi else None
+        return initial_model(spec, seed, scale, data, dtype)
 
     seeds = jnp.asarray(params["seed"])
     scales = jnp.asarray(params["scale"], dtype=dtype)
@@ -104,11 +206,6 @@ def initial_models(spec: dict, params: dict, x, y, shared_data: bool, dtype):
 
 def solve_one(p: dict, x, y, *, spec: dict, record: dict[str, Callable]) -> dict:
     """One run, traceable: integrate from `theta(0) = (W, V)` and summarise."""
-    from .._dataset import Dataset
-    from .._flow import gradient_flow
-    from .._loss import loss as loss_value
-    from .._model import TwoLayerReLU
-
     data = Dataset(x, y, spec["K"])
     model = TwoLayerReLU(p["W"], p["V"], spec["leak"])
     traj = gradient_flow(
@@ -121,44 +218,18 @@ def solve_one(p: dict, x, y, *, spec: dict, record: dict[str, Callable]) -> dict
         rtol=p["rtol"],
         atol=p["atol"],
         max_steps=spec["max_steps"],
-        solver=solver_object(spec["solver"]),
+        solver=solver_object(spec),
         record=record,
         save_params=False,
     )
-    final = {name: fn(traj.final, data) for name, fn in record.items()}
-    final["loss"] = loss_value(traj.final, data, spec["loss"], spec["reduction"])
-    return {
-        "loss": traj.loss,
-        "records": traj.records,
-        "final": final,
-        "status": traj.status,
-        "num_steps": traj.stats["num_steps"],
-        "num_rejected_steps": traj.stats["num_rejected_steps"],
-        "grad_evals": traj.stats["grad_evals"],
-    }
+    return _outputs(traj, final_values(traj.final, data, spec, record))
 
 
-def chunk_function(
-    spec: dict, record: dict[str, Callable], batch_size: int, shared_data: bool
+@functools.lru_cache(maxsize=32)
+def _chunk_program(
+    spec_items: tuple, record_items: tuple, batch_size: int, shared_data: bool
 ) -> Callable:
-    """`jit(f)(params, x, y)` solving a chunk of runs with `jax.lax.map`.
-
-    `batch_size = 1` maps the solve over the runs one at a time (a `scan` of unbatched
-    solves: the fastest on a CPU, where a batched solve costs more per run than an
-    unbatched one and every member pays for the slowest); a larger `batch_size` vmaps
-    that many runs at once (for accelerators). Memory is that of `batch_size` runs.
-    """
-    key = (
-        tuple(sorted((k, repr(v)) for k, v in spec.items())),
-        tuple(sorted((k, id(v)) for k, v in record.items())),
-        batch_size,
-        shared_data,
-    )
-    with _LOCK:
-        fn = _CACHE.get(key)
-        if fn is not None:
-            return fn
-    import jax
+    spec, record = dict(spec_items), dict(record_items)
 
     def one(p, x, y):
         return solve_one(p, x, y, spec=spec, record=record)
@@ -174,37 +245,27 @@ def chunk_function(
             return jax.lax.map(body, xs)
         return jax.lax.map(body, xs, batch_size=batch_size)
 
-    fn = jax.jit(chunk)
-    with _LOCK:
-        _CACHE.setdefault(key, fn)
-        return _CACHE[key]
+    return jax.jit(chunk)
 
 
-def compiled(fn: Callable, args: tuple) -> Callable:
-    """The executable of `fn` for these argument shapes (and devices), compiled once.
-
-    Ahead-of-time compilation under a lock: worker threads that reach the same block
-    wait for one compilation instead of each compiling it.
-    """
-    import jax
-
-    sig = (
-        id(fn),
-        str(jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), args)),
+def chunk_function(
+    spec: dict, record: dict[str, Callable], batch_size: int, shared_data: bool
+) -> Callable:
+    """`jit(f)(params, x, y)` solving a chunk of runs with `jax.lax.map`, `batch_size`
+    runs vmapped at a time. Memory is that of `batch_size` runs. One per block
+    settings (a bounded cache); `jax.jit` caches its compilations per shape and
+    device."""
+    key = (
+        tuple(sorted((k, _hashable(v)) for k, v in spec.items())),
+        tuple(sorted(record.items())),
+        batch_size,
+        shared_data,
     )
-    with _LOCK:
-        exe = _COMPILED.get(sig)
-        if exe is not None:
-            return exe
-        lock = _COMPILE_LOCKS.setdefault(sig, threading.Lock())
-    with lock:
-        with _LOCK:
-            exe = _COMPILED.get(sig)
-        if exe is None:
-            exe = fn.lower(*args).compile()
-            with _LOCK:
-                _COMPILED[sig] = exe
-    return exe
+    try:
+        hash(key)
+    except TypeError:  # a setting that is not hashable (a solver holding arrays)
+        return _chunk_program.__wrapped__(*key)
+    return _chunk_program(*key)
 
 
 def solve_inputs(spec: dict, params: dict, x, y, shared_data: bool) -> dict:
@@ -221,25 +282,9 @@ def solve_inputs(spec: dict, params: dict, x, y, shared_data: bool) -> dict:
     }
 
 
-def run_chunk(
-    spec: dict,
-    record: dict[str, Callable],
-    params: dict[str, np.ndarray],
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    chunk_size: int,
-    batch_size: int,
-    shared_data: bool,
-    device=None,
-) -> dict[str, np.ndarray]:
-    """Solve the runs of one chunk and return their outputs as host arrays.
-
-    The chunk is padded to `chunk_size` runs (repeating its last run) so that every
-    chunk of a block has the same shapes and compiles once.
-    """
-    import jax
-
+def _run_batched(spec, record, params, x, y, chunk_size, batch_size, shared_data, device):
+    """The chunk as one compiled program, padded to `chunk_size` runs (repeating its
+    last run) so that every chunk of a block has the same shapes."""
     count = len(params["scale"])
     pad = chunk_size - count
     if pad < 0:
@@ -259,35 +304,48 @@ def run_chunk(
         spec = dict(spec, batched_atol=batch_size > 1)
         params = solve_inputs(spec, params, x, y, shared_data)
     fn = chunk_function(spec, record, min(batch_size, chunk_size), shared_data)
-    args = (params, x, y)
-    if device is not None:
-        args = jax.device_put(args, device)
+    args = jax.device_put((params, x, y), device)
+    out = jax.device_get(fn(*args))
+    return jax.tree.map(lambda a: a[:count], out)
+
+
+def run_chunk(
+    spec: dict,
+    record: dict[str, Callable],
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    chunk_size: int,
+    batch_size: int,
+    shared_data: bool,
+    device=None,
+) -> dict[str, np.ndarray]:
+    """Solve the runs of one chunk and return their outputs as host arrays:
+    `{"loss": ..., "rec.<name>[.<key>]": ..., "final.<name>...": ..., "status": ...}`.
+
+    One `gradient_flow` call per run when `batch_size = 1`, one compiled program of
+    `chunk_size` runs otherwise.
+    """
+    if batch_size == 1:
+        out = _run_each(spec, record, params, x, y, shared_data, device)
     else:
-        args = jax.device_put(args)
-    out = jax.device_get(compiled(fn, args)(*args))
-    return _flatten(out, count)
+        out = _run_batched(
+            spec, record, params, x, y, chunk_size, batch_size, shared_data, device
+        )
+    return _flatten(out)
 
 
-def _flatten(out: dict, count: int) -> dict[str, np.ndarray]:
-    """`{"loss": ..., "rec.<name>[.<key>]": ..., "final.<name>...": ..., ...}`."""
-    import jax
-
+def _flatten(out: dict) -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
     for section, prefix in (("records", "rec."), ("final", "final.")):
         leaves = jax.tree_util.tree_flatten_with_path(out[section])[0]
         for path, leaf in leaves:
             name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            flat[prefix + name] = np.asarray(leaf)[:count]
+            flat[prefix + name] = np.asarray(leaf)
     for key in ("loss", "status", "num_steps", "num_rejected_steps", "grad_evals"):
-        flat[key] = np.asarray(out[key])[:count]
+        flat[key] = np.asarray(out[key])
     return flat
-
-
-def block_spec(block, dtype: str) -> dict[str, Any]:
-    """The static settings that one compiled solve depends on."""
-    spec = dict(block.static)
-    spec.update(n=block.n, D=block.D, K=block.K, dtype=dtype)
-    return spec
 
 
 def run_chunk_task(
@@ -302,9 +360,7 @@ def run_chunk_task(
     shared_data: bool,
     x64: bool,
 ):
-    """`run_chunk` in another process (a local worker or a Ray task)."""
-    import jax
-
+    """`run_chunk` in another process (a Ray task)."""
     if x64:
         jax.config.update("jax_enable_x64", True)
     record = recorders(record_names, record_fns)

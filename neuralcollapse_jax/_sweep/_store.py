@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,14 @@ def parts_dir(output: Path) -> Path:
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then `os.replace`: a reader
-    (or a restarted sweep) sees the old file or the complete new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
+    (or a restarted sweep) sees the old file or the complete new one, never a part.
+
+    The temporary file is created as `open` creates files (mode 0666 less the umask),
+    so the result has the usual permissions (`tempfile.mkstemp` would give 0600)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -228,7 +231,7 @@ def write_dataset(ds, output: Path) -> None:
 
 def load_sweep(path: str | Path):
     """Open a sweep result (`.nc` or `.zarr`) as an `xarray.Dataset` in memory."""
-    import xarray as xr
+    import xarray as xr  # on first use: importing it takes seconds
 
     path = Path(path)
     if not path.exists():
