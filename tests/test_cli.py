@@ -100,6 +100,7 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.count("\n") == 1 and "width" in proc.stderr
 
 
+@pytest.mark.slow
 def test_mnist_run_defaults_to_rtol_1e5_and_the_sliding_solver(tmp_path):
     """On MNIST the default rtol is 1e-5 (1e-9 elsewhere) and `--solver auto` runs the
     sliding solver; an explicit `--rtol` wins."""

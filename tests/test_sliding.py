@@ -156,7 +156,9 @@ def test_leaves_the_boundary_when_xi_exceeds_one():
     assert int(traj.stats["sliding_exits"]) >= 1
 
 
-@pytest.mark.parametrize("problem", ["exit", "closed_form"])
+@pytest.mark.parametrize(
+    "problem", ["exit", pytest.param("closed_form", marks=pytest.mark.slow)]
+)
 def test_matches_gradient_descent_at_first_order(problem):
     """GD with relu'(0) = 0 converges to the sliding solution as lr -> 0, at rate 1.
 
@@ -187,6 +189,7 @@ def test_matches_gradient_descent_at_first_order(problem):
     np.testing.assert_allclose(rates, 1.0, atol=0.15), (errors, rates)
 
 
+@pytest.mark.slow
 def test_balance_is_conserved_through_sliding():
     """||w_j||^2 - ||v_j||^2 is constant: the sliding terms are orthogonal to w_j.
 
@@ -218,7 +221,7 @@ def separable():
     )
 
 
-@pytest.mark.parametrize("eps", [1e-1, 1e-4])
+@pytest.mark.parametrize("eps", [1e-1, pytest.param(1e-4, marks=pytest.mark.slow)])
 def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     """Where the regular field does not chatter, both solve the same flow: they agree
     to the accuracy that the core tests ask of the regular one (1e-6 against DOP853).
@@ -236,6 +239,7 @@ def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     assert int(a.stats["grad_evals"]) <= 1.05 * int(b.stats["grad_evals"])
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_match_single_runs():
     data = datasets.mnist(per_class=6)
     scales = jnp.array([1e-2, 1e-3])
@@ -257,6 +261,7 @@ def test_jit_and_vmap_match_single_runs():
             assert int(stats_b[name][i]) == int(stats_i[name]), name
 
 
+@pytest.mark.slow
 def test_float32_works():
     data = datasets.mnist(per_class=6, dtype=jnp.float32)
     model = nc.TwoLayerReLU.init(jax.random.key(6), 784, 6, 3, 1e-2, dtype=jnp.float32)
@@ -419,7 +424,9 @@ def _one_step(solver, data, y0, t0, dt):
     return np.concatenate([np.ravel(sol.ys.W[-1]), np.ravel(sol.ys.V[-1])])
 
 
-@pytest.mark.parametrize("inner", [diffrax.Tsit5(), diffrax.Bosh3()])
+@pytest.mark.parametrize(
+    "inner", [diffrax.Tsit5(), pytest.param(diffrax.Bosh3(), marks=pytest.mark.slow)]
+)
 def test_kink_correction_makes_the_crossing_step_second_order(inner):
     """One step across a transversal kink: its local error is O(dt) with the plain
     Runge-Kutta quadrature of the indicator and O(dt^2) with `kink_correction`.
@@ -445,7 +452,9 @@ def test_kink_correction_makes_the_crossing_step_second_order(inner):
     assert errors[True][-1] < errors[False][-1] / 2, errors
 
 
-@pytest.mark.parametrize("inner", [diffrax.Bosh3(), diffrax.Tsit5()])
+@pytest.mark.parametrize(
+    "inner", [diffrax.Bosh3(), pytest.param(diffrax.Tsit5(), marks=pytest.mark.slow)]
+)
 def test_steps_land_before_a_transversal_crossing(inner):
     """Over a horizon that contains one transversal crossing, `crossings="land"` ends
     a step just before it and starts it at the beginning of the next (counted in the
