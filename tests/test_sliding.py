@@ -100,6 +100,7 @@ def test_one_neuron_slides_with_closed_form():
     assert int(regular.status) == nc.Status.MAX_STEPS
 
 
+@pytest.mark.slow
 def test_enters_from_the_active_side():
     """Start inside x_2's active side: z_2 falls to 0, the pair enters and stays."""
     s0 = 0.5
@@ -135,6 +136,7 @@ def _exit_problem():
     return nc.TwoLayerReLU(W, V), _two_points()
 
 
+@pytest.mark.slow
 def test_leaves_the_boundary_when_xi_exceeds_one():
     model, data = _exit_problem()
     ts = np.linspace(0.0, 4.0, 401)
@@ -283,6 +285,7 @@ def test_float32_works():
     assert err32 <= 2 * err64 + 1e-3, (err32, err64)
 
 
+@pytest.mark.slow
 def test_grad_evals_count_is_exact():
     """Count the solver's gradient evaluations with a host callback.
 
@@ -538,6 +541,7 @@ def test_kink_correction_bad_input():
         SlidingReLU(kink_correction=True, kink_error="exact")
 
 
+@pytest.mark.slow
 def test_pairs_short_of_a_slot_stay_regular():
     """With one slot per neuron, the candidates that find no free slot are left to the
     regular field (counted as `sliding_overflow`): slower, but the same flow."""
