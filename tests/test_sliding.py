@@ -223,7 +223,7 @@ def separable():
     )
 
 
-@pytest.mark.parametrize("eps", [1e-1, pytest.param(1e-4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("eps", [1e-1, 1e-4])
 def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     """Where the regular field does not chatter, both solve the same flow: they agree
     to the accuracy that the core tests ask of the regular one (1e-6 against DOP853).
