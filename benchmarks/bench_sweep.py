@@ -90,7 +90,8 @@ def single_run(data, scale, seed, t1, rtol, dtype):
 
 
 def naive_vmap_fn(data, t1, rtol, dtype):
-    """`jit(vmap(gradient_flow))` over all runs at once: the MEASUREMENTS.md baseline."""
+    """`jit(vmap(gradient_flow))` over all runs at once, with Diffrax's own `Tsit5`:
+    the baseline of the measurements."""
     import diffrax
     import jax
     import jax.numpy as jnp
