@@ -331,6 +331,7 @@ def test_grad_evals_count_is_exact():
     assert int(traj.stats["sliding_exits"]) >= 1
 
 
+@pytest.mark.slow
 def test_solver_choices_and_bad_input(separable):
     model = nc.TwoLayerReLU.init(jax.random.key(7), 12, 8, 3, 1e-3)
     ts = np.array([0.0, 1.0])
