@@ -223,6 +223,7 @@ def separable():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-1, 1e-4])
 def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     """Where the regular field does not chatter, both solve the same flow: they agree
@@ -428,9 +429,8 @@ def _one_step(solver, data, y0, t0, dt):
     return np.concatenate([np.ravel(sol.ys.W[-1]), np.ravel(sol.ys.V[-1])])
 
 
-@pytest.mark.parametrize(
-    "inner", [diffrax.Tsit5(), pytest.param(diffrax.Bosh3(), marks=pytest.mark.slow)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("inner", [diffrax.Tsit5(), diffrax.Bosh3()])
 def test_kink_correction_makes_the_crossing_step_second_order(inner):
     """One step across a transversal kink: its local error is O(dt) with the plain
     Runge-Kutta quadrature of the indicator and O(dt^2) with `kink_correction`.
