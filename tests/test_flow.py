@@ -307,6 +307,7 @@ def test_row_space_reduction_is_the_same_flow(solver):
     assert red.stats["grad_evals"] < 1.5 * full.stats["grad_evals"]
 
 
+@pytest.mark.slow
 def test_row_space_full_rank_and_traced_data():
     """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
     x = jax.random.normal(jax.random.key(5), (30, 10), dtype=jnp.float64)

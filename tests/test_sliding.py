@@ -498,6 +498,7 @@ def test_steps_land_before_a_transversal_crossing(inner):
     assert errors["land", 1e-7][0] < errors["land", 1e-5][0] / 10, errors
 
 
+@pytest.mark.slow
 def test_a_started_crossing_has_a_second_order_local_error():
     """One step that starts just before the crossing (at 1% of the step): the
     started crossing's local error is far below that of the same step without it and
