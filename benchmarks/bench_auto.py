@@ -21,9 +21,6 @@ Usage: `python benchmarks/bench_auto.py [--cases 0 1 2 3] [--rtols 1e-5 1e-6]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 
 import jax
 
@@ -33,6 +30,7 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import device_line, flat, table_header, timed_once  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
 from neuralcollapse_jax._cli_run import DEFAULT_RUN  # noqa: E402
@@ -67,10 +65,6 @@ def _problems(quick: bool):
     yield "90 Gaussian points in D 30, random labels (h 50, std 1e-4)", g, 50, 1e-4, 100.0
 
 
-def _flat(model) -> np.ndarray:
-    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -82,12 +76,9 @@ def main(argv=None) -> int:
         args.cases if args.cases is not None else ([0, 1] if args.quick else [0, 1, 2, 3])
     )
     rtols = args.rtols or ([1e-5] if args.quick else [1e-5, 1e-6])
-    dev = jax.devices()[0]
     print("# bench_auto")
     print(
-        f"device: {dev.platform} ({getattr(dev, 'device_kind', dev.platform)}), "
-        f"{os.cpu_count()} CPU cores, {platform.machine()}; jax {jax.__version__}, "
-        "float64; "
+        f"device: {device_line()}; float64; "
         f"max_steps {args.max_steps}; wall = one call, compilation included"
     )
     solvers = [
@@ -95,11 +86,21 @@ def main(argv=None) -> int:
         ("sliding Tsit5", nc.SlidingReLU(inner=diffrax.Tsit5())),
         ("sliding Bosh3", nc.SlidingReLU(inner=diffrax.Bosh3())),
     ]
-    print(
-        "\n| data | mu_s, mu_d | auto picks | rtol | solver | grad evals | steps "
-        "(rejected) | wall s | status | sliding pairs at T (max) |"
+    print()
+    table_header(
+        [
+            "data",
+            "mu_s, mu_d",
+            "auto picks",
+            "rtol",
+            "solver",
+            "grad evals",
+            "steps (rejected)",
+            "wall s",
+            "status",
+            "sliding pairs at T (max)",
+        ]
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, (name, data, h, scale, T) in enumerate(_problems(args.quick)):
         if k not in cases:
             continue
@@ -111,20 +112,19 @@ def main(argv=None) -> int:
         finals = {}
         for rtol in rtols:
             for label, solver in solvers:
-                t = time.perf_counter()
-                tr = nc.gradient_flow(
-                    model,
-                    data,
-                    t1=T,
-                    rtol=rtol,
-                    solver=solver,
-                    max_steps=args.max_steps,
-                    save_params=False,
+                tr, wall = timed_once(
+                    lambda: nc.gradient_flow(
+                        model,
+                        data,
+                        t1=T,
+                        rtol=rtol,
+                        solver=solver,
+                        max_steps=args.max_steps,
+                        save_params=False,
+                    )
                 )
-                tr = jax.block_until_ready(tr)
-                wall = time.perf_counter() - t
                 st = {kk: int(v) for kk, v in tr.stats.items()}
-                finals[(rtol, label)] = (_flat(tr.final), bool(tr.ok))
+                finals[(rtol, label)] = (flat(tr.final), bool(tr.ok))
                 pairs = (
                     f"{st.get('sliding_pairs', '-')} ({st.get('sliding_max_pairs', '-')})"
                 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
 
 import jax
 
@@ -22,6 +21,14 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    EPS,
+    WIDTH,
+    device_line,
+    mnist_problem,
+    table_header,
+    timed_once,
+)
 
 import neuralcollapse_jax as nc  # noqa: E402
 from neuralcollapse_jax import metrics  # noqa: E402
@@ -38,8 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--warm", action="store_true", help="time a second, compiled call too")
     args = p.parse_args(argv)
-    data = nc.datasets.mnist((0, 1, 2))
-    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
+    data, model = mnist_problem()
     ts = nc.log_times(args.t1, args.saves - 1, t_min=args.t1 * 1e-4)
 
     def run():
@@ -49,35 +55,37 @@ def main(argv=None) -> int:
             t1=args.t1,
             saveat=ts,
             rtol=args.rtol,
-            atol=args.rtol * 1e-3,
+            atol=args.rtol * EPS,
             solver="sliding",
             record=metrics.standard_recorders(),
             save_params=False,
             max_steps=200_000,
         )
 
-    start = time.perf_counter()
-    traj = jax.block_until_ready(run())
-    first = time.perf_counter() - start
+    traj, first = timed_once(run)
     warm = float("nan")
     if args.warm:
-        start = time.perf_counter()
-        traj = jax.block_until_ready(run())
-        warm = time.perf_counter() - start
+        traj, warm = timed_once(run)
     recorded = _nbytes(traj.records) + _nbytes(traj.loss) + _nbytes(traj.ts)
     params = len(ts) * (model.W.size + model.V.size) * 8
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    d = jax.devices()[0]
-    print(f"device: {d.platform} ({getattr(d, 'device_kind', '')}); jax {jax.__version__}")
+    print(f"device: {device_line()}; float64")
     print(
-        f"M3147: n = {data.num_samples}, h = 50, eps = 1e-3, T = {args.t1:g}, "
+        f"M3147: n = {data.num_samples}, h = {WIDTH}, eps = {EPS:g}, T = {args.t1:g}, "
         f"{len(ts)} save times, rtol {args.rtol:g}, sliding solver, standard recorders"
     )
-    print(
-        "| status | loss 0 -> T | steps (rejected) | wall s (first call) | wall s (warm) | "
-        "recorded | parameters at every save | peak RSS |"
+    table_header(
+        [
+            "status",
+            "loss 0 -> T",
+            "steps (rejected)",
+            "wall s (first call)",
+            "wall s (warm)",
+            "recorded",
+            "parameters at every save",
+            "peak RSS",
+        ]
     )
-    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {traj.message()} | {float(traj.loss[0]):.4g} -> {float(traj.loss[-1]):.4g} | "
         f"{int(traj.stats['num_steps'])} ({int(traj.stats['num_rejected_steps'])}) | "

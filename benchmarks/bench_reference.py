@@ -32,41 +32,33 @@ CPU, most of it gradient descent at lr 2.5e-7 and 5e-7).
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 
 
 jax.config.update("jax_enable_x64", True)
 
-# The problem and its runs as `bench_crossings.py` and `bench_sliding.py` (next to this
-# script) set them up.
-import bench_sliding  # noqa: E402
-import diffrax  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_crossings import (  # noqa: E402
-    EPS,
-    WIDTH,
-    _device,
-    _flat,
-    _flow,
-    _interp,
-    _timed,
+from common import (  # noqa: E402
+    descent,
+    device_line,
+    flat,
+    flow,
+    interp_loglog,
+    mnist_problem,
+    relative_distance,
+    sliding_solver,
+    table_header,
+    timed,
+    timed_once,
 )
-
-import neuralcollapse_jax as nc  # noqa: E402
-
-
-def _dist(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _descent(model, data, lr, T, row_space):
+    """Gradient descent to `T` at rate `lr`: (flat final parameters, steps, wall s)."""
     steps = int(round(T / lr))
-    t = time.perf_counter()
-    final = bench_sliding._descent(model, data, lr, steps, row_space=row_space)
-    x = _flat(jax.block_until_ready(final))
-    return x, steps, time.perf_counter() - t
+    final, wall = timed_once(lambda: descent(model, data, lr, steps, row_space=row_space))
+    return flat(final), steps, wall
 
 
 def main(argv=None) -> int:
@@ -75,46 +67,53 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     print(f"# bench_reference{' --quick' if quick else ''}")
-    print(f"device: {_device()}; jax {jax.__version__}, float64")
-    data = nc.datasets.mnist(per_class=20 if quick else 100)
-    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, WIDTH, 3, EPS)
+    print(f"device: {device_line()}; float64")
+    data, model = mnist_problem(20 if quick else 100)
     T = 0.1 if quick else 1.0
     name = f"M{data.num_samples}"
     rank = int(np.linalg.matrix_rank(np.asarray(data.x)))
     print(f"{name}: n = {data.num_samples}, D = {data.dim}, rank of the data {rank}")
 
-    def flow(rtol, timed=False):
-        run = _flow(model, data, T, rtol, "land", inner=diffrax.Bosh3())
-        if timed:
-            tr, _, wall = _timed(run)
+    def flow_run(rtol, repeat=False):
+        solver = sliding_solver("land")
+
+        def run():
+            return flow(model, data, T, rtol, solver, max_steps=2_000_000)
+
+        if repeat:
+            tr, _, wall = timed(run)
         else:
-            t = time.perf_counter()
-            tr = jax.block_until_ready(run())
-            wall = time.perf_counter() - t
-        return _flat(tr.final), int(tr.stats["grad_evals"]), wall
+            tr, wall = timed_once(run)
+        return flat(tr.final), int(tr.stats["grad_evals"]), wall
 
     tight = [1e-6, 3e-7, 1e-7] if quick else [1e-7, 3e-8, 1e-8]
-    flows = {r: flow(r) for r in tight}
+    flows = {r: flow_run(r) for r in tight}
     ref = flows[tight[-1]][0]
     print(f"\n## {name}, T = {T}: the flow's tightest runs (sliding, Bosh3)")
-    print(f"| rtol | grad evals | wall s (first call) | distance to rtol {tight[-1]:g} |")
-    print("|---|---|---|---|")
+    table_header(
+        ["rtol", "grad evals", "wall s (first call)", f"distance to rtol {tight[-1]:g}"]
+    )
     for r, (x, ev, w) in flows.items():
-        print(f"| {r:g} | {ev} | {w:.1f} | {_dist(x, ref):.2e} |", flush=True)
+        print(f"| {r:g} | {ev} | {w:.1f} | {relative_distance(x, ref):.2e} |", flush=True)
 
     lrs = [4e-5, 2e-5, 1e-5, 5e-6] if quick else [8e-6, 4e-6, 2e-6, 1e-6, 5e-7, 2.5e-7]
     x_full, steps_full, w_full = _descent(model, data, lrs[0], T, row_space=False)
     gd = {}
     print(f"\n## {name}: gradient descent against the flow (Bosh3, rtol {tight[-1]:g})")
-    print(
-        "| GD lr | steps | wall s (row space) | ms / step | distance to the flow | "
-        "previous / this |"
+    table_header(
+        [
+            "GD lr",
+            "steps",
+            "wall s (row space)",
+            "ms / step",
+            "distance to the flow",
+            "previous / this",
+        ]
     )
-    print("|---|---|---|---|---|---|")
     prev = None
     for lr in lrs:
         x, steps, wall = _descent(model, data, lr, T, row_space=True)
-        e = _dist(x, ref)
+        e = relative_distance(x, ref)
         gd[lr] = (x, wall)
         ratio = "" if prev is None else f"{prev / e:.2f}"
         print(
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     print(
         f"\nFull-space gradient descent at lr {lrs[0]:g} (as `gradient_descent` runs "
         f"by default): {w_full:.1f} s, {1e3 * w_full / steps_full:.3f} ms / step; its "
-        f"distance to the row-space run: {_dist(gd[lrs[0]][0], x_full):.1e}"
+        f"distance to the row-space run: {relative_distance(gd[lrs[0]][0], x_full):.1e}"
     )
 
     l4, l2, l1 = (gd[lr][0] for lr in lrs[-3:])
@@ -136,29 +135,36 @@ def main(argv=None) -> int:
         f"flow, Bosh3 rtol {tight[-1]:g}": ref,
     }
     print(f"\n## {name}: extrapolations of gradient descent to a zero step")
-    print(
-        "| reference | distance to the flow (rtol "
-        + f"{tight[-1]:g}) | distance to GD Richardson |"
+    table_header(
+        [
+            "reference",
+            f"distance to the flow (rtol {tight[-1]:g})",
+            "distance to GD Richardson",
+        ]
     )
-    print("|---|---|---|")
     rich = next(iter(refs.values()))
     for k, x in refs.items():
-        print(f"| {k} | {_dist(x, ref):.2e} | {_dist(x, rich):.2e} |")
+        to_flow, to_rich = relative_distance(x, ref), relative_distance(x, rich)
+        print(f"| {k} | {to_flow:.2e} | {to_rich:.2e} |")
 
     print(f"\n## {name}: the default solver (Bosh3) against each reference")
-    print(
-        "| rtol | grad evals | wall s (compiled) | "
-        + " | ".join(f"error vs {k}" for k in refs)
-        + " | fastest GD as accurate (vs Richardson) | GD wall s | GD / flow | "
-        "GD wall s interpolated | GD / flow |"
+    table_header(
+        ["rtol", "grad evals", "wall s (compiled)"]
+        + [f"error vs {k}" for k in refs]
+        + [
+            "fastest GD as accurate (vs Richardson)",
+            "GD wall s",
+            "GD / flow",
+            "GD wall s interpolated",
+            "GD / flow",
+        ]
     )
-    print("|---|---|---|" + "---|" * len(refs) + "---|---|---|---|---|")
-    gd_err = {lr: _dist(x, rich) for lr, (x, _) in gd.items()}
+    gd_err = {lr: relative_distance(x, rich) for lr, (x, _) in gd.items()}
     gd_points = [(gd_err[lr], w) for lr, (_, w) in gd.items()]
     rtols = [1e-4, 1e-5] if quick else [1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]
     for r in rtols:
-        x, ev, wall = flow(r, timed=True)
-        errs = [_dist(x, v) for v in refs.values()]
+        x, ev, wall = flow_run(r, repeat=True)
+        errs = [relative_distance(x, v) for v in refs.values()]
         e = errs[0]
         better = [(lr, w) for lr, (_, w) in gd.items() if gd_err[lr] <= e]
         if better:
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
                 f"none measured (lr {lrs[-1]:g}: {w:.0f} s, less accurate) | | "
                 f">{w / wall:.0f}x"
             )
-        wi = _interp(gd_points, e)
+        wi = interp_loglog(gd_points, e)
         interp = " | " if wi is None else f"{wi:.1f} | {wi / wall:.0f}x"
         cells = " | ".join(f"{v:.2e}" for v in errs)
         print(f"| {r:g} | {ev} | {wall:.2f} | {cells} | {fastest} | {interp} |", flush=True)

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import time
 
 import jax
 
@@ -39,76 +37,24 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import diffrax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    EPS,
+    SHORT,
+    WIDTH,
+    descent,
+    device_line,
+    flat,
+    flow,
+    mnist_problem,
+    table_header,
+    timed,
+)
 
 import neuralcollapse_jax as nc  # noqa: E402
 
 
-EPS = 1e-3
-WIDTH = 50
 GD_TIMED_STEPS = 40_000  # GD runs up to this many steps are also timed compiled
-SHORT = 10.0  # seconds: compiled calls shorter than this are timed best of three
-
-
-def _flat(model) -> np.ndarray:
-    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
-
-
-def _timed(fn, *args, **kwargs):
-    """(result, first call seconds, compiled seconds): compile+run, then the compiled
-    call; a compiled call under `SHORT` seconds is repeated and the best of three is
-    kept (short runs suffer most from a busy machine), for flow and GD runs alike."""
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
-    first = time.perf_counter() - t
-    best = None
-    for _ in range(3):
-        t = time.perf_counter()
-        out = jax.block_until_ready(fn(*args, **kwargs))
-        wall = time.perf_counter() - t
-        best = wall if best is None else min(best, wall)
-        if wall >= SHORT:
-            break
-    return out, first, best
-
-
-def _flow(model, data, t1, rtol, solver, max_steps=400_000, row_space=False):
-    traj = nc.gradient_flow(
-        model,
-        data,
-        t1=t1,
-        saveat=jnp.array([0.0, t1]),
-        rtol=rtol,
-        atol=rtol * EPS,
-        solver=solver,
-        max_steps=max_steps,
-        save_params=False,
-        row_space=row_space,
-    )
-    return traj
-
-
-def _descent(model, data, lr, steps, row_space=False):
-    """Full-batch gradient descent through Optax (the library's `gradient_descent`)."""
-    traj = nc.gradient_descent(
-        model,
-        data,
-        learning_rate=lr,
-        steps=steps,
-        save_steps=np.array([0, steps]),
-        save_params=False,
-        row_space=row_space,
-    )
-    return traj.final
-
-
-def _device() -> str:
-    d = jax.devices()[0]
-    kind = getattr(d, "device_kind", d.platform)
-    cores = os.cpu_count()
-    cpu = platform.processor() or platform.machine()
-    return f"{d.platform} ({kind}), {cores} CPU cores, {cpu}"
 
 
 def main(argv=None) -> int:
@@ -139,14 +85,13 @@ def main(argv=None) -> int:
     quick = args.quick
     os.makedirs(args.out, exist_ok=True)
     print(f"# bench_sliding{' --quick' if quick else ''}")
-    print(f"device: {_device()}; jax {jax.__version__}, float64")
+    print(f"device: {device_line()}; float64")
     if args.m3147_only:
         _m3147(args, quick)
         return 0
 
     per_class = 20 if quick else 100
-    data = nc.datasets.mnist(per_class=per_class)
-    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, WIDTH, 3, EPS)
+    data, model = mnist_problem(per_class)
     T = 0.1 if quick else 1.0
     name = f"M{data.num_samples}"
     print(
@@ -172,11 +117,12 @@ def main(argv=None) -> int:
         if steps <= GD_TIMED_STEPS:
             # the runs the flow's wall time is compared with: timed compiled, like the
             # flow runs (a second call; each learning rate compiles once, about 1 s)
-            final, first, second = _timed(_descent, model, data, lr, steps)
+            final, first, second = timed(lambda: descent(model, data, lr, steps))
         else:
-            final, first, _ = _timed_once(_descent, model, data, lr, steps)
-            second = None
-        gd[lr] = (_flat(final), first, steps, second)
+            final, first, second = timed(
+                lambda: descent(model, data, lr, steps), repeat=False
+            )
+        gd[lr] = (flat(final), first, steps, second)
     # Richardson extrapolation of the three smallest steps, for an error of the form
     # a lr + b lr^2: (8 theta(l/4) - 6 theta(l/2) + theta(l)) / 3.
     l4, l2, l1 = (gd[lr][0] for lr in lrs[-1:-4:-1])
@@ -187,10 +133,11 @@ def main(argv=None) -> int:
 
     # 2. second method: the sliding solver (Tsit5 tableau) at a tight tolerance
     tight = 1e-6 if quick else 1e-7
-    tight_tr, tight_wall, _ = _timed_once(
-        _flow, model, data, T, tight, nc.SlidingReLU(inner=diffrax.Tsit5()), 1_000_000
+    tight_solver = nc.SlidingReLU(inner=diffrax.Tsit5())
+    tight_tr, tight_wall, _ = timed(
+        lambda: flow(model, data, T, tight, tight_solver, 1_000_000), repeat=False
     )
-    xs = _flat(tight_tr.final)
+    xs = flat(tight_tr.final)
     ns = np.linalg.norm(xs)
     dist = lambda x: float(np.linalg.norm(x - xs) / ns)  # noqa: E731
     print(
@@ -201,12 +148,17 @@ def main(argv=None) -> int:
         f"{int(tight_tr.stats['sliding_max_per_neuron'])} pairs at most on one neuron, "
         f"overflow {int(tight_tr.stats['sliding_overflow'])})"
     )
-    print(
-        "| lr | steps = grad evals | wall s (first call, with compile) | "
-        "wall s (compiled) | rel. error at T | rel. change from previous lr | "
-        f"distance to sliding rtol {tight:g} |"
+    table_header(
+        [
+            "lr",
+            "steps = grad evals",
+            "wall s (first call, with compile)",
+            "wall s (compiled)",
+            "rel. error at T",
+            "rel. change from previous lr",
+            f"distance to sliding rtol {tight:g}",
+        ]
     )
-    print("|---|---|---|---|---|---|---|")
     prev = None
     for lr in lrs:
         x, wall, steps, compiled = gd[lr]
@@ -237,20 +189,30 @@ def main(argv=None) -> int:
     if quick:
         runs = runs[:2] + runs[4:5] + runs[6:7]
     for label, solver, rtol, rs in runs:
-        traj, first, second = _timed(_flow, model, data, T, rtol, solver, row_space=rs)
+        traj, first, second = timed(
+            lambda: flow(model, data, T, rtol, solver, row_space=rs)
+        )
         st = {k: int(v) for k, v in traj.stats.items()}
-        x = _flat(traj.final)
+        x = flat(traj.final)
         rows.append((label, rtol, st, first, second, err(x), dist(x)))
     base = rows[0]
     print(f"\n### {name}: flow solvers to T = {T} (atol = rtol x eps)")
-    print(
-        "| solver | rtol | grad evals | steps (rejected) | wall s (compiled) | "
-        "first call s | "
-        f"rel. error at T (GD ref.) | distance to sliding rtol {tight:g} | "
-        "evals: Tsit5 / this | at least as accurate as Tsit5 | sliding pairs (max) | "
-        "most pairs of one neuron |"
+    table_header(
+        [
+            "solver",
+            "rtol",
+            "grad evals",
+            "steps (rejected)",
+            "wall s (compiled)",
+            "first call s",
+            "rel. error at T (GD ref.)",
+            f"distance to sliding rtol {tight:g}",
+            "evals: Tsit5 / this",
+            "at least as accurate as Tsit5",
+            "sliding pairs (max)",
+            "most pairs of one neuron",
+        ]
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, rtol, st, first, wall, e, dd in rows:
         pairs = f"{st.get('sliding_pairs', '-')} ({st.get('sliding_max_pairs', '-')})"
         print(
@@ -268,11 +230,16 @@ def main(argv=None) -> int:
         f"sliding rtol {tight:g}; both walls compiled, compilation excluded on both "
         f"sides; best of three calls for calls under {SHORT:g} s on both sides)"
     )
-    print(
-        "| flow run | its distance | its wall s | fastest GD at least as accurate | "
-        "GD wall s | GD / flow |"
+    table_header(
+        [
+            "flow run",
+            "its distance",
+            "its wall s",
+            "fastest GD at least as accurate",
+            "GD wall s",
+            "GD / flow",
+        ]
     )
-    print("|---|---|---|---|---|---|")
     for label, rtol, st, _, wall, e, dd in rows:
         better = [lr for lr in lrs if dist(gd[lr][0]) <= dd]
         if better:
@@ -306,12 +273,11 @@ def _late_phase(args, quick: bool, model, data, name: str) -> None:
         f"\n### {name}: late phase, sliding (default: Bosh3, crossings land) rtol "
         "1e-5: cost against the horizon"
     )
-    print("| T | loss at T | grad evals | steps (rejected) | evals / previous |")
-    print("|---|---|---|---|---|")
+    table_header(["T", "loss at T", "grad evals", "steps (rejected)", "evals / previous"])
     evals = []
     prev = None
     for T_h in horizons:
-        tr = _flow(model, data, T_h, 1e-5, "sliding", 400_000)
+        tr = flow(model, data, T_h, 1e-5, "sliding", 400_000)
         st = {k: int(v) for k, v in tr.stats.items()}
         evals.append(st["grad_evals"])
         ratio = "" if prev is None else f"{st['grad_evals'] / prev:.2f}"
@@ -349,8 +315,7 @@ def _late_phase(args, quick: bool, model, data, name: str) -> None:
 
 def _m3147(args, quick: bool) -> None:
     """M3147: wall time of the sliding solver to 1% of the initial loss."""
-    big = nc.datasets.mnist() if not quick else nc.datasets.mnist(per_class=200)
-    bmodel = nc.TwoLayerReLU.init(jax.random.key(0), big.dim, WIDTH, 3, EPS)
+    big, bmodel = mnist_problem(200 if quick else None)
     l0 = float(nc.loss(bmodel, big))
     # the horizon: the first of 121 log-spaced save times in [1e-3, 1] where the
     # loss is under 1% of its initial value (found by the same solver; 0.0562)
@@ -376,19 +341,27 @@ def _m3147(args, quick: bool) -> None:
         f"\n### M{big.num_samples}: sliding rtol 1e-5 to T = {T_big:.3g} "
         f"(initial loss {l0:.4g})"
     )
-    print(
-        "| tableau | wall s (compiled) | first call s (with compile) | grad evals | "
-        "steps (rejected) | loss at T / initial | sliding pairs (max) | "
-        "most pairs of one neuron | overflow | status |"
+    table_header(
+        [
+            "tableau",
+            "wall s (compiled)",
+            "first call s (with compile)",
+            "grad evals",
+            "steps (rejected)",
+            "loss at T / initial",
+            "sliding pairs (max)",
+            "most pairs of one neuron",
+            "overflow",
+            "status",
+        ]
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
     tsit5 = nc.SlidingReLU(inner=diffrax.Tsit5())
     for label, solver, rs in [
         ("Bosh3 (default)", "sliding", False),
         ("Tsit5", tsit5, False),
     ]:
-        tb, first, second = _timed(
-            _flow, bmodel, big, T_big, 1e-5, solver, 100_000, row_space=rs
+        tb, first, second = timed(
+            lambda: flow(bmodel, big, T_big, 1e-5, solver, 100_000, row_space=rs)
         )
         st = {k: int(v) for k, v in tb.stats.items()}
         print(
@@ -400,12 +373,6 @@ def _m3147(args, quick: bool) -> None:
             f"{tb.message()} |",
             flush=True,
         )
-
-
-def _timed_once(fn, *args):
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t, None
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
+
+from common import device_line, table_header
 
 
 def _setup(dtype: str):
@@ -89,7 +90,8 @@ def single_run(data, scale, seed, t1, rtol, dtype):
 
 
 def naive_vmap_fn(data, t1, rtol, dtype):
-    """`jit(vmap(gradient_flow))` over all runs at once: the MEASUREMENTS.md baseline."""
+    """`jit(vmap(gradient_flow))` over all runs at once, with Diffrax's own `Tsit5`:
+    the baseline of the measurements."""
     import diffrax
     import jax
     import jax.numpy as jnp
@@ -147,18 +149,6 @@ def timed_cpu(fn):
     return time.perf_counter() - t, time.process_time() - c, out
 
 
-def device_line(jax) -> str:
-    d = jax.devices()[0]
-    kind = getattr(d, "device_kind", d.platform)
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    )
-    return (
-        f"{d.platform} ({kind}), {len(jax.devices())} device(s), {cores} CPU cores, "
-        f"jax {jax.__version__}, python {platform.python_version()}"
-    )
-
-
 def bench_cpu(args) -> None:
     jax = _setup("float64")
     import numpy as np
@@ -168,7 +158,7 @@ def bench_cpu(args) -> None:
     S, R, t1 = (4, 2, 200.0) if args.quick else (16, 4, 2000.0)
     rtol, dtype = 1e-6, "float64"
     data, runs = problem(S, R, t1, dtype)
-    print(f"device: {device_line(jax)}")
+    print(f"device: {device_line()}")
     print(
         f"reference sweep: {S} scales x {R} seeds = {len(runs)} runs, T = {t1}, "
         f"rtol {rtol}, {dtype}"
@@ -252,8 +242,7 @@ def bench_cpu(args) -> None:
         f"{', '.join(f'{x:.1f}' for x in load)} (a shared machine distorts wall times)"
     )
     print()
-    print("| method | wall (s) | runs/s | x loop | CPU s/run |")
-    print("|---|---|---|---|---|")
+    table_header(["method", "wall (s)", "runs/s", "x loop", "CPU s/run"])
     for name, t, rate, ratio, cpu in rows:
         print(f"| {name} | {t:.2f} | {rate:.1f} | {ratio:.2f} | {cpu:.3f} |")
 
@@ -271,7 +260,7 @@ def bench_gpu(args) -> None:
         jax = _setup(dtype)
         rtol = 1e-6 if dtype == "float64" else 1e-4
         t1 = 2000.0
-        print(f"device: {device_line(jax)}", flush=True)
+        print(f"device: {device_line()}", flush=True)
         for B in sizes:
             seeds = max(1, B // 64)
             S = B // seeds
@@ -319,11 +308,20 @@ def bench_gpu(args) -> None:
         f"floor: mean steps x {flops_per_step() / 1e6:.2f} MFLOP/step at "
         f"{args.peak_fp64} TFLOP/s (fp64), {args.peak_fp32} TFLOP/s (fp32)"
     )
-    print(
-        "| dtype | B | sweep runs/s | naive vmap runs/s | x naive | floor runs/s | "
-        "mean steps | max steps | compile (s) | peak MiB |"
+    table_header(
+        [
+            "dtype",
+            "B",
+            "sweep runs/s",
+            "naive vmap runs/s",
+            "x naive",
+            "floor runs/s",
+            "mean steps",
+            "max steps",
+            "compile (s)",
+            "peak MiB",
+        ]
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.0f} | "
@@ -333,18 +331,24 @@ def bench_gpu(args) -> None:
 
 def bench_memory(args) -> None:
     """Compiled memory of one chunk against its size B (no run: `memory_analysis`)."""
-    jax = _setup("float64")
+    _setup("float64")
     import numpy as np
 
     import neuralcollapse_jax as nc
     from neuralcollapse_jax._sweep import _plan, _solve
 
-    print(f"device: {device_line(jax)}")
-    print(
-        "| B | batch | temp MiB | output MiB | temp / B (KiB) | recorded / run (KiB) | "
-        "params x max_steps / run (MiB) |"
+    print(f"device: {device_line()}")
+    table_header(
+        [
+            "B",
+            "batch",
+            "temp MiB",
+            "output MiB",
+            "temp / B (KiB)",
+            "recorded / run (KiB)",
+            "params x max_steps / run (MiB)",
+        ]
     )
-    print("|---|---|---|---|---|---|---|")
     for B in [16, 64] if args.quick else [16, 64, 256, 1024]:
         for batch in (1, B):
             cfg = nc.SweepConfig(
@@ -352,9 +356,7 @@ def bench_memory(args) -> None:
             )
             plan = _plan.make_plan(cfg)
             block = plan.blocks[0]
-            from neuralcollapse_jax._sweep._api import _chunk_inputs
-
-            params, x, y = _chunk_inputs(plan, block, block.runs, np.float64)
+            params, x, y = _solve.chunk_inputs(plan, block, block.runs, np.float64)
             spec = dict(_solve.block_spec(block, "float64"), batched_atol=batch > 1)
             args_ = (_solve.solve_inputs(spec, params, x, y, True), x, y)
             fn = _solve.chunk_function(spec, {}, batch, True)

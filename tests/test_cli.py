@@ -110,6 +110,7 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.count("\n") == 1 and "width" in proc.stderr
 
 
+@pytest.mark.slow
 def test_mnist_run_uses_the_library_defaults(tmp_path):
     """On MNIST `ncjax run` passes no rtol of its own (the flow's default), `auto`
     picks the sliding solver, and an explicit `flow.rtol` is passed on."""

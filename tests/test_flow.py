@@ -49,7 +49,15 @@ def _scipy_reference(model, data, ts, loss="cross_entropy"):
     return sol.y.T
 
 
-@pytest.mark.parametrize("eps", [1e-1, 1e-3, 1e-5, 1e-8])
+@pytest.mark.parametrize(
+    "eps",
+    [
+        pytest.param(1e-1, marks=pytest.mark.slow),
+        pytest.param(1e-3, marks=pytest.mark.slow),
+        1e-5,
+        pytest.param(1e-8, marks=pytest.mark.slow),
+    ],
+)
 def test_accuracy_against_scipy_dop853(small_problem, eps):
     """Default tolerances, float64: relative error <= 1e-6 at every save time."""
     model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, eps)
@@ -209,7 +217,7 @@ def test_explicit_solver(small_problem):
     assert int(a.stats["grad_evals"]) > int(a.stats["num_steps"])
 
 
-@pytest.mark.parametrize("solver", [None, "diffrax"])
+@pytest.mark.parametrize("solver", [None, pytest.param("diffrax", marks=pytest.mark.slow)])
 def test_grad_evals_count_is_exact(small_problem, solver):
     """Count vector-field calls through a host callback and compare (the default
     solver and a plain Diffrax one, with the automatic initial step)."""
@@ -280,7 +288,7 @@ def test_log_times():
         nc.log_times(0.0)
 
 
-@pytest.mark.parametrize("solver", [None, "sliding"])
+@pytest.mark.parametrize("solver", [None, pytest.param("sliding", marks=pytest.mark.slow)])
 def test_row_space_reduction_is_the_same_flow(solver):
     """With rank(X) < D, integrating in the row space of X gives the full-space flow:
     the saved parameters, loss and records agree with a full-space run to the
@@ -313,6 +321,7 @@ def test_row_space_reduction_is_the_same_flow(solver):
     assert red.stats["grad_evals"] < 1.5 * full.stats["grad_evals"]
 
 
+@pytest.mark.slow
 def test_row_space_full_rank_and_traced_data():
     """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
     x = jax.random.normal(jax.random.key(5), (30, 10), dtype=jnp.float64)

@@ -308,6 +308,7 @@ def test_binary_cones():
 # ---------------------------------------------------------------- jit, vmap, float32
 
 
+@pytest.mark.slow
 def test_jit_vmap_float32(getkey):
     f, y, k = _random(getkey())
     batch = jnp.stack([f, 2 * f, f**2])
@@ -345,6 +346,7 @@ def test_recorder_names():
 # ---------------------------------------------------------------- along the flow
 
 
+@pytest.mark.slow
 def test_recording_along_flow_matches_saved_models(getkey):
     data = datasets.orthogonally_separable(getkey(), 3, [4, 5, 6], 12, 0.5, 0.2)
     model = _model(getkey(), 12, 8, 3, 1e-2, balanced=True)

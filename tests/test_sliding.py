@@ -101,6 +101,7 @@ def test_one_neuron_slides_with_closed_form():
     assert int(regular.status) == nc.Status.MAX_STEPS
 
 
+@pytest.mark.slow
 def test_enters_from_the_active_side():
     """Start inside x_2's active side: z_2 falls to 0, the pair enters and stays."""
     s0 = 0.5
@@ -136,6 +137,7 @@ def _exit_problem():
     return nc.TwoLayerReLU(W, V), _two_points()
 
 
+@pytest.mark.slow
 def test_leaves_the_boundary_when_xi_exceeds_one():
     model, data = _exit_problem()
     ts = np.linspace(0.0, 4.0, 401)
@@ -157,7 +159,9 @@ def test_leaves_the_boundary_when_xi_exceeds_one():
     assert int(traj.stats["sliding_exits"]) >= 1
 
 
-@pytest.mark.parametrize("problem", ["exit", "closed_form"])
+@pytest.mark.parametrize(
+    "problem", ["exit", pytest.param("closed_form", marks=pytest.mark.slow)]
+)
 def test_matches_gradient_descent_at_first_order(problem):
     """GD with relu'(0) = 0 converges to the sliding solution as lr -> 0, at rate 1.
 
@@ -188,6 +192,7 @@ def test_matches_gradient_descent_at_first_order(problem):
     np.testing.assert_allclose(rates, 1.0, atol=0.15), (errors, rates)
 
 
+@pytest.mark.slow
 def test_balance_is_conserved_through_sliding():
     """||w_j||^2 - ||v_j||^2 is constant: the sliding terms are orthogonal to w_j.
 
@@ -219,6 +224,7 @@ def separable():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-1, 1e-4])
 def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     """Where the regular field does not chatter, both solve the same flow: they agree
@@ -237,6 +243,7 @@ def test_agrees_with_the_regular_flow_on_separable_data(separable, eps):
     assert int(a.stats["grad_evals"]) <= 1.05 * int(b.stats["grad_evals"])
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_match_single_runs():
     data = datasets.mnist(per_class=6)
     scales = jnp.array([1e-2, 1e-3])
@@ -258,6 +265,7 @@ def test_jit_and_vmap_match_single_runs():
             assert int(stats_b[name][i]) == int(stats_i[name]), name
 
 
+@pytest.mark.slow
 def test_float32_works():
     data = datasets.mnist(per_class=6, dtype=jnp.float32)
     model = nc.TwoLayerReLU.init(jax.random.key(6), 784, 6, 3, 1e-2, dtype=jnp.float32)
@@ -304,6 +312,7 @@ class CountingExponential(nc.Exponential):
         return super().residual(f, data)
 
 
+@pytest.mark.slow
 def test_grad_evals_count_is_exact():
     """Count the solver's gradient evaluations with a host callback in the loss.
 
@@ -330,6 +339,7 @@ def test_grad_evals_count_is_exact():
     assert int(traj.stats["sliding_exits"]) >= 1
 
 
+@pytest.mark.slow
 def test_solver_choices_and_bad_input(separable):
     model = nc.TwoLayerReLU.init(jax.random.key(7), 12, 8, 3, 1e-3)
     ts = np.array([0.0, 1.0])
@@ -426,6 +436,7 @@ def _one_step(solver, data, y0, t0, dt):
     return np.concatenate([np.ravel(sol.ys.W[-1]), np.ravel(sol.ys.V[-1])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inner", [diffrax.Tsit5(), diffrax.Bosh3()])
 def test_kink_correction_makes_the_crossing_step_second_order(inner):
     """One step across a transversal kink: its local error is O(dt) with the plain
@@ -452,7 +463,9 @@ def test_kink_correction_makes_the_crossing_step_second_order(inner):
     assert errors[True][-1] < errors[False][-1] / 2, errors
 
 
-@pytest.mark.parametrize("inner", [diffrax.Bosh3(), diffrax.Tsit5()])
+@pytest.mark.parametrize(
+    "inner", [diffrax.Bosh3(), pytest.param(diffrax.Tsit5(), marks=pytest.mark.slow)]
+)
 def test_steps_land_before_a_transversal_crossing(inner):
     """Over a horizon that contains one transversal crossing, `crossings="land"` ends
     a step just before it and starts it at the beginning of the next (counted in the
@@ -492,6 +505,7 @@ def test_steps_land_before_a_transversal_crossing(inner):
     assert errors["land", 1e-7][0] < errors["land", 1e-5][0] / 10, errors
 
 
+@pytest.mark.slow
 def test_a_started_crossing_has_a_second_order_local_error():
     """One step that starts just before the crossing (at 1% of the step): the
     started crossing's local error is far below that of the same step without it and
@@ -569,6 +583,7 @@ def test_kink_correction_bad_input():
         SlidingReLU(kink_correction=True, kink_error="exact")
 
 
+@pytest.mark.slow
 def test_pairs_short_of_a_slot_stay_regular():
     """With one slot per neuron, the candidates that find no free slot are left to the
     regular field (counted as `sliding_overflow`): slower, but the same flow."""

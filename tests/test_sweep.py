@@ -342,6 +342,7 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_float32_sweep_runs():
     cfg = dict(
         CONFIG_A,

@@ -71,6 +71,7 @@ def _kill_when(proc, output, target_parts, extra_delay):
     return False
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_gives_identical_output(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(CONFIG)

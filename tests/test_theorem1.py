@@ -86,6 +86,7 @@ def runs():
     return out
 
 
+@pytest.mark.slow
 def test_assumptions_of_the_theorem_setting(runs):
     data, model, _, _ = runs["theorem"]
     checks = theory.check_assumptions(model, data)
@@ -96,6 +97,7 @@ def test_assumptions_of_the_theorem_setting(runs):
     assert not all(c.holds for c in theory.check_assumptions(model_b, data_b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["theorem", "beyond"])
 def test_separation_orthogonality_and_directional_collapse(runs, name):
     data, model, traj, _ = runs[name]
@@ -125,6 +127,7 @@ def _late(traj):
     return int(np.argmax(late))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["theorem", "beyond"])
 def test_approach_to_the_predicted_limit(runs, name):
     data, _, traj, limit = runs[name]
@@ -152,6 +155,7 @@ def test_approach_to_the_predicted_limit(runs, name):
     assert float(lim["alignment"][-1]) < 1e-3
 
 
+@pytest.mark.slow
 def test_rate_one_over_log_t(runs):
     """Errors decay like C/log t: 1/error grows linearly in log t, no floor.
 

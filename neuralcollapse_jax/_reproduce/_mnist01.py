@@ -255,10 +255,12 @@ def _plot(data, traj, rec, its, out: Output) -> None:
     axes[1, 0].plot(its, rec["stable_rank"], color="C4")
     axes[1, 0].axhline(2.0, color="k", ls=":", lw=1)
     axes[1, 0].set(
-        title="stable rank ‖W‖_F² / ‖W‖_2²", xlabel="iteration (t / 2e-3)", ylim=(0, None)
+        title=r"stable rank $\|W\|_F^2 / \|W\|_2^2$",
+        xlabel="iteration (t / 2e-3)",
+        ylim=(0, None),
     )
     axes[1, 1].semilogy(its, rec["spectral_norm_sq"], color="C5")
-    axes[1, 1].set(title="‖W‖_2²", xlabel="iteration (t / 2e-3)")
+    axes[1, 1].set(title=r"$\|W\|_2^2$", xlabel="iteration (t / 2e-3)")
     for a in list(axes[0, 1:]) + list(axes[1, :2]):
         a.grid(True, alpha=0.3)
 

@@ -304,7 +304,11 @@ def _plot_main(traj, limit, eps, out: Output) -> None:
     ax.legend()
     ax = axes[0, 1]
     ax.loglog(t, np.maximum(r["nc2"], tiny), label="NC2 (orthogonal frame)")
-    ax.loglog(t, np.maximum(np.abs(r["orthogonality"]), tiny), label="max cos(φ_k, φ_l)")
+    ax.loglog(
+        t,
+        np.maximum(np.abs(r["orthogonality"]), tiny),
+        label=f"max cos(φ_k, φ_l) (zeros drawn at {tiny:g})",
+    )
     ax.loglog(
         t,
         np.maximum(np.max(r["directional_nc1"], axis=1), tiny),
@@ -413,4 +417,7 @@ def _plot_limit(traj, data, limit, out: Output) -> None:
     )
     axes[2].set(title="predicted Ẽ diag(s) Φ", xlabel="neuron j", ylabel="output")
     fig.colorbar(im, ax=axes[2])
+    for ax in axes:  # rows are classes or outputs, columns neurons: integer ticks
+        ax.set_yticks(range(u.shape[0]))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     out.figure(fig, "theorem1_limit")

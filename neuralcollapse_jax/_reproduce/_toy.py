@@ -161,9 +161,22 @@ def _plot(curves: dict, cfg: Config, out: Output) -> None:
         ax = axes[0, col]
         ang = np.degrees(c["angles"])
         sign = c["v"][-1] > 0
+        kinds = np.where(c["live"], np.where(sign, "pos", "neg"), "dead")
         for j in range(ang.shape[1]):
-            color = ("C3" if sign[j] else "C0") if c["live"][j] else "0.7"
+            color = {"pos": "C3", "neg": "C0", "dead": "0.7"}[kinds[j]]
             ax.semilogx(ts[keep], ang[keep, j], color=color, lw=0.7, alpha=0.9)
+        # A legend entry for each kind of neuron that is drawn (on positive-only data
+        # the neurons with v_j < 0 all die, so there is no blue line to name).
+        handles = [
+            plt.Line2D([], [], color=color, lw=1.5, label=label)
+            for kind, color, label in (
+                ("pos", "C3", "live, v_j > 0 at t1"),
+                ("neg", "C0", "live, v_j < 0 at t1"),
+                ("dead", "0.7", "dead at t1"),
+            )
+            if np.any(kinds == kind)
+        ]
+        ax.legend(handles=handles, fontsize=7, loc="lower left")
         x = c["x"]
         refs = {"x₁": x[0], "x₂": x[1], "x₊": x.sum(0)}
         for label, vec in refs.items():
@@ -171,7 +184,7 @@ def _plot(curves: dict, cfg: Config, out: Output) -> None:
             ax.axhline(a, color="k", ls="--", lw=0.8)
             ax.text(ts[keep][0], a + 4, label, fontsize=8)
         ax.set(
-            title=titles[name] + "\nangle of w_j (red: v_j > 0, blue: v_j < 0, grey: dead)",
+            title=titles[name] + "\nangle of each neuron w_j",
             xlabel="t",
             ylabel="degrees",
             ylim=(-180, 180),
@@ -194,7 +207,12 @@ def _plot(curves: dict, cfg: Config, out: Output) -> None:
         ax.semilogx(c["ts"][keep], c["min_cos"][keep], label=titles[name])
     for c in cfg.cos_thresholds:
         ax.axhline(c, color="k", ls=":", lw=1)
-    ax.set(title="min over live neurons of V₊ of cos(w_j, x₊)", xlabel="t", ylim=(-1, 1.02))
+    ax.set(
+        title="alignment with x₊ (dotted: the thresholds)",
+        xlabel="t",
+        ylabel="min over live j ∈ V₊ of cos(w_j, x₊)",
+        ylim=(-1, 1.02),
+    )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     out.figure(fig, "toy_alignment")

@@ -69,6 +69,13 @@ def _default_x(ds) -> str:
     return dims[0]
 
 
+def _fmt(value) -> str:
+    """A parameter value for a legend, to three significant digits: `1e-06`, `0.3`,
+    `3.73e-06` (not `0.30000000000000004`)."""
+    v = np.asarray(value)
+    return f"{v.item():.3g}" if v.dtype.kind in "fi" else str(v.item())
+
+
 def _lines(ax, da, x: str, xvals, label_prefix="", transform=None):
     """Median over the dimensions other than `x` (and a hue dimension), with the
     min-max range over them shaded."""
@@ -78,7 +85,7 @@ def _lines(ax, da, x: str, xvals, label_prefix="", transform=None):
         [(None, da)]
         if hue is None
         else [
-            (f"{hue}={v}", da.isel({hue: k}))
+            (f"{hue}={_fmt(v)}", da.isel({hue: k}))
             for k, v in enumerate(da[hue].values)
             if hue in da.coords
         ]
@@ -241,7 +248,7 @@ def plot_sweep(
                 curves.isel({x: k}).values[1:],
                 color=cmap(k / max(1, n - 1)),
                 lw=1,
-                label=f"{x}={ds[x].values[k]:.2g}" if n <= 8 else None,
+                label=f"{x}={_fmt(ds[x].values[k])}" if n <= 8 else None,
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
