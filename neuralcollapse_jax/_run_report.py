@@ -20,6 +20,7 @@ import numpy as np
 
 from . import metrics, theory
 from ._dataset import Dataset
+from ._json import to_json
 from ._model import TwoLayerReLU
 from ._trajectory import Status, Trajectory
 from ._trajectory_io import save_trajectory
@@ -38,24 +39,6 @@ MIXED_SHARE = 1e-3
 ALIGNMENT_LOSSES = ("cross_entropy", "exponential", "logistic")
 
 FLOOR = 1e-300  # non-positive values are left off the log axes
-
-
-def _to_json(value: Any) -> Any:
-    """A JSON value; non-finite floats as the strings "nan", "inf", "-inf"."""
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "shape") or isinstance(value, np.generic):
-        arr = np.asarray(value)
-        if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
-            return arr.tolist()
-        return _to_json(arr.astype(np.float64).tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def _per_save(model: TwoLayerReLU, data: Dataset, limit) -> dict[str, Any]:
@@ -173,7 +156,7 @@ def report(
         if limit is None
         else np.sum(np.asarray(limit.u) * np.asarray(metrics.class_directions(data)), 1),
     }
-    return _to_json(entries), figure
+    return to_json(entries), figure
 
 
 def write_run(
@@ -192,7 +175,7 @@ def write_run(
     save_trajectory(out / "trajectory.nc", traj, data, config)
     entries, figure = report(traj, data, model, config["loss"], config["reduction"])
     plot_flow(out / "flow.png", traj, data, figure, config)
-    summary = _to_json(summary) | entries
+    summary = to_json(summary) | entries
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
