@@ -233,11 +233,6 @@ def train(
         history["loss"][epoch] = float(np.mean(jax.device_get(losses)))
         for name, value in measure(model, state, train_set, test_set).items():
             history[name][epoch] = value
-        if log is not None:
-            log(
-                f"epoch {epoch + 1}: loss {history['loss'][epoch]:.4f}, test acc "
-                f"{history['test_accuracy'][epoch]:.4f}, NC1 {history['nc1'][epoch]:.4g}"
-            )
         if checkpoint is not None:
             tmp = checkpoint.with_suffix(".tmp")
             eqx.tree_serialise_leaves(
@@ -245,4 +240,9 @@ def train(
             )
             os.replace(tmp, checkpoint)
             checkpoint.with_suffix(".json").write_text(json.dumps(settings))
+        if log is not None:
+            log(
+                f"epoch {epoch + 1}: loss {history['loss'][epoch]:.4f}, test acc "
+                f"{history['test_accuracy'][epoch]:.4f}, NC1 {history['nc1'][epoch]:.4g}"
+            )
     return model, state, history
