@@ -95,8 +95,9 @@ def test_stage_shapes(build, size, channels, stages, features):
 
 
 def _forward(build, size, channels, features):
-    model, state = eqx.nn.make_with_state(build)(channels, key=jax.random.key(0),
-                                                 dtype=jnp.float32)
+    model, state = eqx.nn.make_with_state(build)(
+        channels, key=jax.random.key(0), dtype=jnp.float32
+    )
     assert model.num_features == features
     x = jax.random.normal(jax.random.key(1), (2, channels, size, size), jnp.float32)
     feats, _ = jax.vmap(model, (0, None), (0, None), axis_name="batch")(x, state)
@@ -125,8 +126,13 @@ def test_rmsnorm_unit_rms_times_scale(getkey):
     rms = np.sqrt(np.mean((out / np.asarray(gamma)) ** 2, axis=1))
     np.testing.assert_allclose(rms, 1.0, rtol=1e-12)
     # Directions unchanged up to the scale: RMSNorm only rescales each row.
-    np.testing.assert_allclose(out / np.asarray(gamma) * np.sqrt(np.mean(
-        np.asarray(z) ** 2, axis=1, keepdims=True)), np.asarray(z), rtol=1e-10)
+    np.testing.assert_allclose(
+        out
+        / np.asarray(gamma)
+        * np.sqrt(np.mean(np.asarray(z) ** 2, axis=1, keepdims=True)),
+        np.asarray(z),
+        rtol=1e-10,
+    )
 
 
 def test_layernorm_zero_mean_unit_variance(getkey):
@@ -153,13 +159,13 @@ def test_head_is_torch_linear_init(getkey):
 
 @pytest.fixture(scope="module")
 def tiny():
-    train, test = deep.mnist_split(train_size=64, test_size=32)
+    train, test = deep.mnist_split(train_size=128, test_size=32)
     return train, test
 
 
 def test_mnist_split(tiny):
     train, test = tiny
-    assert train.x.shape == (64, 1, 28, 28) and test.x.shape == (32, 1, 28, 28)
+    assert train.x.shape == (128, 1, 28, 28) and test.x.shape == (32, 1, 28, 28)
     assert abs(float(train.x.mean())) < 1e-5 and float(train.x.std()) == pytest.approx(
         1.0, rel=1e-4
     )
@@ -171,13 +177,23 @@ def test_training_overfits_and_metrics_match_toolkit(tiny):
     train, test = tiny
     # Two images of every digit (the NC metrics need all classes).
     digits = np.asarray(train.y)
-    train = train.take(np.sort(np.concatenate(
-        [np.flatnonzero(digits == d)[:2] for d in range(10)])))
-    model, state = deep.DeepClassifier.init(jax.random.key(0), "small", "rmsnorm", 1, 10,
-                                            width=64)
-    model, state, hist = deep.train(model, state, train, test, key=jax.random.key(1),
-                                    epochs=40, batch_size=20, learning_rate=0.05,
-                                    decay_every=40)
+    train = train.take(
+        np.sort(np.concatenate([np.flatnonzero(digits == d)[:2] for d in range(10)]))
+    )
+    model, state = deep.DeepClassifier.init(
+        jax.random.key(0), "small", "rmsnorm", 1, 10, width=64
+    )
+    model, state, hist = deep.train(
+        model,
+        state,
+        train,
+        test,
+        key=jax.random.key(1),
+        epochs=40,
+        batch_size=20,
+        learning_rate=0.05,
+        decay_every=40,
+    )
     assert hist["train_accuracy"][-1] == 1.0
     assert hist["loss"][-1] < 1e-2 * hist["loss"][0]
     # The head's metrics equal the toolkit's on a TwoLayerReLU of the same weights,
@@ -186,27 +202,34 @@ def test_training_overfits_and_metrics_match_toolkit(tiny):
     gamma = np.asarray(model.norm.weight, np.float64)
     eps = float(jnp.finfo(jnp.float32).eps)
     x = z / np.sqrt(np.mean(z**2, axis=1, keepdims=True) + eps) * gamma
-    head = nc.TwoLayerReLU(np.asarray(model.head.W, np.float64),
-                           np.asarray(model.head.V, np.float64))
+    head = nc.TwoLayerReLU(
+        np.asarray(model.head.W, np.float64), np.asarray(model.head.V, np.float64)
+    )
     feats = head.features(jnp.asarray(x))
     y = train.y
     got = deep.measure(model, state, train, test)
-    for name, fn in (("nc1", metrics.nc1), ("nc1_papyan", metrics.nc1_papyan),
-                     ("nc2", metrics.nc2)):
+    for name, fn in (
+        ("nc1", metrics.nc1),
+        ("nc1_papyan", metrics.nc1_papyan),
+        ("nc2", metrics.nc2),
+    ):
         assert got[name] == pytest.approx(float(fn(feats, y, 10)), rel=2e-3), name
     assert got["nc3"] == pytest.approx(float(metrics.nc3(feats, y, 10, head.V)), rel=2e-3)
-    assert got["train_accuracy"] == np.mean(np.argmax(np.asarray(head(jnp.asarray(x))), 1)
-                                            == np.asarray(y))
+    assert got["train_accuracy"] == np.mean(
+        np.argmax(np.asarray(head(jnp.asarray(x))), 1) == np.asarray(y)
+    )
     r = np.linalg.norm(x, axis=1)
     assert got["norm_after_mean"] == pytest.approx(r.mean(), rel=1e-4)
 
 
 def test_checkpoint_resume_equals_uninterrupted(tiny, tmp_path):
     train, test = tiny
-    kw = dict(key=jax.random.key(3), epochs=2, batch_size=32, learning_rate=0.05,
-              decay_every=1)
-    model, state = deep.DeepClassifier.init(jax.random.key(2), "small", "none", 1, 10,
-                                            width=16)
+    kw = dict(
+        key=jax.random.key(3), epochs=2, batch_size=32, learning_rate=0.05, decay_every=1
+    )
+    model, state = deep.DeepClassifier.init(
+        jax.random.key(2), "small", "none", 1, 10, width=16
+    )
     _, _, full = deep.train(model, state, train, test, **kw)
 
     class Stop(Exception):
@@ -219,14 +242,16 @@ def test_checkpoint_resume_equals_uninterrupted(tiny, tmp_path):
     with pytest.raises(Stop):
         deep.train(model, state, train, test, checkpoint=path, log=stop, **kw)
     lines = []
-    _, _, resumed = deep.train(model, state, train, test, checkpoint=path,
-                               log=lines.append, **kw)
+    _, _, resumed = deep.train(
+        model, state, train, test, checkpoint=path, log=lines.append, **kw
+    )
     assert lines[0].startswith("resumed") and "epoch 1" in lines[0]
     for name in deep.MEASURES:
         np.testing.assert_array_equal(resumed[name], full[name])
     with pytest.raises(ValueError, match="other settings"):
-        deep.train(model, state, train, test, checkpoint=path,
-                   **{**kw, "learning_rate": 0.1})
+        deep.train(
+            model, state, train, test, checkpoint=path, **{**kw, "learning_rate": 0.1}
+        )
 
 
 def _write_cifar(folder, n=4, rng=None):
@@ -234,8 +259,10 @@ def _write_cifar(folder, n=4, rng=None):
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     batches = {}
     for name in names:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        }
         batches[name] = batch
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
@@ -248,8 +275,9 @@ def test_cifar10_reader(tmp_path):
     assert train.x.shape == (20, 3, 32, 32) and test.x.shape == (4, 3, 32, 32)
     raw = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
     np.testing.assert_array_equal(
-        np.asarray(train.y), sum((batches[f"data_batch_{i}"][b"labels"]
-                                  for i in range(1, 6)), []))
+        np.asarray(train.y),
+        sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), []),
+    )
     # Channel planes: red is the first 1024 bytes, row-major 32x32.
     red = raw[:, :1024].reshape(-1, 32, 32) / 255.0
     expected = (red - red.mean()) / red.std()
@@ -281,8 +309,9 @@ def test_cifar10_errors(tmp_path):
 
 def test_bridge_flow_on_frozen_features_equals_flow_on_dataset(tiny):
     train, _ = tiny
-    model, state = deep.DeepClassifier.init(jax.random.key(4), "small", "layernorm", 1, 10,
-                                            width=16)
+    model, state = deep.DeepClassifier.init(
+        jax.random.key(4), "small", "layernorm", 1, 10, width=16
+    )
     data = deep.frozen_features(model, state, train, classes=(1, 0), per_class=5)
     assert data.num_classes == 2 and data.num_samples == 10
     # Labels follow the order of `classes`: digit 1 -> 0, digit 0 -> 1.
@@ -293,8 +322,9 @@ def test_bridge_flow_on_frozen_features_equals_flow_on_dataset(tiny):
     np.testing.assert_array_equal(np.asarray(data.x), after.astype(np.float64))
 
     key = jax.random.key(5)
-    traj = deep.flow_head(data, key=key, width=6, scale=1e-2, t1=2.0, rtol=1e-6,
-                          solver=None, num_saves=5)
+    traj = deep.flow_head(
+        data, key=key, width=6, scale=1e-2, t1=2.0, rtol=1e-6, solver=None, num_saves=5
+    )
     plain = nc.Dataset(jnp.asarray(after, jnp.float64), data.y, 2)
     init = nc.TwoLayerReLU.init(key, plain.dim, 6, 2, 1e-2)
     ts = np.concatenate([[0.0], np.geomspace(2e-3, 2.0, 5)])

@@ -28,23 +28,71 @@ def test_config_defaults_and_errors():
 
 def test_bad_settings_exit_2(tmp_path, capsys):
     out = str(tmp_path)
-    assert _cli.main(["reproduce", "normalization", "--quick", "--out", out,
-                      "--set", "arch=vgg"]) == 2
+    assert (
+        _cli.main(
+            ["reproduce", "normalization", "--quick", "--out", out, "--set", "arch=vgg"]
+        )
+        == 2
+    )
     assert "arch" in capsys.readouterr().err
-    assert _cli.main(["reproduce", "normalization", "--quick", "--out", out,
-                      "--set", "norms=[batchnorm]"]) == 2
-    assert _cli.main(["reproduce", "normalization", "--quick", "--out", out,
-                      "--set", "dataset=cifar10"]) == 2
+    assert (
+        _cli.main(
+            [
+                "reproduce",
+                "normalization",
+                "--quick",
+                "--out",
+                out,
+                "--set",
+                "norms=[batchnorm]",
+            ]
+        )
+        == 2
+    )
+    assert (
+        _cli.main(
+            [
+                "reproduce",
+                "normalization",
+                "--quick",
+                "--out",
+                out,
+                "--set",
+                "dataset=cifar10",
+            ]
+        )
+        == 2
+    )
     assert "cifar_folder" in capsys.readouterr().err
-    assert _cli.main(["reproduce", "normalization", "--quick", "--out", out,
-                      "--set", "dataset=cifar10", "--set",
-                      f"cifar_folder={tmp_path / 'none'}"]) == 2
+    assert (
+        _cli.main(
+            [
+                "reproduce",
+                "normalization",
+                "--quick",
+                "--out",
+                out,
+                "--set",
+                "dataset=cifar10",
+                "--set",
+                f"cifar_folder={tmp_path / 'none'}",
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_one_norm_one_seed(tmp_path):
-    res = reproduce("normalization", tmp_path, quick=True, quiet=True, norms=["rmsnorm"],
-                    seeds=1, bridge=False)
+    res = reproduce(
+        "normalization",
+        tmp_path,
+        quick=True,
+        quiet=True,
+        norms=["rmsnorm"],
+        seeds=1,
+        bridge=False,
+    )
     ds = xr.open_dataset(tmp_path / "normalization.nc", engine="h5netcdf")
     assert dict(ds.sizes) == {"seed": 1, "norm": 1, "epoch": 2}
     for name in deep.MEASURES:
@@ -57,15 +105,20 @@ def test_one_norm_one_seed(tmp_path):
 
 @pytest.mark.slow
 def test_quick_cli(tmp_path):
-    assert _cli.main(["reproduce", "normalization", "--quick", "--quiet",
-                      "--out", str(tmp_path)]) == 0
+    assert (
+        _cli.main(
+            ["reproduce", "normalization", "--quick", "--quiet", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["final"]) == {"none", "layernorm", "rmsnorm"}
     ds = xr.open_dataset(tmp_path / "normalization.nc", engine="h5netcdf")
     assert dict(ds.sizes) == {"seed": 2, "norm": 3, "epoch": 2}
     # Without normalization the head's input is unchanged.
-    np.testing.assert_allclose(ds.norm_before_mean.sel(norm="none"),
-                               ds.norm_after_mean.sel(norm="none"))
+    np.testing.assert_allclose(
+        ds.norm_before_mean.sel(norm="none"), ds.norm_after_mean.sel(norm="none")
+    )
     for norm, b in res["bridge"].items():
         assert b["flow_status"].startswith("success")
         # Pooled ReLU features (none, RMSNorm: a positive rescaling once the scale is

@@ -98,9 +98,7 @@ def _resolved(cfg: Config) -> dict:
         "decay_every": cfg.decay_every
         if cfg.decay_every is not None
         else (4 if small else 20),
-        "train_size": cfg.train_size
-        if cfg.train_size is not None or not small
-        else 3000,
+        "train_size": cfg.train_size if cfg.train_size is not None or not small else 3000,
         "test_size": cfg.test_size if cfg.test_size is not None or not small else 1000,
         "learning_rate": cfg.learning_rate
         if cfg.learning_rate is not None
@@ -120,7 +118,9 @@ def _load(cfg: Config, sizes: dict):
 
 def run(cfg: Config, out: Output) -> dict:
     if cfg.arch not in deep.ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(deep.ARCHITECTURES)}, got {cfg.arch!r}")
+        raise ValueError(
+            f"arch must be one of {sorted(deep.ARCHITECTURES)}, got {cfg.arch!r}"
+        )
     bad = [n for n in cfg.norms if n not in deep.NORMS]
     if bad or not cfg.norms or len(set(cfg.norms)) != len(cfg.norms):
         raise ValueError(f"norms must be distinct names from {deep.NORMS}, got {cfg.norms}")
@@ -136,21 +136,33 @@ def run(cfg: Config, out: Output) -> dict:
     ckpt = out.folder / "checkpoints"
     if cfg.checkpoints:
         ckpt.mkdir(exist_ok=True)
-    hist = {m: np.full((cfg.seeds, len(cfg.norms), sizes["epochs"]), np.nan)
-            for m in deep.MEASURES}
+    hist = {
+        m: np.full((cfg.seeds, len(cfg.norms), sizes["epochs"]), np.nan)
+        for m in deep.MEASURES
+    }
     trained = {}
     for j, norm in enumerate(cfg.norms):
         for seed in range(cfg.seeds):
             # The same seed gives the same extractor and head for every normalization.
             k_model, k_data = jax.random.split(jax.random.key(seed))
             model, state = deep.DeepClassifier.init(
-                k_model, cfg.arch, norm, train_set.in_channels, train_set.num_classes,
+                k_model,
+                cfg.arch,
+                norm,
+                train_set.in_channels,
+                train_set.num_classes,
                 cfg.width,
             )
             model, state, h = deep.train(
-                model, state, train_set, test_set, key=k_data,
-                epochs=sizes["epochs"], batch_size=cfg.batch_size,
-                learning_rate=sizes["learning_rate"], momentum=cfg.momentum,
+                model,
+                state,
+                train_set,
+                test_set,
+                key=k_data,
+                epochs=sizes["epochs"],
+                batch_size=cfg.batch_size,
+                learning_rate=sizes["learning_rate"],
+                momentum=cfg.momentum,
                 decay_every=sizes["decay_every"],
                 checkpoint=ckpt / f"{norm}_seed{seed}.eqx" if cfg.checkpoints else None,
                 progress=out.progress_bar,
@@ -165,8 +177,11 @@ def run(cfg: Config, out: Output) -> dict:
             )
     ds = xr.Dataset(
         {m: (("seed", "norm", "epoch"), hist[m]) for m in deep.MEASURES},
-        coords={"seed": np.arange(cfg.seeds), "norm": list(cfg.norms),
-                "epoch": np.arange(1, sizes["epochs"] + 1)},
+        coords={
+            "seed": np.arange(cfg.seeds),
+            "norm": list(cfg.norms),
+            "epoch": np.arange(1, sizes["epochs"] + 1),
+        },
         attrs={"arch": cfg.arch, "dataset": cfg.dataset, "source": PAPER["source"]},
     )
     path = out.folder / "normalization.nc"
@@ -175,8 +190,10 @@ def run(cfg: Config, out: Output) -> dict:
     _plot(ds, out)
     final = {
         norm: {
-            m: {"mean": float(np.mean(hist[m][:, j, -1])),
-                "std": float(np.std(hist[m][:, j, -1]))}
+            m: {
+                "mean": float(np.mean(hist[m][:, j, -1])),
+                "std": float(np.std(hist[m][:, j, -1])),
+            }
             for m in deep.MEASURES
         }
         for j, norm in enumerate(cfg.norms)
@@ -194,7 +211,9 @@ def run(cfg: Config, out: Output) -> dict:
             norm: _bridge(cfg, model, state, train_set, out, norm)
             for norm, (model, state) in trained.items()
         }
-        results["ok"] = all(b["flow_status"] == "success" for b in results["bridge"].values())
+        results["ok"] = all(
+            b["flow_status"] == "success" for b in results["bridge"].values()
+        )
     return results
 
 
@@ -202,8 +221,9 @@ def _summary(model, data: Dataset) -> dict:
     feats = model.features(data.x)
     y, k = data.y, data.num_classes
     return {
-        "train_accuracy": float(np.mean(np.argmax(np.asarray(model(data.x)), 1)
-                                        == np.asarray(y))),
+        "train_accuracy": float(
+            np.mean(np.argmax(np.asarray(model(data.x)), 1) == np.asarray(y))
+        ),
         "nc1": float(metrics.nc1(feats, y, k)),
         "nc1_papyan": float(metrics.nc1_papyan(feats, y, k)),
         "nc2": float(metrics.nc2(feats, y, k)),
@@ -216,14 +236,21 @@ def _limit(model, data, limit) -> dict:
     if limit is None:
         return {}
     d = theory.limit_distance(model, data, limit)
-    keys = ("distance", "alignment", "self_duality", "orthogonality", "feature_error",
-            "margin_error")
+    keys = (
+        "distance",
+        "alignment",
+        "self_duality",
+        "orthogonality",
+        "feature_error",
+        "margin_error",
+    )
     return {k: float(d[k]) for k in keys}
 
 
 def _bridge(cfg: Config, model, state, images, out: Output, norm: str) -> dict:
-    data = deep.frozen_features(model, state, images, cfg.bridge_classes,
-                                cfg.bridge_per_class)
+    data = deep.frozen_features(
+        model, state, images, cfg.bridge_classes, cfg.bridge_per_class
+    )
     centred = Dataset(data.x - jnp.mean(data.x, axis=0), data.y, data.num_classes)
     a1 = theory.check_assumption1(data)
     a1c = theory.check_assumption1(centred)
@@ -232,8 +259,14 @@ def _bridge(cfg: Config, model, state, images, out: Output, norm: str) -> dict:
         limit_error = None
     except ValueError as e:  # a class with 0 in its convex hull: no Theorem 1 limit
         limit, limit_error = None, str(e)
-    traj = deep.flow_head(data, key=jax.random.key(0), width=cfg.bridge_width,
-                          scale=cfg.bridge_scale, t1=cfg.bridge_t1, rtol=cfg.bridge_rtol)
+    traj = deep.flow_head(
+        data,
+        key=jax.random.key(0),
+        width=cfg.bridge_width,
+        scale=cfg.bridge_scale,
+        t1=cfg.bridge_t1,
+        rtol=cfg.bridge_rtol,
+    )
     jax.block_until_ready(traj.loss)
     sgd = deep.restricted_head(model, cfg.bridge_classes)
     sgd = jax.tree.map(lambda a: jnp.asarray(a, data.x.dtype), sgd)
@@ -242,8 +275,11 @@ def _bridge(cfg: Config, model, state, images, out: Output, norm: str) -> dict:
         "n": data.num_samples,
         "dim": data.dim,
         "assumption1": {"holds": a1.holds, "slack": a1.slack, "detail": a1.detail},
-        "assumption1_centred": {"holds": a1c.holds, "slack": a1c.slack,
-                                "detail": a1c.detail},
+        "assumption1_centred": {
+            "holds": a1c.holds,
+            "slack": a1c.slack,
+            "detail": a1c.detail,
+        },
         "fraction_cross_class_pairs_negative": _negative_share(data),
         "flow_status": Status.message(int(traj.status)),
         "flow_steps": int(traj.stats["num_steps"]),
@@ -292,6 +328,8 @@ def _plot(ds: xr.Dataset, out: Output) -> None:
         ax.set(title=title, xlabel="epoch")
         ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend()
-    fig.suptitle(f"{ds.attrs['arch']} on {ds.attrs['dataset']}: mean ± std over "
-                 f"{ds.sizes['seed']} seeds")
+    fig.suptitle(
+        f"{ds.attrs['arch']} on {ds.attrs['dataset']}: mean ± std over "
+        f"{ds.sizes['seed']} seeds"
+    )
     out.figure(fig, "normalization")

@@ -27,7 +27,7 @@ from ._resnet import resnet50 as resnet50
 from ._resnet import small_resnet as small_resnet
 from ._train import MEASURES as MEASURES
 from ._train import head_inputs as head_inputs
-from ._train import measure as measure
 from ._train import learning_rate_at as learning_rate_at
+from ._train import measure as measure
 from ._train import optimizer as optimizer
 from ._train import train as train

@@ -86,8 +86,18 @@ def flow_head(
     cross-entropy, `gradient_flow(..., solver=solver, rtol=rtol)` to time `t1`, saved
     at `num_saves` log-spaced times.
     """
-    model = TwoLayerReLU.init(key, data.dim, width, data.num_classes, scale,
-                              dtype=data.x.dtype)
+    model = TwoLayerReLU.init(
+        key, data.dim, width, data.num_classes, scale, dtype=data.x.dtype
+    )
     ts = np.concatenate([[0.0], np.geomspace(1e-3 * t1, t1, num_saves)])
-    return gradient_flow(model, data, t1=t1, saveat=ts, reduction="mean", rtol=rtol,
-                         solver=solver, record=record, save_params=False)
+    return gradient_flow(
+        model,
+        data,
+        t1=t1,
+        saveat=ts,
+        reduction="mean",
+        rtol=rtol,
+        solver=solver,
+        record=record,
+        save_params=False,
+    )

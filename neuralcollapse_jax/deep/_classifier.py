@@ -88,7 +88,9 @@ class DeepClassifier(eqx.Module):
         **Returns:** `(model, state)`.
         """
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}"
+            )
         if norm not in NORMS:
             raise ValueError(f"unknown normalization {norm!r}; choose one of {NORMS}")
         ke, kh = jax.random.split(key)

@@ -129,8 +129,10 @@ def cifar10(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"CIFAR-10 folder {folder} does not exist (expected the python "
-                         f"batches {', '.join(CIFAR_FILES)})")
+        raise ValueError(
+            f"CIFAR-10 folder {folder} does not exist (expected the python "
+            f"batches {', '.join(CIFAR_FILES)})"
+        )
     parts = [_read_batch(folder / name) for name in CIFAR_FILES]
     xtr = np.concatenate([p[0] for p in parts[:5]])
     ytr = np.concatenate([p[1] for p in parts[:5]])

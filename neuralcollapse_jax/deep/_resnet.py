@@ -117,9 +117,9 @@ class ResNet(eqx.Module):
     """A ResNet feature extractor: stem, stages of residual blocks, global average pool.
 
     `ResNet(block, layers, widths, in_channels, key=...)` builds the stem (3x3 conv of
-    stride `stem_stride`, default 1, BatchNorm, ReLU; no max-pool) and `len(layers)` stages, stage `s` with
-    `layers[s]` blocks of width `widths[s]`, the first block of every stage but the
-    first with stride 2. Use `resnet18`, `resnet50` or `small_resnet`.
+    stride `stem_stride`, default 1, BatchNorm, ReLU; no max-pool) and `len(layers)`
+    stages, stage `s` with `layers[s]` blocks of width `widths[s]`, the first block of
+    every stage but the first with stride 2. Use `resnet18`, `resnet50` or `small_resnet`.
 
     Called on one image `(C, H, W)` with the BatchNorm `state`, under
     `jax.vmap(..., axis_name="batch")`; returns the pooled features `(F,)` with
@@ -176,22 +176,23 @@ class ResNet(eqx.Module):
 
 def resnet18(in_channels: int, *, key: PRNGKeyArray, dtype=None) -> ResNet:
     """ResNet18: basic blocks `(2, 2, 2, 2)`, widths 64-512, 512 features."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), in_channels, key=key,
-                  dtype=dtype)
+    return ResNet(
+        BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), in_channels, key=key, dtype=dtype
+    )
 
 
 def resnet50(in_channels: int, *, key: PRNGKeyArray, dtype=None) -> ResNet:
     """ResNet50: bottleneck blocks `(3, 4, 6, 3)`, widths 64-512, 2048 features."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), in_channels, key=key,
-                  dtype=dtype)
+    return ResNet(
+        Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), in_channels, key=key, dtype=dtype
+    )
 
 
 def small_resnet(in_channels: int, *, key: PRNGKeyArray, dtype=None) -> ResNet:
     """A small ResNet for CPU runs: a stem of stride 2, basic blocks `(1, 1, 1)` of
     widths 8, 16, 32; 32 features, 19,480 parameters for one input channel."""
     return ResNet(
-        BasicBlock, (1, 1, 1), (8, 16, 32), in_channels, stem_stride=2, key=key,
-        dtype=dtype
+        BasicBlock, (1, 1, 1), (8, 16, 32), in_channels, stem_stride=2, key=key, dtype=dtype
     )
 
 

@@ -97,7 +97,9 @@ def head_inputs(
         for i in range(0, data.num_samples, chunk)
     ]
     keys = ("before", "after", "features", "logits")
-    return {k: np.concatenate([np.asarray(p[j]) for p in parts]) for j, k in enumerate(keys)}
+    return {
+        k: np.concatenate([np.asarray(p[j]) for p in parts]) for j, k in enumerate(keys)
+    }
 
 
 def _norm_stats(z: np.ndarray) -> tuple[float, float]:
@@ -197,8 +199,14 @@ def train(
     opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
     history = {m: np.full(epochs, np.nan) for m in MEASURES}
     start = 0
-    settings = dict(n=n, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                    momentum=momentum, decay_every=decay_every)
+    settings = dict(
+        n=n,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        decay_every=decay_every,
+    )
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         side = checkpoint.with_suffix(".json")
