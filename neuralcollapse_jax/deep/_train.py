@@ -147,6 +147,15 @@ def measure(
     }
 
 
+def _load_leaf(f, x):
+    value = eqx.default_deserialise_filter_spec(f, x)
+    if isinstance(x, jax.Array) and x.weak_type and x.shape == ():
+        # A saved array loses its weak type; BatchNorm's step counter needs it (with a
+        # strongly typed counter, `momentum**counter` promotes to float64 under x64).
+        return jnp.asarray(value.item())
+    return value
+
+
 def train(
     model: DeepClassifier,
     state: eqx.nn.State,
@@ -219,7 +228,7 @@ def train(
                 )
             like = (model, state, opt_state, jnp.zeros((), jnp.int32), history)
             model, state, opt_state, done, history = eqx.tree_deserialise_leaves(
-                checkpoint, like
+                checkpoint, like, filter_spec=_load_leaf
             )
             history = {k: np.asarray(v) for k, v in history.items()}
             start = int(done)
