@@ -126,3 +126,12 @@ def test_quick_cli(tmp_path):
         if norm == "none":
             assert not b["assumption1"]["holds"]
             assert b["fraction_cross_class_pairs_negative"] == 0.0
+
+
+def test_mnist012_steps_option(tmp_path):
+    # `steps` overrides epochs x batches: the paper's 950 steps on our smaller data.
+    res = reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="none", steps=7)
+    assert res["sgd_steps"] == 7
+    assert res["t1"] == pytest.approx(0.1 * 7)
+    with pytest.raises(ValueError, match="steps"):
+        reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="none", steps=0)
