@@ -211,9 +211,7 @@ def run(cfg: Config, out: Output) -> dict:
             norm: _bridge(cfg, model, state, train_set, out, norm)
             for norm, (model, state) in trained.items()
         }
-        results["ok"] = all(
-            b["flow_status"] == "success" for b in results["bridge"].values()
-        )
+        results["ok"] = all(b["flow_success"] for b in results["bridge"].values())
     return results
 
 
@@ -251,7 +249,9 @@ def _bridge(cfg: Config, model, state, images, out: Output, norm: str) -> dict:
     data = deep.frozen_features(
         model, state, images, cfg.bridge_classes, cfg.bridge_per_class
     )
-    centred = Dataset(data.x - jnp.mean(data.x, axis=0), data.y, data.num_classes)
+    centred = Dataset(
+        data.x - jnp.mean(data.x, axis=0, keepdims=True), data.y, data.num_classes
+    )
     a1 = theory.check_assumption1(data)
     a1c = theory.check_assumption1(centred)
     try:
@@ -282,6 +282,7 @@ def _bridge(cfg: Config, model, state, images, out: Output, norm: str) -> dict:
         },
         "fraction_cross_class_pairs_negative": _negative_share(data),
         "flow_status": Status.message(int(traj.status)),
+        "flow_success": int(traj.status) == Status.SUCCESS,
         "flow_steps": int(traj.stats["num_steps"]),
         "flow_final_loss": float(np.asarray(traj.loss)[-1]),
         "flow": {**_summary(flow, data), **_limit(flow, data, limit)},
