@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config import named_config, nested, to_yaml
-from . import _mnist01, _mnist012, _theorem1, _toy
+from . import _mnist01, _mnist012, _normalization, _theorem1, _toy
 from ._output import Output
 
 
@@ -23,6 +23,7 @@ REPRODUCTIONS = {
     "mnist012": _mnist012,
     "toy": _toy,
     "theorem1": _theorem1,
+    "normalization": _normalization,
 }
 
 DESCRIPTIONS = {
@@ -30,6 +31,7 @@ DESCRIPTIONS = {
     "mnist012": "NeurIPS 2025 Fig. 3: MNIST 0/1/2, cross-entropy, exact flow and SGD",
     "toy": "ICLR 2024 App. A.2/A.3: 2-D examples, effect of mu, orthogonal inputs",
     "theorem1": "NeurIPS 2025 Theorem 1 on synthetic orthogonally separable data",
+    "normalization": "NeurIPS 2025 Figs. 4-5: ResNet, normalization, two-layer ReLU head",
 }
 
 DEFAULT_ROOT = Path("ncjax-out") / "reproduce"
