@@ -1,6 +1,7 @@
 """neuralcollapse_jax: exact gradient-flow dynamics of shallow ReLU networks."""
 
 from . import datasets as datasets
+from . import deep as deep
 from . import metrics as metrics
 from . import theory as theory
 from ._config import DataConfig as DataConfig

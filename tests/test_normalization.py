@@ -22,7 +22,7 @@ def test_config_defaults_and_errors():
     assert cfg.seeds >= 3
     full = config("normalization", arch="resnet18", epochs=50, seeds=5)
     assert full.arch == "resnet18" and full.seeds == 5
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="depth is not a setting of normalization"):
         config("normalization", depth=3)
 
 
@@ -30,7 +30,15 @@ def test_bad_settings_exit_2(tmp_path, capsys):
     out = str(tmp_path)
     assert (
         _cli.main(
-            ["reproduce", "normalization", "--quick", "--out", out, "--set", "normalization.arch=vgg"]
+            [
+                "reproduce",
+                "normalization",
+                "--quick",
+                "--out",
+                out,
+                "--set",
+                "normalization.arch=vgg",
+            ]
         )
         == 2
     )

@@ -69,8 +69,8 @@ def reproduce(
 
     **Arguments:**
 
-    - `name`: `"mnist01"`, `"mnist012"`, `"toy"` or `"theorem1"` (see the docs page
-      *Reproductions*).
+    - `name`: `"mnist01"`, `"mnist012"`, `"toy"`, `"theorem1"` or `"normalization"`
+      (see the docs page *Reproductions*).
     - `out`: output folder (default `ncjax-out/reproduce/NAME`).
     - `quick`: a small, fast version (fewer samples, shorter horizon) with the same
       figures and numbers; used by the test suite.
@@ -87,6 +87,9 @@ def reproduce(
     **Raises:** `ValueError` for an unknown name or option, or an unusable output folder.
     """
     cfg = config(name, quick, **options)
+    check = getattr(REPRODUCTIONS[name], "check", None)
+    if check is not None:  # settings that only the reproduction can judge
+        check(cfg)
     folder = DEFAULT_ROOT / name if out is None else Path(out)
     output = Output(folder, name, quiet=quiet)
     output.log(f"{'quick' if quick else 'full'} run, writing to {folder}/")

@@ -16,7 +16,10 @@ def add_parser(sub) -> None:
     names = "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
     p = sub.add_parser(
         "reproduce",
-        help="reproduce a figure of the papers (mnist01, mnist012, toy, theorem1)",
+        help=(
+            "reproduce a figure of the papers "
+            "(mnist01, mnist012, toy, theorem1, normalization)"
+        ),
         description=(
             "Run one reproduction and write its PNG figures and results.json (our numbers "
             f"next to the paper's) to an output folder. Reproductions: {names}."

@@ -122,16 +122,33 @@ def _load(cfg: Config, sizes: dict):
     raise ValueError(f"dataset must be 'mnist' or 'cifar10', got {cfg.dataset!r}")
 
 
-def run(cfg: Config, out: Output) -> dict:
+def check(cfg: Config) -> None:
+    """Refuse impossible settings (before any output is written), naming the key."""
     if cfg.arch not in deep.ARCHITECTURES:
         raise ValueError(
-            f"arch must be one of {sorted(deep.ARCHITECTURES)}, got {cfg.arch!r}"
+            f"normalization.arch must be one of {sorted(deep.ARCHITECTURES)}, "
+            f"got {cfg.arch!r}"
         )
     bad = [n for n in cfg.norms if n not in deep.NORMS]
     if bad or not cfg.norms or len(set(cfg.norms)) != len(cfg.norms):
-        raise ValueError(f"norms must be distinct names from {deep.NORMS}, got {cfg.norms}")
+        raise ValueError(
+            f"normalization.norms must be distinct names from {deep.NORMS}, got {cfg.norms}"
+        )
     if cfg.seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {cfg.seeds}")
+        raise ValueError(f"normalization.seeds must be a positive integer, got {cfg.seeds}")
+    if cfg.dataset not in ("mnist", "cifar10"):
+        raise ValueError(
+            f"normalization.dataset must be 'mnist' or 'cifar10', got {cfg.dataset!r}"
+        )
+    if cfg.dataset == "cifar10" and cfg.cifar_folder is None:
+        raise ValueError(
+            "normalization.dataset=cifar10 needs normalization.cifar_folder "
+            "(the folder of the python batches)"
+        )
+
+
+def run(cfg: Config, out: Output) -> dict:
+    check(cfg)
     sizes = _resolved(cfg)
     train_set, test_set = _load(cfg, sizes)
     out.log(
