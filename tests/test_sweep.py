@@ -11,7 +11,7 @@ import pytest
 
 import neuralcollapse_jax as nc
 from neuralcollapse_jax import Status
-from neuralcollapse_jax._cli import main as cli_main
+from neuralcollapse_jax.cli import main as cli_main
 from neuralcollapse_jax._sweep import _api
 
 
