@@ -14,9 +14,9 @@ import yaml
 
 from neuralcollapse_jax import reproduce
 from neuralcollapse_jax import reproduce_config as config
-from neuralcollapse_jax.cli import main
 from neuralcollapse_jax._reproduce._mnist012 import pca
 from neuralcollapse_jax._reproduce._output import first_time, to_json
+from neuralcollapse_jax.cli import main
 
 
 def _load(folder):

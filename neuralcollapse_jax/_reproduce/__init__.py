@@ -36,7 +36,7 @@ DEFAULT_ROOT = Path("ncjax-out") / "reproduce"
 
 
 def config(name: str, quick: bool = False, **options: Any):
-    """The settings of reproduction `name` (public as `reproduce_config`).
+    """The settings of reproduction `name`.
 
     **Arguments:**
 
@@ -58,6 +58,10 @@ def config(name: str, quick: bool = False, **options: Any):
         )
     module = REPRODUCTIONS[name]
     return named_config(module.Config, name, module.QUICK if quick else {}, options)
+
+
+# The public name (`neuralcollapse_jax.reproduce_config`).
+reproduce_config = config
 
 
 def show_config(cfg) -> str:
