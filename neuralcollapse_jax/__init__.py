@@ -40,6 +40,7 @@ from ._model import (
     pseudo_labels as pseudo_labels,
 )
 from ._reproduce import reproduce as reproduce
+from ._reproduce import reproduce_config as reproduce_config
 from ._rk import UnrolledERK as UnrolledERK
 from ._row_space import RowSpace as RowSpace
 from ._row_space import row_space_basis as row_space_basis

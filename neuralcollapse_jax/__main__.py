@@ -1,4 +1,4 @@
-from ._cli import main
+from .cli import main
 
 
 raise SystemExit(main())

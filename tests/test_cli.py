@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from neuralcollapse_jax._cli import main
+from neuralcollapse_jax.cli import main
 
 
 SMALL = [

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import neuralcollapse_jax as nc
-from neuralcollapse_jax._cli import main
+from neuralcollapse_jax.cli import main
 
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

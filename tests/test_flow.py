@@ -342,12 +342,10 @@ def test_row_space_full_rank_and_traced_data():
 
 
 def test_auto_rule_matches_the_measured_separability(getkey):
-    """`_classes_orthogonal` (blocked, early exit) against `datasets.separability`
+    """`auto_solver` (blocks of rows, early exit) against `datasets.separability`
     (cosines of the whole Gram matrix): orthogonal classes iff `mu_s >= 0` and
-    `mu_d >= 0`. Blocks of 4 rows, so that the block loop and its last, shorter block
-    are exercised."""
-    from neuralcollapse_jax._solvers import _classes_orthogonal
-
+    `mu_d >= 0`. Data of more than one block of rows (1024), with a violating pair that
+    only the last, shorter block holds, exercise the block loop."""
     cases = [
         datasets.orthogonally_separable(getkey(), 3, (4, 5, 6), 12, 0.5, 0.2),
         datasets.orthogonally_separable(getkey(), 2, 7, 6, 0.1, 0.05),
@@ -360,16 +358,28 @@ def test_auto_rule_matches_the_measured_separability(getkey):
             jnp.eye(4)[:3], 3, axis=0
         )
         cases.append(nc.Dataset(x, jnp.arange(9) // 3, 3))
+    # 1030 rows: classes on disjoint positive coordinates (orthogonal, mu_d = 0); then
+    # the last two rows (one class) made to point apart along an extra coordinate that
+    # no other row uses, so that theirs is the only pair with a negative product.
+    rng = np.random.default_rng(0)
+    n = 1030
+    y = np.arange(n) % 3
+    y[-1] = y[-2]
+    x = np.zeros((n, 7))
+    for c in range(2):
+        x[np.arange(n), 2 * y + c] = rng.uniform(0.5, 1.0, n)
+    apart = x.copy()
+    apart[-2, 6], apart[-1, 6] = 2.0, -2.0  # product <= 2 - 4 < 0
+    for big in (x, apart):
+        cases.append(nc.Dataset(jnp.asarray(big), jnp.asarray(y), 3))
     verdicts = []
     for data in cases:
         mu_s, mu_d = datasets.separability(data)
         want = mu_s >= 0 and mu_d >= 0
-        assert _classes_orthogonal(data, block=4) == want
-        assert _classes_orthogonal(data) == want
         assert nc.auto_solver(data) == ("regular" if want else "sliding")
         verdicts.append(want)
-    assert any(verdicts) and not all(verdicts)
     assert verdicts[:5] == [True, True, True, False, False]
+    assert verdicts[-2:] == [True, False]
     # one class of two orthogonal points (mu_s = 0; separability needs two classes)
     assert nc.auto_solver(nc.datasets.iclr_toy("orthogonal")) == "regular"
 

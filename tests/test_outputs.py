@@ -13,7 +13,7 @@ import xarray as xr
 
 import neuralcollapse_jax as nc
 from neuralcollapse_jax import datasets, metrics, theory
-from neuralcollapse_jax._cli import main
+from neuralcollapse_jax.cli import main
 
 
 @pytest.fixture(scope="module")

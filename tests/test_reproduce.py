@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from neuralcollapse_jax import _cli
-from neuralcollapse_jax._reproduce import config, reproduce
+from neuralcollapse_jax import reproduce
+from neuralcollapse_jax import reproduce_config as config
 from neuralcollapse_jax._reproduce._mnist012 import pca
 from neuralcollapse_jax._reproduce._output import first_time, to_json
+from neuralcollapse_jax.cli import main
 
 
 def _load(folder):
@@ -101,7 +102,7 @@ def test_config_validation():
 def test_cli_set_and_show_config(capsys, tmp_path):
     argv = ["reproduce", "theorem1", "--quick", "--show-config"]
     changes = ["--set", "model.width=8", "--set", "theorem1.scales=1e-3"]
-    assert _cli.main([*argv, *changes]) == 0
+    assert main([*argv, *changes]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["model"]["width"] == 8 and shown["theorem1"]["scales"] == [1e-3]
     assert shown["data"]["points_per_class"] == [4, 6, 9]  # the quick run's
@@ -111,18 +112,18 @@ def test_cli_set_and_show_config(capsys, tmp_path):
 
 def test_cli_bad_input(capsys, tmp_path):
     out = tmp_path / "o"
-    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "width"]) == 2
+    assert main(["reproduce", "toy", "--out", str(out), "--set", "width"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SECTION.KEY=VALUE" in err[0]
-    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "width=3"]) == 2
+    assert main(["reproduce", "toy", "--out", str(out), "--set", "width=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.width" in err[0]
-    assert _cli.main(["reproduce", "toy", "--out", str(out), "--set", "flow.t1=abc"]) == 2
+    assert main(["reproduce", "toy", "--out", str(out), "--set", "flow.t1=abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "flow.t1" in err[0]
     assert not out.exists()  # refused before the output folder
     with pytest.raises(SystemExit) as e:
-        _cli.main(["reproduce", "nope"])
+        main(["reproduce", "nope"])
     assert e.value.code == 2
 
 

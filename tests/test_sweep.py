@@ -3,6 +3,7 @@
 import inspect
 import json
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,7 @@ import pytest
 
 import neuralcollapse_jax as nc
 from neuralcollapse_jax import Status
-from neuralcollapse_jax._cli import main as cli_main
-from neuralcollapse_jax._sweep import _api
+from neuralcollapse_jax.cli import main as cli_main
 
 
 RECORD = ("min_margin", "separated")
@@ -235,7 +235,7 @@ def test_failed_runs_are_marked_and_do_not_stop_the_sweep():
     _assert_same(ds, {"scale": 0, "t1": 0}, traj, data, loss="exponential")
 
 
-def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, result_a):
+def test_resume_recomputes_only_missing_chunks(tmp_path, capsys, result_a):
     out = tmp_path / "a.nc"
     ds_full = nc.sweep(CONFIG_A, out, progress=False, keep_parts=True)
     xr_equal(ds_full, result_a)
@@ -243,23 +243,23 @@ def test_resume_recomputes_only_missing_chunks(tmp_path, monkeypatch, result_a):
     assert len(parts) == 3
     out.unlink()
     parts[1].unlink()  # as if killed before the second chunk was saved
-    calls = []
-    original = _api.run_chunk
-
-    def counting(*args, **kwargs):
-        calls.append(len(args[2]["scale"]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_api, "run_chunk", counting)
-    ds = nc.sweep(CONFIG_A, out, progress=False)
-    assert calls == [2]  # only the missing chunk of two runs
+    capsys.readouterr()
+    ds = nc.sweep(CONFIG_A, out, progress=True)
+    # The progress bar (runs done of 6) starts at the 4 runs of the kept chunks: only
+    # the missing chunk of two runs is solved.
+    counts = [int(c) for c in re.findall(r"(\d+)/6 \[", capsys.readouterr().err)]
+    assert counts and counts[0] == 4 and counts[-1] == 6
     xr_equal(ds, result_a)
     assert not (tmp_path / "a.nc.parts").exists()
-    # A finished sweep run again computes nothing.
-    calls.clear()
-    ds = nc.sweep(CONFIG_A, out, progress=False)
-    assert calls == []
-    xr_equal(ds, result_a)
+    # A finished sweep run again computes nothing: it returns the stored results, here
+    # changed so that no run could have produced them.
+    stored = nc.load_sweep(out)
+    stored["loss"] = stored["loss"] + 1.0
+    out.unlink()
+    stored.to_netcdf(out, engine="h5netcdf")
+    ds = nc.sweep(CONFIG_A, out, progress=True)
+    assert "/6 [" not in capsys.readouterr().err  # no progress bar: nothing to run
+    np.testing.assert_array_equal(ds["loss"].values, result_a["loss"].values + 1.0)
     # A different config at the same place is refused, naming the problem.
     with pytest.raises(ValueError, match="different sweep"):
         nc.sweep(dict(CONFIG_A, flow=dict(CONFIG_A["flow"], t1=31.0)), out, progress=False)
@@ -301,17 +301,17 @@ def test_netcdf_round_trip(tmp_path, result_a):
         ({"dtype": "float16"}, "dtype"),
     ],
 )
-def test_bad_config_names_the_key(change, key, tmp_path, monkeypatch):
-    monkeypatch.setattr(_api, "run_chunk", _never)
+def test_bad_config_names_the_key(change, key, tmp_path):
     cfg = dict(CONFIG_A)
     cfg.update(change)
     with pytest.raises(ValueError, match=key):
         nc.sweep(cfg, tmp_path / "x.nc", progress=False)
-    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+    # Nothing written, so nothing started: a sweep makes its parts folder before its
+    # first run.
+    assert not list(tmp_path.iterdir())
 
 
-def test_impossible_geometry_fails_before_any_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(_api, "run_chunk", _never)
+def test_impossible_geometry_fails_before_any_run(tmp_path):
     cfg = dict(CONFIG_B, grid={"mu_d": [0.1, 0.9], "scale": [1e-3]})  # 0.9 > 1/(K-1)
     with pytest.raises(ValueError, match=r"grid\.mu_d=0\.9.*impossible"):
         nc.sweep(cfg, tmp_path / "x.nc", progress=False)
@@ -321,11 +321,7 @@ def test_impossible_geometry_fails_before_any_run(tmp_path, monkeypatch):
     cfg = dict(CONFIG_A, flow={"loss": "exponential"})  # binary loss, K = 3
     with pytest.raises(ValueError, match=r"flow\.loss"):
         nc.sweep(cfg, tmp_path / "x.nc", progress=False)
-    assert not list(tmp_path.iterdir())
-
-
-def _never(*args, **kwargs):
-    raise AssertionError("a run started although the config is invalid")
+    assert not list(tmp_path.iterdir())  # as above: no parts folder, no run
 
 
 def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
@@ -417,14 +413,19 @@ def test_default_solver_is_resolved_per_data_set():
         "grid": {"scale": [1e-3, 1e-2]},
         "record": list(RECORD),
     }
-    plan = _api.make_plan(nc.SweepConfig(config))
-    assert [b.static["solver"] for b in plan.blocks] == ["sliding_bosh3"]  # rtol 1e-6
+
+    def named(cfg, solver):
+        return {**cfg, "flow": {**cfg["flow"], "solver": solver}}
+
+    # The tableau follows rtol (Tsit5 below 1e-6), the field the data (regular on
+    # orthogonally separable classes): each default sweep equals the sweep that names
+    # the solver (the step counts and gradient evaluations tell the solvers apart).
     tight = {**config, "flow": {**config["flow"], "rtol": 1e-8}}
-    plan = _api.make_plan(nc.SweepConfig(tight))
-    assert [b.static["solver"] for b in plan.blocks] == ["sliding_tsit5"]
     separable = {**config, "data": {"generator": "orthogonally_separable"}}
-    plan = _api.make_plan(nc.SweepConfig(separable))
-    assert [b.static["solver"] for b in plan.blocks] == ["regular"]
+    for cfg, solver in ((tight, "sliding_tsit5"), (separable, "regular")):
+        xr_equal(
+            nc.sweep(cfg, progress=False), nc.sweep(named(cfg, solver), progress=False)
+        )
     ds = nc.sweep(config, progress=False)
     data = nc.datasets.mnist((0, 1, 2), per_class=3)
     for i, scale in enumerate(ds["scale"].values):
@@ -435,7 +436,7 @@ def test_default_solver_is_resolved_per_data_set():
             t1=0.5,
             saveat=nc.log_times(0.5, 3, t_min=0.5 * 1e-4),
             rtol=1e-6,
-            solver="sliding",
+            solver="sliding_bosh3",  # what "sliding" is at rtol 1e-6
             record=nc.metrics.recorder(*RECORD),
             save_params=False,
         )
@@ -446,8 +447,10 @@ def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     """The sweep takes the solver names `gradient_flow` takes (and `default` for
     `auto`), and an unset `rtol` is `gradient_flow`'s default."""
     config = dict(CONFIG_A, flow={"t1": 30.0})
-    plan = _api.make_plan(nc.SweepConfig({**config, "flow": {"solver": "default"}}))
-    assert [b.static["solver"] for b in plan.blocks] == ["regular"]
+    one = {**config, "grid": {"scale": [1e-3], "seed": [0]}}
+    default = nc.sweep({**one, "flow": {"t1": 30.0, "solver": "default"}}, progress=False)
+    regular = {**one, "flow": {"t1": 30.0, "solver": "regular"}}
+    xr_equal(default, nc.sweep(regular, progress=False))
     with pytest.raises(ValueError, match="flow.solver must be one of"):
         nc.SweepConfig({**config, "flow": {"solver": "rk4"}})
 

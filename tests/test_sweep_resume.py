@@ -30,7 +30,7 @@ def _command(config, output, *extra):
     return [
         sys.executable,
         "-m",
-        "neuralcollapse_jax._cli",
+        "neuralcollapse_jax",
         "sweep",
         str(config),
         "-o",

@@ -38,11 +38,21 @@ DEFAULT_ROOT = Path("ncjax-out") / "reproduce"
 
 
 def config(name: str, quick: bool = False, **options: Any):
-    """The settings of reproduction `name`: the full run, or the `quick` one, with
-    `options` changed. Options are named by key, as on the command line
-    (`**{"model.width": 8}`), or by the attribute name (`width=8`); values may be
-    strings (`"1e-3"`). **Raises:** `ValueError` naming the key for an unknown name,
-    key or value.
+    """The settings of reproduction `name`.
+
+    **Arguments:**
+
+    - `name`: as for `reproduce`.
+    - `quick`: the quick run's settings instead of the full run's.
+    - `options`: changes, named by key as on the command line (`**{"model.width": 8}`)
+      or by attribute name (`width=8`); values may be strings (`"1e-3"`).
+
+    **Returns:**
+
+    The frozen settings that `reproduce(name, quick=quick, **options)` runs with, by
+    attribute (`.width`, `.t1`, ...).
+
+    **Raises:** `ValueError` naming the key for an unknown name, key or value.
     """
     if name not in REPRODUCTIONS:
         raise ValueError(
@@ -50,6 +60,10 @@ def config(name: str, quick: bool = False, **options: Any):
         )
     module = REPRODUCTIONS[name]
     return named_config(module.Config, name, module.QUICK if quick else {}, options)
+
+
+# The public name (`neuralcollapse_jax.reproduce_config`).
+reproduce_config = config
 
 
 def show_config(cfg) -> str:
