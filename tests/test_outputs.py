@@ -186,12 +186,13 @@ def _json_equal(stored, value):
 
 def test_run_outputs_tell_the_story(tmp_path):
     out = tmp_path / "run"
-    argv = ["run", "--per-class", "5", "6", "7", "--dim", "12", "--width", "8"]
-    argv += ["--t1", "200", "--num-saves", "30", "--no-progress", "--out", str(out)]
+    argv = ["run", "--set", "data.points_per_class=[5,6,7]", "--set", "data.dim=12"]
+    argv += ["--width", "8", "--t1", "200", "--set", "flow.num_saves=30"]
+    argv += ["--no-progress", "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     traj, data, config = nc.load_run(out / "trajectory.nc")
-    assert config["width"] == 8 and config["per_class"] == [5, 6, 7]
+    assert config["width"] == 8 and config["points_per_class"] == [5, 6, 7]
     assert data.num_samples == 18 and data.num_classes == 3
     # The run's own entries, and the loss from the file.
     assert summary["final_loss"] == pytest.approx(
