@@ -248,7 +248,7 @@ def test_theorem1_full(tmp_path):
     assert r["random_init_run"]["final"]["nc2"] < 1e-10
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("exact", ["flow", "gd"])
 def test_mnist012_full(tmp_path, exact):
     # Default: the exact flow (sliding solver); "gd": its Euler discretization.
@@ -264,7 +264,7 @@ def test_mnist012_full(tmp_path, exact):
     assert list(a["group_sizes"]) == list(b["group_sizes"])
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("method", ["flow", "gd"])
 def test_mnist01_full(tmp_path, method):
     r = reproduce("mnist01", tmp_path, quiet=True, method=method)
