@@ -58,7 +58,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._dataset import Dataset
 from ._model import TwoLayerReLU, pseudo_labels
@@ -513,6 +514,37 @@ def nc4(
 # ----------------------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------------------
+
+
+def pca(x: ArrayLike, k: int = 3) -> dict:
+    r"""Principal components of the rows of `x` and their relative approximation error.
+
+    Rows are centred; with `Xc = U S V^T`, the top-`k` directions are the first rows of
+    `V^T` and the error is `sum_{i > k} S_i^2 / sum_i S_i^2 = ||Xc - Xc P_k||_F^2 /
+    ||Xc||_F^2` (the fraction of the total variance the top-`k` PCs leave out). Also
+    returns the same error without centring (`error_uncentered`).
+
+    **Returns:** dict with `components` `(k, p)`, `scores` `(n, k)`, `mean` `(p,)`,
+    `error`, `error_uncentered`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or min(x.shape) < 1:
+        raise ValueError(f"pca needs a non-empty (n, p) matrix, got shape {x.shape}")
+    mean = x.mean(axis=0)
+    xc = x - mean
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    total = np.sum(s**2)
+    error = float(np.sum(s[k:] ** 2) / total) if total > 0 else 0.0
+    s_u = np.linalg.svd(x, compute_uv=False)
+    total_u = np.sum(s_u**2)
+    error_u = float(np.sum(s_u[k:] ** 2) / total_u) if total_u > 0 else 0.0
+    return {
+        "components": vt[:k],
+        "scores": xc @ vt[:k].T,
+        "mean": mean,
+        "error": error,
+        "error_uncentered": error_u,
+    }
 
 
 def spectral_norm_sq(m: Float[Array, "a b"]) -> Float[Array, ""]:

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from neuralcollapse_jax import reproduce
+from neuralcollapse_jax import metrics, reproduce
 from neuralcollapse_jax import reproduce_config as config
-from neuralcollapse_jax._reproduce._mnist012 import pca
 from neuralcollapse_jax._reproduce._output import first_time, to_json
 from neuralcollapse_jax.cli import main
 
@@ -49,7 +48,7 @@ def test_pca_error_known_singular_values():
     s = np.array([9.0, 5.0, 4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.2, 0.1, 0.1, 0.0])
     x = (u * s) @ v.T + rng.normal(size=p)  # a mean offset, removed by the PCA
     expected = np.sum(s[3:] ** 2) / np.sum(s**2)
-    out = pca(x)
+    out = metrics.pca(x)
     assert out["error"] == pytest.approx(expected, rel=1e-10)
     assert out["components"].shape == (3, p)
     # Scores reproduce the projection: ||scores||^2 = top-3 variance.
@@ -62,14 +61,14 @@ def test_pca_three_rays_is_exact():
     dirs = np.linalg.qr(rng.normal(size=(20, 3)))[0].T
     lengths = rng.uniform(0.5, 2.0, size=(90, 1))
     x = lengths * dirs[np.repeat(np.arange(3), 30)]
-    out = pca(x)
+    out = metrics.pca(x)
     assert out["error"] < 1e-12
     assert out["error_uncentered"] < 1e-12
 
 
 def test_pca_bad_input():
     with pytest.raises(ValueError, match="pca"):
-        pca(np.zeros(5))
+        metrics.pca(np.zeros(5))
 
 
 def test_to_json_and_first_time():

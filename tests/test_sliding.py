@@ -661,6 +661,7 @@ def test_spd_inverse_matches_numpy():
         np.testing.assert_allclose(full[np.ix_(idx, idx)], np.linalg.inv(sub), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_entry_filter_is_a_necessary_condition():
     """Every pair that the joint active-set check accepts into a neuron's sliding set
     (keeping the pairs already there) passes the cheap entry filter: on random fields,

@@ -96,37 +96,6 @@ PCA_DEFINITION = (
 )
 
 
-def pca(x, k: int = 3) -> dict:
-    r"""Principal components of the rows of `x` and their relative approximation error.
-
-    Rows are centred; with `Xc = U S V^T`, the top-`k` directions are the first rows of
-    `V^T` and the error is `sum_{i > k} S_i^2 / sum_i S_i^2 = ||Xc - Xc P_k||_F^2 /
-    ||Xc||_F^2` (the fraction of the total variance the top-`k` PCs leave out). Also
-    returns the same error without centring (`error_uncentered`).
-
-    **Returns:** dict with `components` `(k, p)`, `scores` `(n, k)`, `mean` `(p,)`,
-    `error`, `error_uncentered`.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or min(x.shape) < 1:
-        raise ValueError(f"pca needs a non-empty (n, p) matrix, got shape {x.shape}")
-    mean = x.mean(axis=0)
-    xc = x - mean
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    total = np.sum(s**2)
-    error = float(np.sum(s[k:] ** 2) / total) if total > 0 else 0.0
-    s_u = np.linalg.svd(x, compute_uv=False)
-    total_u = np.sum(s_u**2)
-    error_u = float(np.sum(s_u[k:] ** 2) / total_u) if total_u > 0 else 0.0
-    return {
-        "components": vt[:k],
-        "scores": xc @ vt[:k].T,
-        "mean": mean,
-        "error": error,
-        "error_uncentered": error_u,
-    }
-
-
 def _records() -> dict:
     return metrics.recorder(
         "nc1", "nc1_papyan", "nc2", "nc2_etf", "nc3", "nc4", "orthogonality", "stable_rank"
@@ -150,7 +119,7 @@ def _summary(model: TwoLayerReLU, data) -> dict:
             float(w @ xs / (nw * np.linalg.norm(xs))) if nw > 0 else float("nan")
         )
     pred = np.argmax(np.asarray(model(data.x)), axis=1)
-    f = pca(np.asarray(feats))
+    f = metrics.pca(np.asarray(feats))
     return {
         "train_accuracy": float(np.mean(pred == yy)),
         "nc1": float(metrics.nc1(feats, y, k)),
@@ -260,7 +229,7 @@ def run(cfg: Config, out: Output) -> dict:
             **_summary(traj.final, data),
         }
 
-    raw = pca(np.asarray(data.x))
+    raw = metrics.pca(np.asarray(data.x))
     out.log(
         f"PCA error raw {raw['error']:.3f}; features "
         + ", ".join(f"{m} {r['pca_error_features']:.2e}" for m, r in runs.items())
@@ -345,7 +314,7 @@ def _plot_pca(data, trajs: dict, raw: dict, cfg: Config, out: Output) -> None:
     panels = [("raw data", raw, None)]
     for name, traj in trajs.items():
         model = traj.final
-        p = pca(np.asarray(model.features(data.x)))
+        p = metrics.pca(np.asarray(model.features(data.x)))
         panels.append((f"{name}: features φ(x)", p, np.asarray(model.V)))
     fig = plt.figure(figsize=(4.4 * len(panels), 4.4), constrained_layout=True)
     for i, (title, p, V) in enumerate(panels):
