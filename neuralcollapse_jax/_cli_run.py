@@ -15,6 +15,7 @@ import numpy as np
 from . import metrics
 from ._config import (
     RunConfig,
+    add_set_option,
     build_data,
     load_file,
     out_dim,
@@ -90,15 +91,7 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("--config", type=Path, help="YAML or JSON config file")
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="set a key, e.g. --set flow.t1=100 --set data.points_per_class=[5,6,7] "
-        "(value in YAML syntax; repeatable)",
-    )
+    add_set_option(p, "--set flow.t1=100 --set data.points_per_class=[5,6,7]")
     p.add_argument(
         "--data",
         choices=tuple(DATA_PRESETS),

@@ -367,6 +367,19 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return dict(raw)
 
 
+def add_set_option(parser, example: str) -> None:
+    """The repeatable `--set SECTION.KEY=VALUE` option of every `ncjax` command that
+    takes a config (`args.assignments`, read by `parse_assignment`)."""
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"set a key, e.g. {example} (value in YAML syntax; repeatable)",
+    )
+
+
 def parse_assignment(item: str) -> tuple[str, Any]:
     """`"section.key=value"` (value in YAML syntax) as `("section.key", value)`."""
     key, sep, text = item.partition("=")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from .._config import parse_assignment
+from .._config import add_set_option, parse_assignment
 from . import DESCRIPTIONS, config, reproduce, show_config
 
 
@@ -34,15 +34,9 @@ def add_parser(sub) -> None:
         action="store_true",
         help="small, fast version (fewer samples, shorter run)",
     )
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="change a setting, e.g. --set data.per_class=100 "
-        "--set theorem1.scales=[1e-3,1e-5] (value in YAML syntax; repeatable; the keys "
-        "are those of --show-config)",
+    add_set_option(
+        p,
+        "--set data.per_class=100 --set theorem1.scales=[1e-3,1e-5] (keys: --show-config)",
     )
     p.add_argument(
         "--show-config",

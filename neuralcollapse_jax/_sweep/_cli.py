@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from .._config import load_file, parse_assignment, set_in
+from .._config import add_set_option, load_file, parse_assignment, set_in
 from ._api import resolve_execution, sweep
 from ._config import SweepConfig
 from ._plan import make_plan
@@ -37,15 +37,7 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("config", type=Path, help="the sweep config (YAML or JSON)")
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="set a key of the config, e.g. --set flow.t1=100 --set grid.seed=[0,1,2] "
-        "(value in YAML syntax; repeatable)",
-    )
+    add_set_option(p, "--set flow.t1=100 --set grid.seed=[0,1,2]")
     p.add_argument(
         "-o", "--output", type=Path, help="result file (default: the config's output)"
     )
