@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from neuralcollapse_jax import _cli, deep
-from neuralcollapse_jax._reproduce import config, reproduce
+from neuralcollapse_jax import deep, reproduce
+from neuralcollapse_jax import reproduce_config as config
+from neuralcollapse_jax.cli import main as cli_main
 
 
 def test_config_defaults_and_errors():
@@ -29,7 +30,7 @@ def test_config_defaults_and_errors():
 def test_bad_settings_exit_2(tmp_path, capsys):
     out = str(tmp_path)
     assert (
-        _cli.main(
+        cli_main(
             [
                 "reproduce",
                 "normalization",
@@ -45,7 +46,7 @@ def test_bad_settings_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "normalization.arch" in err and "vgg" in err
     assert (
-        _cli.main(
+        cli_main(
             [
                 "reproduce",
                 "normalization",
@@ -59,7 +60,7 @@ def test_bad_settings_exit_2(tmp_path, capsys):
         == 2
     )
     assert (
-        _cli.main(
+        cli_main(
             [
                 "reproduce",
                 "normalization",
@@ -74,7 +75,7 @@ def test_bad_settings_exit_2(tmp_path, capsys):
     )
     assert "cifar_folder" in capsys.readouterr().err
     assert (
-        _cli.main(
+        cli_main(
             [
                 "reproduce",
                 "normalization",
@@ -115,7 +116,7 @@ def test_one_norm_one_seed(tmp_path):
 @pytest.mark.slow
 def test_quick_cli(tmp_path):
     assert (
-        _cli.main(
+        cli_main(
             ["reproduce", "normalization", "--quick", "--quiet", "--out", str(tmp_path)]
         )
         == 0

@@ -27,7 +27,7 @@ from .._flow import gradient_flow
 from .._model import TwoLayerReLU
 from .._trajectory import Status
 from ._output import Output, first_time, pyplot
-from ._solver import flow_kwargs
+from ._solver import check_crossings, flow_kwargs
 
 
 PAPER_LR = 2e-3
@@ -97,6 +97,12 @@ def _records() -> dict:
     )
     rec["group_alignment"] = group_mean_alignment
     return rec
+
+
+def check(cfg: Config) -> None:
+    """Settings judged before anything runs or is written: `crossings` must name a
+    treatment of `SlidingReLU`, whether or not this run uses the sliding solver."""
+    check_crossings(cfg.crossings)
 
 
 def run(cfg: Config, out: Output) -> dict:

@@ -140,10 +140,15 @@ def _summary(model: TwoLayerReLU, data) -> dict:
     }
 
 
+def check(cfg: Config) -> None:
+    """Settings judged before anything runs or is written: `crossings` must name a
+    treatment of `SlidingReLU`, whether or not this run uses the sliding solver."""
+    check_crossings(cfg.crossings)
+
+
 def run(cfg: Config, out: Output) -> dict:
     if cfg.exact not in ("flow", "gd", "none"):
         raise ValueError(f"exact must be 'flow', 'gd' or 'none', got {cfg.exact!r}")
-    check_crossings(cfg.crossings)  # before the SGD runs, not after
     dtype = {"float64": jnp.float64, "float32": jnp.float32}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}")
