@@ -44,6 +44,7 @@ def test_run_writes_summary_trajectory_and_plot(tmp_path):
     assert np.all(np.isfinite(ds["W"].values))
 
 
+@pytest.mark.slow
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(

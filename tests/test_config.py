@@ -98,6 +98,7 @@ def test_sweep_config_reads_the_same_sections():
         nc.SweepConfig({**POINT, "flow": {"rtol": -1}})
 
 
+@pytest.mark.slow
 def test_the_same_file_runs_under_run_and_sweep(tmp_path):
     """A file of a run's sections is also a sweep of one point: the same numbers."""
     path = tmp_path / "point.yaml"

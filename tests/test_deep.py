@@ -107,6 +107,7 @@ def _forward(build, size, channels, features):
     assert float(jnp.max(feats)) > 0
 
 
+@pytest.mark.slow
 def test_small_forward_float32():
     _forward(deep.small_resnet, 28, 1, 32)
 
@@ -173,6 +174,7 @@ def test_mnist_split(tiny):
         deep.mnist_split(train_size=9000)
 
 
+@pytest.mark.slow
 def test_training_overfits_and_metrics_match_toolkit(tiny):
     train, test = tiny
     # Two images of every digit (the NC metrics need all classes).
@@ -222,6 +224,7 @@ def test_training_overfits_and_metrics_match_toolkit(tiny):
     assert got["norm_after_mean"] == pytest.approx(r.mean(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_equals_uninterrupted(tiny, tmp_path):
     train, test = tiny
     kw = dict(
@@ -307,6 +310,7 @@ def test_cifar10_errors(tmp_path):
         deep.cifar10(tmp_path)
 
 
+@pytest.mark.slow
 def test_bridge_flow_on_frozen_features_equals_flow_on_dataset(tiny):
     train, _ = tiny
     model, state = deep.DeepClassifier.init(

@@ -126,7 +126,10 @@ def test_bad_inputs(problem):
         nc.gradient_descent(model, data, learning_rate=0.1, steps=3, loss="exponential")
 
 
-@pytest.mark.parametrize("batch_size", [pytest.param(None, marks=pytest.mark.slow), 7])
+@pytest.mark.parametrize(
+    "batch_size",
+    [pytest.param(None, marks=pytest.mark.slow), pytest.param(7, marks=pytest.mark.slow)],
+)
 def test_row_space_descent_is_the_same_descent(batch_size):
     """With rank(X) < D, descending in the row space of X gives the full-space
     iterates up to rounding (every gradient X^T G lies in the row space), for full

@@ -209,6 +209,7 @@ def test_float32_works(small_problem):
     assert err < 1e-3
 
 
+@pytest.mark.slow
 def test_explicit_solver(small_problem):
     model = nc.TwoLayerReLU.init(jax.random.key(10), 12, 8, 3, 1e-3)
     a = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, solver=diffrax.Dopri5())
@@ -384,6 +385,7 @@ def test_auto_rule_matches_the_measured_separability(getkey):
     assert nc.auto_solver(nc.datasets.iclr_toy("orthogonal")) == "regular"
 
 
+@pytest.mark.slow
 def test_default_solver_is_auto(small_problem):
     """The default picks `sliding` on MNIST and `regular` on separable data, and runs
     exactly what the explicit choice runs; traced data get `regular`."""

@@ -416,7 +416,7 @@ FEATURE_METRICS = (
 )
 
 
-@pytest.mark.parametrize("out_dim", [3, 1])
+@pytest.mark.parametrize("out_dim", [3, pytest.param(1, marks=pytest.mark.slow)])
 def test_model_form_equals_feature_form(getkey, out_dim):
     k = 3 if out_dim == 3 else 2
     sizes = [3, 4, 5][:k]

@@ -214,12 +214,12 @@ def test_cross_entropy_keeps_precision_for_tiny_losses():
     "name, cls, out_dim, k",
     [
         ("cross_entropy", nc.CrossEntropy, 3, 3),
-        ("exponential", nc.Exponential, 1, 2),
-        ("logistic", nc.Logistic, 1, 2),
-        ("square", nc.Square, 3, 3),
+        pytest.param("exponential", nc.Exponential, 1, 2, marks=pytest.mark.slow),
+        pytest.param("logistic", nc.Logistic, 1, 2, marks=pytest.mark.slow),
+        pytest.param("square", nc.Square, 3, 3, marks=pytest.mark.slow),
     ],
 )
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("reduction", ["sum", pytest.param("mean", marks=pytest.mark.slow)])
 def test_loss_names_and_objects_agree(getkey, name, cls, out_dim, k, reduction):
     """A name with a reduction and the loss object give the same loss, gradient and
     flow bit for bit; `as_loss` returns objects as given."""

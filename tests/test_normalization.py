@@ -93,6 +93,7 @@ def test_bad_settings_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_one_norm_one_seed(tmp_path):
     res = reproduce(
         "normalization",
@@ -138,6 +139,7 @@ def test_quick_cli(tmp_path):
             assert b["fraction_cross_class_pairs_negative"] == 0.0
 
 
+@pytest.mark.slow
 def test_mnist012_steps_option(tmp_path):
     # `steps` overrides epochs x batches: the paper's 950 steps on our smaller data.
     res = reproduce("mnist012", tmp_path, quick=True, quiet=True, exact="none", steps=7)

@@ -74,6 +74,7 @@ def test_indexing_gives_models_and_sub_trajectories(run):
         traj.final[0]
 
 
+@pytest.mark.slow
 def test_indexing_without_parameters_and_in_batches(run):
     traj, data = run
     light = nc.gradient_flow(
@@ -184,6 +185,7 @@ def _json_equal(stored, value):
         assert stored == v
 
 
+@pytest.mark.slow
 def test_run_outputs_tell_the_story(tmp_path):
     out = tmp_path / "run"
     argv = ["run", "--set", "data.points_per_class=[5,6,7]", "--set", "data.dim=12"]

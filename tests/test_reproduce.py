@@ -156,6 +156,7 @@ def test_toy_quick(quick):
     assert res["orthogonal"]["norm_share_at"]["x_plus"] > 0.99
 
 
+@pytest.mark.slow
 def test_theorem1_quick(quick):
     folder, r = quick("theorem1")
     _check_files(folder, r)
@@ -177,6 +178,7 @@ def test_theorem1_quick(quick):
         assert all(b < a for a, b in zip(d[1:], d[2:]))
 
 
+@pytest.mark.slow
 def test_mnist01_quick(quick):
     folder, r = quick("mnist01")
     _check_files(folder, r)
@@ -189,6 +191,7 @@ def test_mnist01_quick(quick):
     assert ours["final_loss"] < 0.1
 
 
+@pytest.mark.slow
 def test_mnist012_quick(quick):
     folder, r = quick("mnist012")
     _check_files(folder, r)

@@ -29,7 +29,12 @@ def _linear_forced():
 
 
 @pytest.mark.parametrize(
-    "inner,order", [(diffrax.Tsit5(), 5), (diffrax.Dopri5(), 5), (diffrax.Bosh3(), 3)]
+    "inner,order",
+    [
+        (diffrax.Tsit5(), 5),
+        pytest.param(diffrax.Dopri5(), 5, marks=pytest.mark.slow),
+        pytest.param(diffrax.Bosh3(), 3, marks=pytest.mark.slow),
+    ],
 )
 def test_order_against_closed_form(inner, order):
     term, y0, exact = _linear_forced()
@@ -49,7 +54,14 @@ def test_order_against_closed_form(inner, order):
     assert abs(rate - order) < 0.6, (errs, rate)
 
 
-@pytest.mark.parametrize("inner", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Bosh3()])
+@pytest.mark.parametrize(
+    "inner",
+    [
+        diffrax.Tsit5(),
+        pytest.param(diffrax.Dopri5(), marks=pytest.mark.slow),
+        pytest.param(diffrax.Bosh3(), marks=pytest.mark.slow),
+    ],
+)
 def test_same_steps_and_values_as_diffrax(inner):
     """Adaptive steps, error estimate and dense output as Diffrax's own solver: the
     same accepted/rejected steps and the same saved values to round-off."""

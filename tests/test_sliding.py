@@ -360,6 +360,7 @@ def test_solver_choices_and_bad_input(separable):
         SlidingReLU(max_sliding=0)
 
 
+@pytest.mark.slow
 def test_sliding_by_name_picks_the_tableau_from_rtol():
     """`solver="sliding"`: Bosh3 from rtol 1e-6 up, Tsit5 below, and Tsit5 when the
     rtol is traced (the same runs as the explicit instances, bit for bit)."""
@@ -546,6 +547,7 @@ def test_crossing_control_bad_input():
     )
 
 
+@pytest.mark.slow
 def test_crossing_controller_wraps_the_pid_it_is_given():
     """`CrossingController` steps with the PID controller it holds, all its settings
     included (a `dtmax` caps every step), and reads the loss from the term, which must
@@ -606,11 +608,7 @@ def test_pairs_short_of_a_slot_stay_regular():
 
 def test_default_slots_follow_the_data_size():
     """`max_sliding=None` keeps the slot samples (`h m D`) within an eighth of the
-    data (`n D`), between 8 and 32 slots, and gives 32 where they are small anyway;
-    where no neuron needs more slots than that, the run equals one with 32 slots up to
-    rounding (the empty slots change the order of sums, and a step-size decision of
-    the crossing control can turn on the last bits: the runs then agree to the
-    tolerance, not to the last digit)."""
+    data (`n D`), between 8 and 32 slots, and gives 32 where they are small anyway."""
     default_slots = nc.default_slots
     assert default_slots(300, 784, 50) == 8  # M300: 32 slots would be 5x the data
     assert default_slots(3147, 784, 50) == 8  # M3147: n // (8 h) = 7
@@ -618,9 +616,17 @@ def test_default_slots_follow_the_data_size():
     assert default_slots(20000, 784, 50) == 32  # capped
     assert default_slots(90, 30, 50) == 32  # small anyway (48,000 numbers)
     assert default_slots(5, 784, 50) == 5  # never more than n
+    assert SlidingReLU().slots(18, 784, 12) == 8
+
+
+@pytest.mark.slow
+def test_default_slots_run_equals_32_slots():
+    """Where no neuron needs more slots than the default, the run equals one with 32
+    slots up to rounding (the empty slots change the order of sums, and a step-size
+    decision of the crossing control can turn on the last bits: the runs then agree to
+    the tolerance, not to the last digit)."""
     data = datasets.mnist(per_class=6)
     model = nc.TwoLayerReLU.init(jax.random.key(5), 784, 12, 3, 1e-2)
-    assert SlidingReLU().slots(18, 784, 12) == 8
     ts = jnp.array([0.0, 1.0])
     runs = [
         _flow(model, data, t1=1.0, saveat=ts, rtol=1e-6, solver=solver)
@@ -635,6 +641,7 @@ def test_default_slots_follow_the_data_size():
     assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)  # rtol 1e-6
 
 
+@pytest.mark.slow
 def test_a_repeated_sample_slides_once():
     """Two copies of the negative sample put the same boundary into a neuron's sliding
     set twice (a singular Gram matrix): the solution stays finite and is that of gradient

@@ -4,6 +4,7 @@ import inspect
 import json
 import logging
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,7 @@ def test_sweep_equals_single_runs(result_a):
             _assert_same(ds, {"scale": i, "seed": j}, traj, data)
 
 
+@pytest.mark.slow
 def test_sweep_geometry_widths_runs_equal_single_runs(result_b):
     ds = result_b
     assert ds["status"].dims == ("run", "mu_d", "width", "scale")
@@ -183,7 +185,6 @@ def test_values_and_grid_size_do_not_recompile(compiled):
     """Scale, seed and horizon values and the number of runs never recompile, and a
     sweep's runs are `gradient_flow` calls: once one sweep has run, another sweep of
     other values and size, and a single run of the same settings, compile nothing."""
-    jax.clear_caches()  # what compiles below does not depend on the tests before
     execution = {"batch_size": 1, "workers": 2}
     grid = {"scale": [1e-4, 3e-4, 5e-3], "t1": [10.0, 20.0]}
     cfg = dict(CONFIG_A, grid=grid, execution=execution)
@@ -368,6 +369,18 @@ def test_float32_sweep_runs():
     _assert_same(ds, {"scale": 1}, traj, data)
 
 
+def test_plot_sweep_draws_views_against_the_scale(tmp_path, result_a):
+    """`nc.plot_sweep` on a scale x seed grid: the separation time against
+    `log(1/eps)` and each final diagnostic against the scale, over the seeds."""
+    files = nc.plot_sweep(result_a, tmp_path)
+    names = sorted(Path(f).name for f in files)
+    assert "separation_time.png" in names
+    assert "final_min_margin_vs_scale.png" in names
+    for f in files:
+        assert Path(f).stat().st_size > 5_000
+
+
+@pytest.mark.slow
 def test_plot_cli_draws_the_standard_views(tmp_path, result_b):
     path = tmp_path / "b.nc"
     result_b.to_netcdf(path, engine="h5netcdf")
@@ -381,6 +394,7 @@ def test_plot_cli_draws_the_standard_views(tmp_path, result_b):
     assert cli_main(["plot", str(path), "--var", "nope", "-o", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b):
     """`T*` per run: the first save time from which `separated` holds to the end."""
     found = 0
@@ -402,6 +416,7 @@ def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b)
     assert found > 0
 
 
+@pytest.mark.slow
 def test_default_solver_is_resolved_per_data_set():
     """`solver: default` runs the sliding solver on MNIST, as `gradient_flow`'s default
     does, and the sweep's runs equal single runs with `solver="sliding"`."""
@@ -458,7 +473,13 @@ def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     assert {p["rtol"] for p in nc.SweepConfig(config).run_params()} == {default}
 
 
-@pytest.mark.parametrize("config", [CONFIG_A, CONFIG_B], ids=["shared", "per_run"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(CONFIG_A, id="shared"),
+        pytest.param(CONFIG_B, id="per_run", marks=pytest.mark.slow),
+    ],
+)
 def test_batched_solves_agree_with_one_run_per_solve(config):
     """Several runs per solve (`vmap`, as on accelerators; chunks padded to their size)
     give the runs of one run per solve, up to the solver's tolerance."""

@@ -134,7 +134,7 @@ def _limit_model(limit, groups, out_dim, rng):
     return W, V
 
 
-@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("binary", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_limit_distance_vanishes_at_the_predicted_limit(data, binary):
     rng = np.random.default_rng(0)
     if binary:

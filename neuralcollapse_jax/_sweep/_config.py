@@ -31,7 +31,6 @@ from .._config import (
     positive_int,
     resolve_rtol,
 )
-from .._config import plain as _plain  # noqa: F401 - the name `_store` imports
 
 
 # Every key of a run's sections by its bare name (`grid` and `runs` name them so):

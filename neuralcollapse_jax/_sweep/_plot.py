@@ -3,19 +3,20 @@ against `log(1/eps)`, heatmaps over two parameters, curves in time."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from .. import theory
 
 
 def separation_time(ds):
     """The separation time `T*` of every run (`inf` if never), from the recorded
     `separated` diagnostic: `theory.separation_time` (the first save time from which
     `metrics.is_separated` holds at every later save)."""
-    import jax
     import xarray as xr
-
-    from .. import theory
 
     if "separated" not in ds:
         raise ValueError(
@@ -95,8 +96,6 @@ def _lines(ax, da, x: str, xvals, label_prefix="", transform=None):
         rest = [d for d in sub.dims if d != x]
         arr = sub.transpose(x, *rest).values.reshape(sub.sizes[x], -1).astype(float)
         with np.errstate(all="ignore"):
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 med = np.nanmedian(arr, axis=1)

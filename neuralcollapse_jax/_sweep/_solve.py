@@ -119,6 +119,24 @@ def _outputs(traj, final: dict) -> dict:
     }
 
 
+def _flow(model, data, p: dict, atol, spec: dict, record: dict, solver):
+    """The `gradient_flow` call of one run (the sequential and the batched paths)."""
+    return gradient_flow(
+        model,
+        data,
+        t1=p["t1"],
+        saveat=p["ts"],
+        loss=spec["loss"],
+        reduction=spec["reduction"],
+        rtol=p["rtol"],
+        atol=atol,
+        max_steps=spec["max_steps"],
+        solver=solver,
+        record=record,
+        save_params=False,
+    )
+
+
 def solve_run(
     spec: dict, record: dict[str, Callable], p: dict, x, y, solver
 ) -> dict[str, Any]:
@@ -130,20 +148,8 @@ def solve_run(
     # A Python seed and scale, as a user passes them: the same values, and the same
     # compiled initialization.
     model = initial_model(spec, int(p["seed"]), float(p["scale"]), data, dtype)
-    traj = gradient_flow(
-        model,
-        data,
-        t1=p["t1"],
-        saveat=p["ts"],
-        loss=spec["loss"],
-        reduction=spec["reduction"],
-        rtol=p["rtol"],
-        atol=p["atol"] if p["atol"] > 0 else None,
-        max_steps=spec["max_steps"],
-        solver=solver,
-        record=record,
-        save_params=False,
-    )
+    atol = p["atol"] if p["atol"] > 0 else None
+    traj = _flow(model, data, p, atol, spec, record, solver)
     final, _ = _final_values_compiled(
         traj.final, data, spec["loss"], spec["reduction"], tuple(sorted(record.items()))
     )
@@ -208,20 +214,7 @@ def solve_one(p: dict, x, y, *, spec: dict, record: dict[str, Callable]) -> dict
     """One run, traceable: integrate from `theta(0) = (W, V)` and summarise."""
     data = Dataset(x, y, spec["K"])
     model = TwoLayerReLU(p["W"], p["V"], spec["leak"])
-    traj = gradient_flow(
-        model,
-        data,
-        t1=p["t1"],
-        saveat=p["ts"],
-        loss=spec["loss"],
-        reduction=spec["reduction"],
-        rtol=p["rtol"],
-        atol=p["atol"],
-        max_steps=spec["max_steps"],
-        solver=solver_object(spec),
-        record=record,
-        save_params=False,
-    )
+    traj = _flow(model, data, p, p["atol"], spec, record, solver_object(spec))
     return _outputs(traj, final_values(traj.final, data, spec, record))
 
 

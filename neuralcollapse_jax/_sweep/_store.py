@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .._config import plain
 from .._trajectory import Status
-from ._config import SweepConfig, _plain
+from ._config import SweepConfig
 
 
 def parts_dir(output: Path) -> Path:
@@ -143,7 +144,7 @@ def _coord(values: list) -> np.ndarray:
     ):
         return np.asarray(values, dtype=np.float64)
     return np.asarray(
-        [v if isinstance(v, str) else json.dumps(_plain(v)) for v in values], dtype=object
+        [v if isinstance(v, str) else json.dumps(plain(v)) for v in values], dtype=object
     )
 
 
