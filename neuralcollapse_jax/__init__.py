@@ -9,6 +9,7 @@ from ._config import FlowConfig as FlowConfig
 from ._config import ModelConfig as ModelConfig
 from ._config import RunConfig as RunConfig
 from ._crossing import CrossingController as CrossingController
+from ._crossing import EventController as EventController
 from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent
 from ._field import GradientField as GradientField
