@@ -333,7 +333,15 @@ class EventController(diffrax.AbstractAdaptiveStepSizeController):
         Z, zdot, C = located.Z, located.zdot, located.C
         near = Z > 0
         toward = jnp.where(near, zdot < 0, zdot > 0)
-        s = jnp.where(toward, -Z / jnp.where(toward, zdot, 1.0), jnp.inf)
+        # The root of the quadratic Taylor model of z nearest the linear one (none if
+        # the pair turns back first): second order in the time to the event, so that
+        # steps end close enough before it for the solver to start it.
+        b = 0.5 * located.zddot
+        disc = zdot * zdot - 4.0 * b * Z
+        root = jnp.sqrt(jnp.maximum(disc, 0.0))
+        den = zdot + jnp.where(zdot >= 0, root, -root)
+        s = -2.0 * Z / jnp.where(toward & (den != 0), den, 1.0)
+        s = jnp.where(toward & (disc >= 0) & (s > 0), s, jnp.inf)
         dt = next_t1 - next_t0
         _, transversal = transversal_approach(Z, zdot, C, x, leak)
         entry = toward & ~transversal & (C < 0)

@@ -371,6 +371,9 @@ class SlidingReLU(AbstractTableauSolver):
                 cost=cost,
                 Z=last.Z,
                 zdot=zdot1,
+                # Second derivative at the end of the cubic interpolant, for the
+                # controller's prediction of the next events.
+                zddot=(6.0 * (Z0 - Z1) + 2.0 * dt * zdot0 + 4.0 * dt * zdot1) / (dt * dt),
                 C=last.C,
             )
             located = jnp.sum(event, dtype=jnp.int32)

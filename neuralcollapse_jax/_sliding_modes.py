@@ -581,4 +581,5 @@ class Located(eqx.Module):
     cost: Float[Array, "n h"]  # estimated error of leaving that event inside the step
     Z: Float[Array, "n h"]  # z_ij at the end of the step
     zdot: Float[Array, "n h"]  # dz_ij/dt at the end of the step
+    zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
     C: Float[Array, "n h"]  # c_ij at the end of the step
