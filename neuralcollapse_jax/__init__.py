@@ -49,6 +49,7 @@ from ._sliding import SlidingReLU as SlidingReLU
 from ._sliding_modes import default_slots as default_slots
 from ._solvers import SOLVER_NAMES as SOLVER_NAMES
 from ._solvers import auto_solver as auto_solver
+from ._solvers import classes_orthogonal as classes_orthogonal
 from ._solvers import resolve_solver as resolve_solver
 from ._solvers import sliding_tableau as sliding_tableau
 from ._sweep import (

@@ -288,10 +288,10 @@ def test_mnist_reproductions_fix_the_sliding_slots():
     solver = flow_kwargs("sliding_tsit5", 32, "none", data, 1e-5)["solver"]
     assert isinstance(solver, SlidingReLU) and solver.max_sliding == 32
     assert isinstance(solver.inner, diffrax.Tsit5) and solver.crossings == "none"
-    auto = flow_kwargs("auto", None, "land", data, 1e-5)["solver"]  # sliding, Bosh3
-    assert isinstance(auto.inner, diffrax.Bosh3) and auto.max_sliding is None
+    auto = flow_kwargs("auto", None, "land", data, 1e-5)["solver"]  # events, Tsit5
+    assert isinstance(auto.inner, diffrax.Tsit5) and auto.max_sliding is None
     assert auto.crossings == "land"
     assert flow_kwargs("regular", 32, "none", data, 1e-5) == {"solver": "regular"}
     assert flow_kwargs(None, 32, "none", data, 1e-5) == {}
     with pytest.raises(ValueError, match="crossings"):
-        flow_kwargs("sliding", 32, "locate", data, 1e-5)
+        flow_kwargs("sliding", 32, "jump", data, 1e-5)
