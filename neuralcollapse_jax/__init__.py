@@ -9,6 +9,7 @@ from ._config import FlowConfig as FlowConfig
 from ._config import ModelConfig as ModelConfig
 from ._config import RunConfig as RunConfig
 from ._crossing import CrossingController as CrossingController
+from ._crossing import EventController as EventController
 from ._dataset import Dataset as Dataset
 from ._descent import gradient_descent as gradient_descent
 from ._field import GradientField as GradientField
@@ -48,6 +49,7 @@ from ._sliding import SlidingReLU as SlidingReLU
 from ._sliding_modes import default_slots as default_slots
 from ._solvers import SOLVER_NAMES as SOLVER_NAMES
 from ._solvers import auto_solver as auto_solver
+from ._solvers import classes_orthogonal as classes_orthogonal
 from ._solvers import resolve_solver as resolve_solver
 from ._solvers import sliding_tableau as sliding_tableau
 from ._sweep import (

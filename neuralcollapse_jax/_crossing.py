@@ -193,3 +193,186 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     def stats(state: CrossingState) -> dict[str, Array]:
         """`crossing_landings`: steps shortened to end just before a crossing."""
         return {"crossing_landings": state.landings}
+
+
+class EventState(eqx.Module):
+    """State of `EventController`: the PID's and the counters."""
+
+    pid: Any
+    landings: Array  # steps shortened to end before a predicted event
+    retries: Array  # steps rejected because they contained a located event
+    cap: Array  # the step the PID proposed before it was shortened (inf if it was not)
+
+
+def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
+    """The earliest `theta` (a fraction of the step) at which the costs of the events
+    up to it, summed in time order (in `BINS` bins), exceed `budget`; `inf` if none."""
+    inside = jnp.isfinite(theta) & (theta >= 0.0) & (theta <= 1.0)
+    frac = jnp.where(inside, theta, 0.0)
+    bins = jnp.clip(jnp.floor(frac * BINS), 0, BINS - 1).astype(jnp.int32)
+    spent = jnp.zeros(BINS, cost.dtype).at[bins].add(jnp.where(inside, cost, 0.0))
+    over = jnp.cumsum(spent) > budget
+    last = jnp.argmax(over)
+    first = jnp.min(jnp.where(inside & (bins == last), theta, jnp.inf))
+    return jnp.where(jnp.any(over), first, jnp.inf)
+
+
+class EventController(diffrax.AbstractAdaptiveStepSizeController):
+    r"""Wraps a `diffrax.PIDController` to end steps at the ReLU kink events that
+    `SlidingReLU(crossings="locate")` locates.
+
+    The solver's error estimate is a `Located`: the parameters' error estimate (which
+    the PID controls as usual), and for each pair `(i, j)` the time of its kink event
+    inside the step (a fraction `theta` of it, located on the interpolant of `z_ij`)
+    with the estimated error of leaving it there, and `z`, `dz/dt`, `c` at the end of
+    the step. In the controller's scale (`atol + rtol rms(w_j)`, spread over all
+    parameters like Diffrax's RMS norm), event costs are summed in time order; where
+    the sum first exceeds `budget`:
+
+    - in the step just taken, the step is rejected and retried to end a fraction
+      `margin` (of the time to the event) before that event;
+    - in the step the PID proposes next (events predicted from the exact velocity at
+      the end of the accepted step: transversal crossings at a quarter of the jump
+      times the step, entries into sliding at the jump times the rest of the step), the
+      step ends `margin` before it.
+
+    A pair that is then within `window` of its kink is started by the solver at the
+    beginning of the next step (with the same `window`; `SlidingReLU.controller`
+    builds a matching one).
+
+    **Arguments:**
+
+    - `pid`: the `diffrax.PIDController` this wraps.
+    - `margin`: steps end this fraction of the time to an event before it.
+    - `window`: events nearer than this fraction of the proposed step are left to the
+      solver.
+    - `budget`: the summed estimated error (in units of the tolerance) of the events a
+      step may contain.
+
+    Its `landings` (steps shortened before a predicted event) and `retries` (steps
+    rejected and retried to end before a located event) are reported as
+    `event_landings` and `event_retries` in `Trajectory.stats`.
+    """
+
+    pid: diffrax.PIDController
+    margin: float = eqx.field(static=True, default=1e-3)
+    window: float = eqx.field(static=True, default=0.05)
+    budget: float = eqx.field(static=True, default=BUDGET)
+
+    def __check_init__(self):
+        if not isinstance(self.pid, diffrax.PIDController):
+            raise ValueError(
+                f"pid must be a diffrax.PIDController, got {type(self.pid).__name__}"
+            )
+        for name in ("margin", "window"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {v}")
+        if not self.budget > 0:
+            raise ValueError(f"budget must be positive, got {self.budget}")
+
+    @property
+    def rtol(self):
+        return self.pid.rtol
+
+    @property
+    def atol(self):
+        return self.pid.atol
+
+    @property
+    def norm(self):
+        return self.pid.norm
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
+        t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        zero = jnp.zeros((), jnp.int32)
+        cap = jnp.asarray(jnp.inf, jnp.result_type(t0, float))
+        return t1, EventState(pid=pid_state, landings=zero, retries=zero, cap=cap)
+
+    def _scaled(self, cost: Array, W: Array, size: int) -> Array:
+        scale = self.atol + self.rtol * jnp.sqrt(jnp.mean(W * W, axis=0))
+        return cost / (scale[None, :] * jnp.sqrt(size))
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args: Dataset, y_error, error_order, state
+    ):
+        located = y_error
+        keep, next_t0, next_t1, made_jump, pid_state, result = self.pid.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, located.model, error_order, state.pid
+        )
+        size = y0.W.size + y0.V.size
+        x = args.x
+        leak = y0.leak
+        dt_taken = t1 - t0
+        # After a step shortened to end before an event, the PID sees the small error
+        # of a short step and would grow the next one by its largest factor, past the
+        # step it had proposed: it gets at most the step it proposed before.
+        next_t1 = jnp.where(
+            keep, jnp.minimum(next_t1, next_t0 + state.cap), next_t1
+        )
+        pid_dt = next_t1 - next_t0
+        # Events located inside the step just taken.
+        theta = _first_over_budget(
+            located.theta, self._scaled(located.cost, y0.W, size), self.budget
+        )
+        retry = jnp.isfinite(theta) & (theta > 0)
+        target = t0 + theta * (1.0 - self.margin) * dt_taken
+        retry_now = retry & keep
+        # Retried: the step starts again at t0 and ends just before the event (or
+        # earlier if the PID rejected the step for its own error and proposes less).
+        next_t0 = jnp.where(retry_now, t0, next_t0)
+        next_t1 = jnp.where(
+            retry_now, target, jnp.where(retry & ~keep, jnp.minimum(next_t1, target), next_t1)
+        )
+        keep = keep & ~retry_now
+
+        # Events predicted in the next step from the exact velocity at its start.
+        Z, zdot, C = located.Z, located.zdot, located.C
+        near = Z > 0
+        toward = jnp.where(near, zdot < 0, zdot > 0)
+        # The root of the quadratic Taylor model of z nearest the linear one (none if
+        # the pair turns back first): second order in the time to the event, so that
+        # steps end close enough before it for the solver to start it.
+        b = 0.5 * located.zddot
+        disc = zdot * zdot - 4.0 * b * Z
+        root = jnp.sqrt(jnp.maximum(disc, 0.0))
+        den = zdot + jnp.where(zdot >= 0, root, -root)
+        s = -2.0 * Z / jnp.where(toward & (den != 0), den, 1.0)
+        s = jnp.where(toward & (disc >= 0) & (s > 0), s, jnp.inf)
+        dt = next_t1 - next_t0
+        _, transversal = transversal_approach(Z, zdot, C, x, leak)
+        entry = toward & ~transversal & (C < 0)
+        frac = s / dt
+        weight = jnp.where(entry, 1.0 - frac, 0.25)
+        jump = (1.0 - leak) * jnp.abs(C) * jnp.linalg.norm(x, axis=1)[:, None]
+        cost = jnp.where(toward, dt * jump * weight, 0.0)
+        ahead = jnp.where(toward & (frac > self.window) & (frac < 1.0), frac, jnp.inf)
+        first = _first_over_budget(
+            ahead, self._scaled(cost, y1_candidate.W, size), self.budget
+        )
+        shorten = keep & jnp.isfinite(first)
+        next_t1 = jnp.where(
+            shorten, next_t0 + first * (1.0 - self.margin) * dt, next_t1
+        )
+        shortened = shorten | retry_now
+        cap = jnp.where(
+            shortened,
+            jnp.where(retry_now, jnp.maximum(dt_taken, pid_dt), pid_dt),
+            jnp.where(keep, jnp.inf, state.cap),
+        )
+        new_state = EventState(
+            pid=pid_state,
+            landings=state.landings + shorten.astype(jnp.int32),
+            retries=state.retries + retry_now.astype(jnp.int32),
+            cap=cap,
+        )
+        return keep, next_t0, next_t1, made_jump, new_state, result
+
+    @staticmethod
+    def stats(state: EventState) -> dict[str, Array]:
+        """`event_landings` (steps shortened to end before a predicted kink event) and
+        `event_retries` (steps rejected and retried to end before a located one)."""
+        return {"event_landings": state.landings, "event_retries": state.retries}

@@ -29,7 +29,7 @@ from ._validation import check_flow_args, check_problem
 
 Recorder = Callable[[TwoLayerReLU, Dataset], Any]
 
-DEFAULT_RTOL = 1e-9
+DEFAULT_RTOL = 1e-8
 DEFAULT_MAX_STEPS = 100_000
 
 
@@ -112,9 +112,11 @@ def gradient_flow(
 ) -> Trajectory:
     r"""Integrate the exact gradient flow `d theta/dt = -grad L(theta)` from `model`.
 
-    The ReLU is not smoothed: the vector field is the papers' regular one
-    (`relu'(0) = 0`). Integration uses Diffrax with an adaptive step (`PIDController`)
-    and never raises on solver failure: the outcome is in `Trajectory.status`.
+    The ReLU is not smoothed. The default solver computes the Filippov solution (pairs
+    on an attracting kink slide on it; elsewhere the papers' field, `relu'(0) = 0`),
+    the limit of gradient descent as its step shrinks; `solver="regular"` integrates
+    the regular field itself. Integration uses Diffrax with an adaptive step and never
+    raises on solver failure: the outcome is in `Trajectory.status`.
 
     Works under `jax.jit` and `jax.vmap` (batch over models, init scales, seeds, data of
     equal shape, `t1`, tolerances and save times: all are traced, nothing recompiles
@@ -128,20 +130,20 @@ def gradient_flow(
     - `saveat`: increasing save times in `[0, t1]` (default `log_times(t1)`).
     - `loss`, `reduction`: a name in `LOSS_NAMES` and `"sum"` (default) or `"mean"`,
       or an `AbstractLoss` (see `as_loss`). Default: sum cross-entropy.
-    - `rtol`: relative tolerance of the step-size controller (default `1e-9`).
+    - `rtol`: relative tolerance of the step-size controller (default `1e-8`).
     - `atol`: absolute tolerance; default `rtol * rms(theta(0))` (see `default_atol`),
       which keeps the error control meaningful for any init scale.
     - `max_steps`: step budget; running out gives `Status.MAX_STEPS`, not an exception.
-    - `solver`: `"auto"` (default, also `None`): `"regular"` on orthogonally separable
-      data and `"sliding"` on other data (`auto_solver`; `"regular"` when the data are
-      traced). `"regular"`: the `Tsit5` tableau on the regular field `relu'(0) = 0`,
-      run by `UnrolledERK`. `"sliding"`: `SlidingReLU`, which holds the pairs that
-      slide on their kink `<x_i, w_j> = 0` there instead of chattering across it (on
-      data such as MNIST; see the docs page *Sliding*), with the `Bosh3` tableau when
-      `rtol >= 1e-6` and `Tsit5` below (`sliding_tableau`); its steps end just before
-      the ReLU kink crossings that matter (`SlidingReLU.controller`, a
-      `CrossingController`, replaces the `PIDController`). Or another name in
-      `SOLVER_NAMES`, or a Diffrax solver instance.
+    - `solver`: `"auto"` (default, also `None`): `"events"` on any data
+      (`auto_solver`): `SlidingReLU` with the `Tsit5` tableau, which holds the pairs
+      that slide on their kink `<x_i, w_j> = 0` there instead of chattering across it
+      and locates the kink events (crossings, entries into sliding) inside its steps
+      (`crossings="locate"`; its controller, an `EventController`, replaces the
+      `PIDController`; see the docs page *Sliding*). `"regular"`: the `Tsit5` tableau
+      on the regular field `relu'(0) = 0`, run by `UnrolledERK`. `"sliding"`: the
+      sliding solver with the previous crossing control (`crossings="land"`), with the
+      `Bosh3` tableau when `rtol >= 1e-6` and `Tsit5` below (`sliding_tableau`). Or
+      another name in `SOLVER_NAMES`, or a Diffrax solver instance.
     - `record`: diagnostics to record at the save times, `{name: fn(model, data)}`.
     - `save_params`: keep the parameters at every save time (default). Turn off for
       long runs on large data and rely on `record` and `Trajectory.final`.

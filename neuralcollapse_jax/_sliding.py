@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from ._crossing import BUDGET, CrossingController
+from ._crossing import BUDGET, CrossingController, EventController, transversal_approach
 from ._dataset import Dataset
 from ._field import term_loss
 from ._model import TwoLayerReLU
 from ._rk import AbstractTableauSolver, explicit_stages, weighted_sum
 from ._sliding_modes import (
+    Located,
     Mode,
     SlidingState,
     candidates,
@@ -33,6 +34,7 @@ from ._sliding_modes import (
     default_slots,
     empty_mode,
     evaluate,
+    hermite_roots,
     kink_correction,
     mode_holds,
     slots_of,
@@ -42,7 +44,7 @@ from ._sliding_modes import (
 )
 
 
-CROSSINGS = ("land", "start", "none")
+CROSSINGS = ("locate", "land", "start", "none")
 
 
 class SlidingReLU(AbstractTableauSolver):
@@ -84,7 +86,18 @@ class SlidingReLU(AbstractTableauSolver):
       the embedded solution (the error estimate then measures the smooth part only),
       `"full"` leaves the error estimate as it is.
     - `crossings`: how transversal crossings (pairs that cross their kink without
-      sliding) are treated. `"land"` (default): steps end just before the crossings
+      sliding) and entries into sliding are treated. `"locate"`: every sign change of
+      a non-sliding `z_ij` inside a step is located on the step's cubic interpolant
+      of `z` (values and velocities at both ends, no new gradient evaluation); the
+      step-size controller (`EventController`, which `controller()` returns and
+      `gradient_flow` uses) retries a step that contains events costing more than
+      its budget so that it ends just before the first of them, and predicts the
+      next events from the exact velocity at the end of each step; a pair that then
+      lies within `window` of its kink is started at the beginning of the next step:
+      a transversal crossing on its far side, a pair whose kink attracts from both
+      sides as an entry into sliding, with the part before its kink integrated
+      exactly (see the docs page *Sliding*). The step's error estimate is then a
+      `Located`, which only `EventController` reads. `"land"`: steps end just before the crossings
       that matter (`CrossingController`, which `controller()` returns and
       `gradient_flow` uses), and a crossing that close is started at the beginning of
       the next step; the error at `T` then falls steadily with the tolerance (see the
@@ -156,6 +169,10 @@ class SlidingReLU(AbstractTableauSolver):
         norm)`, wrapped in a `CrossingController` with the same window when
         `crossings="land"`."""
         pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
+        if self.crossings == "locate":
+            return EventController(
+                pid, window=self.crossing_window, budget=self.crossing_budget
+            )
         if self.crossings == "land":
             return CrossingController(
                 pid, window=self.crossing_window, budget=self.crossing_budget
@@ -176,6 +193,10 @@ class SlidingReLU(AbstractTableauSolver):
         mode = empty_mode(n, h, m, D, y0.W.dtype)
         field = evaluate(y0.W, y0.V, args, mode, term_loss(terms), y0.leak)
         zero = jnp.zeros((), jnp.int32)
+        if self.crossings == "locate":
+            zdot = args.x @ field.dW
+        else:
+            zdot = jnp.zeros((0, h), y0.W.dtype)
         return SlidingState(
             idx=jnp.full((h, m), -1, jnp.int32),
             ginv=jnp.zeros((h, m, m), y0.W.dtype),
@@ -188,6 +209,9 @@ class SlidingReLU(AbstractTableauSolver):
             max_per_neuron=zero,
             mode_changes=zero,
             started=zero,
+            zdot=zdot,
+            located=zero,
+            started_entries=zero,
         )
 
     def func(self, terms, t0, y0: TwoLayerReLU, args: Dataset):
@@ -208,11 +232,27 @@ class SlidingReLU(AbstractTableauSolver):
         # selects between old and new in every step: carrying them was no faster.
         xs_old = slots_of(state.idx, data.x)
         old, cand = candidates(state)
+        dt = t1 - t0
+        locate = self.crossings == "locate"
+        approach = None
+        if locate:
+            # Entries started at the beginning of the step: pairs that reach their kink
+            # within `window` of it (at the exact velocity `zdot`, kept from the last
+            # step) and whose kink attracts from the far side too (not a transversal
+            # crossing): candidates to slide from the start.
+            f = state.field
+            near, toward = transversal_approach(f.Z, state.zdot, f.C, data.x, leak)
+            reach = jnp.where(near, state.zdot < 0, state.zdot > 0)
+            tau_in = -f.Z / (jnp.where(reach, state.zdot, 1.0) * dt)
+            approach = reach & ~toward & (tau_in < self.crossing_window) & ~old & (f.C < 0)
+            tau_in = jnp.where(approach, tau_in, 0.0)
+            cand = cand | approach
+        zdot_old = state.zdot if locate else None
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
         cand = jax.lax.cond(
             jnp.any(cand),
-            lambda: cand & could_enter(state.field, data.x, leak, self.tol),
+            lambda: cand & could_enter(state.field, data.x, leak, self.tol, zdot_old),
             lambda: cand,
         )
 
@@ -234,12 +274,29 @@ class SlidingReLU(AbstractTableauSolver):
             mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
         )
         tab = self.inner.tableau
-        dt = t1 - t0
         dtype = y0.W.dtype
         started = None
+        entry_correction = None
+        zdot0 = None
+        if locate:
+            # Velocities of z under the step's sliding set: the stored ones when the
+            # set did not change.
+            zdot0 = jax.lax.cond(
+                jnp.all(mode.mask == old), lambda: state.zdot, lambda: data.x @ first.dW
+            )
+            # Started entries: the pair spends `tau dt` on its near side before it
+            # reaches the kink. Its neuron then moves with the field without the new
+            # sliding pair(s) for that time: integrated exactly (with the field
+            # frozen) and added to y1, which puts the pair on its kink to second order
+            # in `tau dt` (a neuron with several started entries takes the largest
+            # `tau`).
+            began = approach & mode.mask
+            tau_j = jnp.max(jnp.where(began, tau_in, 0.0), axis=0)
+            entry_correction = (tau_j * dt)[None, :] * (state.field.dW - first.dW)
+            entry_error = tau_j[None, :] * entry_correction
         if self.crossings != "none":
             first, started = start_crossings(
-                first, mode, data.x, dt, leak, self.crossing_window
+                first, mode, data.x, dt, leak, self.crossing_window, zdot0
             )
         # Stage increments k_s = dt f_s as (W, V) pairs; explicit RK (Diffrax's tableau).
         fields = [first]
@@ -253,6 +310,8 @@ class SlidingReLU(AbstractTableauSolver):
                 # Started crossings spent `tau dt` on the near side: integrated
                 # exactly (with `c_ij` frozen), before y1's stage is evaluated.
                 Ws = Ws + started.correction
+            if entry_correction is not None and s == n_rows - 1:
+                Ws = Ws + entry_correction
             if self.kink_correction and s == n_rows - 1:
                 # The last stage is y1 (first same as last): correct it before it is
                 # evaluated, so that the stored field is the one at the corrected y1.
@@ -284,12 +343,53 @@ class SlidingReLU(AbstractTableauSolver):
             eW = eW + started.error + unfinished_error(started, last.Z, mode, data.x, dt)
         y1 = TwoLayerReLU(W1, V1, leak)
         y_error = TwoLayerReLU(eW, eV, leak)
+        zdot1 = None
+        located = jnp.zeros((), jnp.int32)
+        if locate:
+            y_error = TwoLayerReLU(eW + entry_error, eV, leak)
+            # Events inside the step: non-sliding pairs (not started) whose z changed
+            # sign, located on the cubic interpolant of z over the step. Diffrax can
+            # locate one event and stop the solve there; thousands of kinks need the
+            # events located in every step, hence this by hand.
+            zdot1 = data.x @ last.dW
+            Z0, Z1 = state.field.Z, last.Z
+            event = ~mode.mask & ~started.mask & ((Z0 > 0) != (Z1 > 0))
+            theta = hermite_roots(
+                Z0, Z1, dt * jnp.where(event, zdot0, 0.0), dt * jnp.where(event, zdot1, 0.0)
+            )
+            theta = jnp.clip(theta, 0.0, 1.0)
+            # An entry (the far side pushes the pair back) left inside the step costs
+            # the wrong field for the rest of the step; a transversal crossing about a
+            # quarter of the step (as `CrossingController` estimates it).
+            back = jnp.where(Z1 > 0, zdot1 < 0, zdot1 > 0)
+            weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
+            jump = (1.0 - leak) * jnp.abs(last.C) * jnp.linalg.norm(data.x, axis=1)[:, None]
+            cost = jnp.where(event, jnp.abs(dt) * jump * weight, 0.0)
+            y_error = Located(
+                model=y_error,
+                theta=jnp.where(event, theta, jnp.inf),
+                cost=cost,
+                Z=last.Z,
+                zdot=zdot1,
+                # Second derivative at the end of the cubic interpolant, for the
+                # controller's prediction of the next events.
+                zddot=(6.0 * (Z0 - Z1) + 2.0 * dt * zdot0 + 4.0 * dt * zdot1) / (dt * dt),
+                C=last.C,
+            )
+            located = jnp.sum(event, dtype=jnp.int32)
         k_stack = TwoLayerReLU(
             jnp.stack([k[0] for k in ks]).astype(dtype),
             jnp.stack([k[1] for k in ks]).astype(dtype),
             leak,
         )
-        dense_info = dict(y0=y0, y1=y1, k=k_stack)
+        # The near-side parts of started crossings and entries are added to y1 alone;
+        # they happen at the very start of the step (within `tau dt`), so the dense
+        # output gets them from its start: shifting y0 keeps it exact at both ends.
+        shift = None if started is None else started.correction
+        if entry_correction is not None:
+            shift = entry_correction if shift is None else shift + entry_correction
+        y0_dense = y0 if shift is None else TwoLayerReLU(y0.W + shift, y0.V, leak)
+        dense_info = dict(y0=y0_dense, y1=y1, k=k_stack)
         changed = (counters["entries"] + counters["exits"]) > 0
         # Pairs held in this step, in all and per neuron: from the slots either branch
         # returned.
@@ -307,6 +407,10 @@ class SlidingReLU(AbstractTableauSolver):
             mode_changes=state.mode_changes + changed.astype(jnp.int32),
             started=state.started
             + (0 if started is None else jnp.sum(started.mask, dtype=jnp.int32)),
+            zdot=state.zdot if zdot1 is None else zdot1,
+            located=state.located + located,
+            started_entries=state.started_entries
+            + (0 if approach is None else jnp.sum(approach & mode.mask, dtype=jnp.int32)),
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
@@ -317,8 +421,11 @@ class SlidingReLU(AbstractTableauSolver):
         `sliding_max_pairs`, `sliding_max_per_neuron` (the most slots one neuron used:
         compare with `max_sliding`), `sliding_overflow` (pairs refused for lack of a
         slot, summed over steps), `mode_changes` (accepted steps that changed the
-        set) and `crossings_started` (transversal crossings started at the beginning
-        of a step, see `crossings`)."""
+        set), `crossings_started` (transversal crossings started at the beginning
+        of a step, see `crossings`), `crossings_located` (sign changes of
+        non-sliding pairs located inside accepted steps, `crossings="locate"`) and
+        `entries_started` (entries into sliding started at the beginning of a step,
+        `crossings="locate"`)."""
         return {
             "sliding_entries": state.entries,
             "sliding_exits": state.exits,
@@ -328,4 +435,6 @@ class SlidingReLU(AbstractTableauSolver):
             "sliding_overflow": state.overflow,
             "mode_changes": state.mode_changes,
             "crossings_started": state.started,
+            "crossings_located": state.located,
+            "entries_started": state.started_entries,
         }

@@ -78,6 +78,9 @@ class SlidingState(eqx.Module):
     max_per_neuron: Int[Array, ""]  # most sliding pairs of one neuron at a time
     mode_changes: Int[Array, ""]  # accepted steps whose sliding set changed
     started: Int[Array, ""]  # crossings started at the beginning of a step
+    zdot: Float[Array, "n h"]  # <x_i, dw_j/dt> at the current state (`"locate"` only)
+    located: Int[Array, ""]  # crossings located inside accepted steps (`"locate"`)
+    started_entries: Int[Array, ""]  # entries started at the beginning of a step
 
 
 def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
@@ -200,7 +203,9 @@ def candidates(state: SlidingState) -> tuple[Array, Array]:
     return old, cand
 
 
-def could_enter(f: Field, x: Array, leak: float, tol: float) -> Array:
+def could_enter(
+    f: Field, x: Array, leak: float, tol: float, zdot: Array | None = None
+) -> Array:
     """Pairs `(i, j)` that pass a necessary condition for entering the sliding set of
     neuron `j` (joined to its current sliding pairs).
 
@@ -216,9 +221,10 @@ def could_enter(f: Field, x: Array, leak: float, tol: float) -> Array:
     |x_i|^2` and `0` on the active side: the boundary must attract from the side the
     pair is on, and not too fast. A pair that crosses its kink transversally fails it,
     which spares the active-set update in most steps with crossings. One matrix
-    product (`X dW`).
+    product (`X dW`), unless `zdot` is given.
     """
-    zdot = x @ f.dW
+    if zdot is None:
+        zdot = x @ f.dW
     bound = (1.0 - leak) * jnp.abs(f.C) * jnp.sum(x * x, axis=1)[:, None]
     slack = tol * bound
     inactive = (zdot >= -slack) & (zdot <= bound + slack)
@@ -443,7 +449,13 @@ class Started(eqx.Module):
 
 
 def start_crossings(
-    first: Field, mode: Mode, x: Array, dt: Array, leak: float, window: float
+    first: Field,
+    mode: Mode,
+    x: Array,
+    dt: Array,
+    leak: float,
+    window: float,
+    zdot: Array | None = None,
 ) -> tuple[Field, Started]:
     """Evaluate the step on the far side of the kink for the pairs whose crossing is
     imminent, and integrate the part before the crossing exactly.
@@ -457,9 +469,11 @@ def start_crossings(
     crossing's local error is `O((tau dt)^2)` (`CrossingController` ends the previous
     step just before the crossing). `tau^2` times the jump goes to the error estimate.
 
-    Costs one product `X dW` and, in steps that start crossings, one sparse update.
+    Costs one product `X dW` (unless `zdot` is given) and, in steps that start
+    crossings, one sparse update.
     """
-    zdot = x @ first.dW
+    if zdot is None:
+        zdot = x @ first.dW
     near, toward = transversal_approach(first.Z, zdot, first.C, x, leak)
     tau = jnp.where(toward, -first.Z / (jnp.where(toward, zdot, 1.0) * dt), jnp.inf)
     mask = toward & (tau < window) & ~mode.mask
@@ -503,3 +517,69 @@ def unfinished_error(started: Started, z1: Array, mode: Mode, x: Array, dt: Arra
     return jax.lax.cond(
         jnp.any(unfinished), error, lambda: jnp.zeros((D, h), started.correction.dtype)
     )
+
+
+def hermite_roots(
+    z0: Array, z1: Array, m0: Array, m1: Array, iterations: int = 12
+) -> Array:
+    """The root in `[0, 1]` of each cubic Hermite interpolant `p` with `p(0) = z0`,
+    `p(1) = z1`, `p'(0) = m0`, `p'(1) = m1`, for pairs whose `z0` and `z1` have
+    opposite signs (elsewhere the result is meaningless).
+
+    `z_ij = <x_i, w_j>` is linear in `W`, so the values and velocities of `z` at both
+    ends of a step (`m = dt zdot`) give its cubic interpolant on the step without a new
+    gradient evaluation. The root is found by the Illinois variant of regula falsi,
+    bracketed by `[0, 1]` (elementwise, a fixed number of iterations: no data-dependent
+    control flow, so it runs under `jit` and `vmap`), which converges superlinearly.
+    """
+
+    def p(t):
+        t2 = t * t
+        t3 = t2 * t
+        return (
+            (2 * t3 - 3 * t2 + 1) * z0
+            + (t3 - 2 * t2 + t) * m0
+            + (-2 * t3 + 3 * t2) * z1
+            + (t3 - t2) * m1
+        )
+
+    a = jnp.zeros_like(z0)
+    b = jnp.ones_like(z0)
+    fa, fb = z0, z1
+    side = jnp.zeros(z0.shape, jnp.int32)
+
+    def body(_, carry):
+        a, b, fa, fb, side = carry
+        denom = fb - fa
+        c = jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), 0.5 * (a + b))
+        c = jnp.clip(c, a, b)
+        fc = p(c)
+        left = (fc > 0) == (fa > 0)  # the root lies in [c, b]
+        # Illinois: halve the value of the end point kept twice in a row.
+        a_new = jnp.where(left, c, a)
+        b_new = jnp.where(left, b, c)
+        fa_new = jnp.where(left, fc, jnp.where(side == -1, 0.5 * fa, fa))
+        fb_new = jnp.where(left, jnp.where(side == 1, 0.5 * fb, fb), fc)
+        side_new = jnp.where(left, 1, -1).astype(side.dtype)
+        return a_new, b_new, fa_new, fb_new, side_new
+
+    a, b, fa, fb, _ = jax.lax.fori_loop(0, iterations, body, (a, b, fa, fb, side))
+    denom = fb - fa
+    return jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), a)
+
+
+class Located(eqx.Module):
+    """The error estimate of a `SlidingReLU(crossings="locate")` step, with what its
+    step-size controller (`EventController`) needs to end steps at kink events.
+
+    Diffrax hands the solver's error estimate, and nothing else of a step, to the
+    step-size controller; the located events travel with it.
+    """
+
+    model: object  # the error estimate of the parameters (a `TwoLayerReLU`)
+    theta: Float[Array, "n h"]  # located event time as a fraction of the step, inf if none
+    cost: Float[Array, "n h"]  # estimated error of leaving that event inside the step
+    Z: Float[Array, "n h"]  # z_ij at the end of the step
+    zdot: Float[Array, "n h"]  # dz_ij/dt at the end of the step
+    zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
+    C: Float[Array, "n h"]  # c_ij at the end of the step

@@ -114,7 +114,7 @@ def test_console_script_exit_code(tmp_path):
 @pytest.mark.slow
 def test_mnist_run_uses_the_library_defaults(tmp_path):
     """On MNIST `ncjax run` passes no rtol of its own (the flow's default), `auto`
-    picks the sliding solver, and an explicit `flow.rtol` is passed on."""
+    picks the located sliding solver, and an explicit `flow.rtol` is passed on."""
     out = tmp_path / "m"
     argv = ["run", "--data", "mnist012", "--set", "data.per_class=3", "--width", "4"]
     argv += ["--set", "flow.num_saves=4", "--no-progress", "--out", str(out)]
@@ -122,9 +122,9 @@ def test_mnist_run_uses_the_library_defaults(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["flow"]["rtol"] is None
     assert summary["status"].startswith("success")
-    assert summary["solver"] == "sliding_tsit5"  # the tableau of the default rtol
+    assert summary["solver"] == "events"
     assert (summary["n"], summary["D"], summary["K"]) == (9, 784, 3)
     assert main([*argv, "--t1", "0.2", "--rtol", "1e-5"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["flow"]["rtol"] == 1e-5
-    assert summary["solver"] == "sliding_bosh3" and "sliding_pairs" in summary["stats"]
+    assert summary["solver"] == "events" and "sliding_pairs" in summary["stats"]

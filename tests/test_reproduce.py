@@ -276,5 +276,5 @@ def test_mnist_reproductions_fix_the_sliding_slots(tmp_path):
         assert config(name).crossings == "none"
         out = tmp_path / name
         with pytest.raises(ValueError, match="crossings"):
-            reproduce(name, out, quick=True, quiet=True, crossings="locate")
+            reproduce(name, out, quick=True, quiet=True, crossings="jump")
         assert not out.exists()

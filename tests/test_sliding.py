@@ -530,7 +530,7 @@ def test_a_started_crossing_has_a_second_order_local_error():
 
 def test_crossing_control_bad_input():
     with pytest.raises(ValueError, match="crossings"):
-        SlidingReLU(crossings="locate")
+        SlidingReLU(crossings="jump")
     with pytest.raises(ValueError, match="crossing_window"):
         SlidingReLU(crossing_window=1.5)
     pid = diffrax.PIDController(rtol=1e-6, atol=1e-9)

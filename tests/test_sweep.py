@@ -418,8 +418,9 @@ def test_separation_time_is_the_first_lasting_separated_save(result_a, result_b)
 
 @pytest.mark.slow
 def test_default_solver_is_resolved_per_data_set():
-    """`solver: default` runs the sliding solver on MNIST, as `gradient_flow`'s default
-    does, and the sweep's runs equal single runs with `solver="sliding"`."""
+    """`solver: default` runs the located sliding solver (`events`) on MNIST and on
+    separable data, as `gradient_flow`'s default does, and the sweep's runs equal
+    single runs with `solver="events"`."""
     config = {
         "name": "m",
         "data": {"generator": "mnist", "digits": [0, 1, 2], "per_class": 3},
@@ -432,12 +433,11 @@ def test_default_solver_is_resolved_per_data_set():
     def named(cfg, solver):
         return {**cfg, "flow": {**cfg["flow"], "solver": solver}}
 
-    # The tableau follows rtol (Tsit5 below 1e-6), the field the data (regular on
-    # orthogonally separable classes): each default sweep equals the sweep that names
-    # the solver (the step counts and gradient evaluations tell the solvers apart).
+    # One default for all data: each default sweep equals the sweep that names the
+    # solver (the step counts and gradient evaluations tell the solvers apart).
     tight = {**config, "flow": {**config["flow"], "rtol": 1e-8}}
     separable = {**config, "data": {"generator": "orthogonally_separable"}}
-    for cfg, solver in ((tight, "sliding_tsit5"), (separable, "regular")):
+    for cfg, solver in ((tight, "events"), (separable, "events")):
         xr_equal(
             nc.sweep(cfg, progress=False), nc.sweep(named(cfg, solver), progress=False)
         )
@@ -451,7 +451,7 @@ def test_default_solver_is_resolved_per_data_set():
             t1=0.5,
             saveat=nc.log_times(0.5, 3, t_min=0.5 * 1e-4),
             rtol=1e-6,
-            solver="sliding_bosh3",  # what "sliding" is at rtol 1e-6
+            solver="events",
             record=nc.metrics.recorder(*RECORD),
             save_params=False,
         )
@@ -464,8 +464,8 @@ def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     config = dict(CONFIG_A, flow={"t1": 30.0})
     one = {**config, "grid": {"scale": [1e-3], "seed": [0]}}
     default = nc.sweep({**one, "flow": {"t1": 30.0, "solver": "default"}}, progress=False)
-    regular = {**one, "flow": {"t1": 30.0, "solver": "regular"}}
-    xr_equal(default, nc.sweep(regular, progress=False))
+    events = {**one, "flow": {"t1": 30.0, "solver": "events"}}
+    xr_equal(default, nc.sweep(events, progress=False))
     with pytest.raises(ValueError, match="flow.solver must be one of"):
         nc.SweepConfig({**config, "flow": {"solver": "rk4"}})
 

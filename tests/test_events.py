@@ -1,0 +1,310 @@
+"""Kink events located inside steps (`SlidingReLU(crossings="locate")`): a crossing
+and an entry into sliding worked out independently (SciPy with the event located, a
+boundary that is known), the observed order, conservation through events, SciPy on a
+problem without sliding, gradient descent as its step shrinks, jit, vmap, float32."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import SlidingReLU, datasets
+
+
+def _flat(model):
+    return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
+
+
+def _locate(inner=None):
+    return SlidingReLU(inner=diffrax.Tsit5() if inner is None else inner, crossings="locate")
+
+
+def _crossing_problem():
+    """One neuron, exponential loss, two positive points at an acute angle: `x_1` is
+    active and pulls `w` towards itself, so `z_2 = <x_2, w>` rises through 0 and keeps
+    rising (a transversal crossing). Reference: SciPy's DOP853 on each smooth piece,
+    with the crossing located as an event."""
+    X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
+    th0 = np.array([0.6, -0.45, 0.5])  # w, v; z = (0.6, -0.2)
+
+    def piece(active):
+        def f(t, th):
+            z = X @ th[:2]
+            h = np.where(active, z, 0.0)
+            r = np.exp(-th[2] * h)
+            return np.concatenate([X.T @ (r * th[2] * active), [np.sum(r * h)]])
+
+        return f
+
+    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
+    event = lambda t, th: (X @ th[:2])[1]  # noqa: E731
+    event.terminal = True
+    before, after = piece(np.array([1.0, 0.0])), piece(np.array([1.0, 1.0]))
+    sol = solve_ivp(before, (0.0, 10.0), th0, events=event, **tight)
+    tc, thc = sol.t_events[0][0], sol.y_events[0][0]
+
+    def exact(t):
+        if t <= tc:
+            return solve_ivp(before, (0.0, t), th0, **tight).y[:, -1]
+        return solve_ivp(after, (tc, t), thc, **tight).y[:, -1]
+
+    model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
+    return nc.Dataset(X, np.array([1, 1]), 2), model, tc, exact
+
+
+def _step_ends(solver, model, data, T, rtol, loss="exponential"):
+    """The end times of the accepted steps of a solve with the solver's controller."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(nc.vector_field(loss, "sum")),
+        solver,
+        0.0,
+        T,
+        None,
+        model,
+        args=data,
+        stepsize_controller=solver.controller(rtol, rtol * 1e-2),
+        saveat=diffrax.SaveAt(steps=True),
+        max_steps=10_000,
+    )
+    ts = np.asarray(sol.ts)
+    return ts[np.isfinite(ts)]
+
+
+def test_a_crossing_is_located_to_the_tolerance():
+    """A step ends just before the crossing time of the closed form (SciPy's event),
+    closer than the tolerance allows: the crossing is located, not extrapolated."""
+    data, model, tc, _ = _crossing_problem()
+    for rtol in (1e-6, 1e-9):
+        ends = _step_ends(_locate(), model, data, 2 * tc, rtol)
+        before = ends[ends <= tc].max()
+        after = ends[ends > tc].min()
+        # Ends within a small fraction of its step before the crossing; the next step
+        # starts the crossing.
+        assert 0 <= tc - before <= 0.06 * (after - before), (tc, before, after)
+        assert tc - before <= 1e-2 * rtol ** (1 / 5), (tc, before)
+
+
+def _errors(model, data, exact, T, ts, rtols, solver, loss="exponential"):
+    refs = np.array([exact(t) for t in ts])
+    out = []
+    for rtol in rtols:
+        traj = nc.gradient_flow(
+            model, data, t1=T, saveat=ts, loss=loss, rtol=rtol, solver=solver
+        )
+        assert int(traj.status) == nc.Status.SUCCESS
+        th = np.concatenate(
+            [np.asarray(traj.models.W).reshape(len(ts), -1),
+             np.asarray(traj.models.V).reshape(len(ts), -1)], axis=1
+        )
+        e = np.max(np.linalg.norm(th - refs, axis=1) / np.linalg.norm(refs, axis=1))
+        out.append((e, int(traj.stats["grad_evals"]), traj.stats))
+    return out
+
+
+def test_crossing_error_follows_the_tolerance_at_high_order():
+    """Error at every save time against the closed form (SciPy, event located) falls
+    with the tolerance; the observed order (error against gradient evaluations) is
+    well above one."""
+    data, model, tc, exact = _crossing_problem()
+    T = 2 * tc
+    ts = np.linspace(0.0, T, 9)
+    rtols = (1e-5, 1e-7, 1e-9)
+    res = _errors(model, data, exact, T, ts, rtols, _locate())
+    errs = np.array([r[0] for r in res])
+    evals = np.array([r[1] for r in res])
+    assert np.all(errs < 100 * np.array(rtols)), errs
+    assert errs[-1] < errs[0] / 1000, errs
+    order = -np.log(errs[-1] / errs[0]) / np.log(evals[-1] / evals[0])
+    assert order > 2.5, (order, errs, evals)
+    for _, _, stats in res:
+        assert int(stats["crossings_started"]) == 1
+
+
+def test_an_entry_lands_on_its_boundary():
+    """A pair that reaches an attracting boundary from its active side enters sliding
+    on the boundary itself (`z = 0` to the tolerance), not at the overshoot of a step.
+
+    One neuron, exponential loss, x_2 negative at an acute angle to x_1: on x_2's
+    boundary both one-sided velocities point at it (the docs page *Sliding*)."""
+    theta = np.pi / 3
+    X = np.array([[1.0, 0.0], [np.cos(theta), np.sin(theta)]])
+    E = np.array([np.sin(theta), -np.cos(theta)])
+    data = nc.Dataset(X, np.array([1, 0]))
+    s0 = 0.5
+    w0 = s0 * E + 0.05 * X[1]
+    model = nc.TwoLayerReLU(jnp.asarray(w0)[:, None], jnp.array([[s0]]))
+    ts = np.linspace(0.0, 3.0, 31)
+    worst = {}
+    for crossings in ("locate", "land"):
+        traj = nc.gradient_flow(
+            model, data, t1=3.0, saveat=ts, loss="exponential", rtol=1e-8,
+            solver=SlidingReLU(crossings=crossings),
+        )
+        z2 = np.asarray(traj.models.W)[:, :, 0] @ X[1]
+        assert int(traj.stats["sliding_entries"]) == 1
+        entered = np.argmax(np.abs(z2) < 1e-6)
+        assert 0 < entered < 30
+        worst[crossings] = np.abs(z2[entered:]).max()
+    assert worst["locate"] < 1e-10, worst
+    assert worst["locate"] < worst["land"] / 100, worst
+
+
+@pytest.mark.slow
+def test_balance_is_conserved_through_events():
+    """`||w_j||^2 - ||v_j||^2` is constant through crossings and entries into sliding:
+    the drift falls with the tolerance."""
+    data = datasets.mnist(per_class=10)
+    model = nc.TwoLayerReLU.init(jax.random.key(3), 784, 12, 3, 1e-2)
+    ts = np.concatenate([[0.0], np.geomspace(1e-2, 30.0, 20)])
+    drifts = []
+    for rtol in (1e-6, 1e-8):
+        traj = nc.gradient_flow(model, data, t1=30.0, saveat=ts, rtol=rtol, solver=_locate())
+        assert int(traj.status) == nc.Status.SUCCESS
+        assert int(traj.stats["sliding_entries"]) > 0
+        assert int(traj.stats["crossings_located"]) + int(traj.stats["crossings_started"]) > 0
+        W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+        balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
+        size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+        drifts.append((np.abs(balance - balance[0]) / size).max())
+    assert drifts[1] < 1e-7, drifts
+    assert drifts[1] < drifts[0] / 10, drifts
+
+
+def _scipy_exponential(model, X, ts, rtol=1e-11):
+    """The regular flow (relu'(0) = 0, sum exponential loss, all labels +1) by SciPy's
+    DOP853."""
+    D, h = model.W.shape
+
+    def f(t, th):
+        W = th[: D * h].reshape(D, h)
+        v = th[D * h :]
+        Z = X @ W
+        H = np.maximum(Z, 0.0)
+        r = np.exp(-(H @ v))
+        dW = X.T @ (r[:, None] * v[None, :] * (Z > 0))
+        dv = H.T @ r
+        return np.concatenate([dW.ravel(), dv])
+
+    sol = solve_ivp(
+        f, (0.0, ts[-1]), _flat(model), t_eval=ts, method="DOP853", rtol=rtol, atol=1e-14
+    )
+    return sol.y.T
+
+
+def test_agrees_with_scipy_where_nothing_slides():
+    """Positively correlated points, all of one label, four neurons of both output
+    signs: pairs cross their kinks (neurons with a positive output weight turn
+    towards the data, the others away) but none slides. The located solver agrees with
+    SciPy's DOP853 at rtol 1e-11 to 1e-7 at every save time."""
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.normal(size=(6, 3))) + 0.3 * rng.normal(size=(6, 3))
+    W = rng.normal(size=(3, 4)) * 0.5
+    v = np.array([0.5, -0.4, 0.3, -0.6])
+    model = nc.TwoLayerReLU(W, v[None, :])
+    data = nc.Dataset(X, np.ones(6, int), 2)
+    ts = np.linspace(0.0, 4.0, 9)
+    traj = nc.gradient_flow(
+        model, data, t1=4.0, saveat=ts, loss="exponential", rtol=1e-9, solver=_locate()
+    )
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["sliding_max_pairs"]) == 0
+    assert int(traj.stats["crossings_located"]) + int(traj.stats["crossings_started"]) >= 2
+    ref = _scipy_exponential(model, X, ts)
+    th = np.concatenate(
+        [np.asarray(traj.models.W).reshape(len(ts), -1),
+         np.asarray(traj.models.V).reshape(len(ts), -1)], axis=1
+    )
+    err = np.linalg.norm(th - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() < 1e-7, err
+
+
+THETA = np.pi / 3
+X2 = np.array([[1.0, 0.0], [np.cos(THETA), np.sin(THETA)]])
+E = np.array([np.sin(THETA), -np.cos(THETA)])
+
+
+def _descent(model, data, lr, steps):
+    """Plain gradient descent with relu'(0) = 0 (independent of the flow's code)."""
+
+    @jax.jit
+    def run(model):
+        def body(_, m):
+            g = nc.gradient(m, data, "exponential")
+            return jax.tree.map(lambda a, b: a - lr * b, m, g)
+
+        return jax.lax.fori_loop(0, steps, body, model)
+
+    return _flat(run(model))
+
+
+def test_matches_gradient_descent_as_its_step_shrinks():
+    """Gradient descent converges to the located flow at first order (its distance
+    halves with the step) through an entry into sliding and an exit: neuron 1 slides
+    on x_2 until its sliding weight reaches 1 and it leaves to the active side."""
+    s0, b = 0.05, 0.3
+    model = nc.TwoLayerReLU(np.stack([s0 * E, b * X2[1]], axis=1), np.array([[s0, -b]]))
+    data = nc.Dataset(X2, np.array([1, 0]))
+    T = 4.0
+    traj = nc.gradient_flow(
+        model, data, t1=T, saveat=np.array([0.0, T]), loss="exponential", rtol=1e-11,
+        solver=_locate(),
+    )
+    assert int(traj.stats["sliding_exits"]) >= 1
+    flow = _flat(traj.final)
+    dists = []
+    for lr in (4e-3, 2e-3, 1e-3, 5e-4):
+        gd = _descent(model, data, lr, int(round(T / lr)))
+        dists.append(np.linalg.norm(gd - flow) / np.linalg.norm(flow))
+    dists = np.array(dists)
+    rates = np.log2(dists[:-1] / dists[1:])
+    assert dists[-1] < 2e-3, dists
+    np.testing.assert_allclose(rates, 1.0, atol=0.15), (dists, rates)
+
+
+@pytest.mark.slow
+def test_jit_vmap_and_float32():
+    """Under `jit` and `vmap` (events batched over initial scales) the runs match the
+    single runs; float32 runs and reaches the horizon."""
+    data = datasets.mnist(per_class=6)
+    scales = jnp.array([1e-2, 1e-3])
+    keys = jax.random.split(jax.random.key(5), 2)
+    ts = jnp.array([0.0, 1.0, 5.0])
+
+    def run(key, scale):
+        model = nc.TwoLayerReLU.init(key, 784, 6, 3, scale)
+        traj = nc.gradient_flow(model, data, t1=5.0, saveat=ts, rtol=1e-6, solver=_locate())
+        return traj.final.W, traj.stats, traj.status
+
+    W_b, stats_b, status_b = jax.jit(jax.vmap(run))(keys, scales)
+    assert np.all(np.asarray(status_b) == nc.Status.SUCCESS)
+    for i in range(2):
+        W_i, stats_i, _ = run(keys[i], scales[i])
+        # Batched products round differently; the located events and the steps
+        # around them follow, so the runs agree to the solver's accuracy at this
+        # tolerance (about 1e-4 on MNIST at rtol 1e-6, docs page *Sliding*), not to
+        # rounding.
+        W_b_i, W_i = np.asarray(W_b[i]), np.asarray(W_i)
+        assert np.linalg.norm(W_b_i - W_i) < 5e-4 * np.linalg.norm(W_i)
+        for name in ("sliding_entries", "num_steps"):
+            b_, s_ = int(stats_b[name][i]), int(stats_i[name])
+            assert abs(b_ - s_) <= max(1, 0.1 * s_), (name, b_, s_)
+
+    data32 = datasets.mnist(per_class=6, dtype=jnp.float32)
+    model32 = nc.TwoLayerReLU.init(jax.random.key(5), 784, 6, 3, 1e-2, dtype=jnp.float32)
+    traj = nc.gradient_flow(model32, data32, t1=5.0, saveat=ts, rtol=1e-4, solver=_locate())
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert traj.final.W.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(traj.final.W)))
+
+
+def test_event_controller_bad_input():
+    pid = diffrax.PIDController(rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="margin"):
+        nc.EventController(pid, margin=0.0)
+    with pytest.raises(ValueError, match="budget"):
+        nc.EventController(pid, budget=-1.0)
+    with pytest.raises(ValueError, match="pid"):
+        nc.EventController(diffrax.ConstantStepSize())
