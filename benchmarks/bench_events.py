@@ -124,27 +124,41 @@ def run(data, model, t1, ts, rtol, solver, max_steps):
 
 def bench(name, problem, rtols, solvers, ref_rtol, gd_lr, max_steps, old_min=0.0):
     data, model, t1, ts = problem()
-    print(f"\n## {name}: n = {data.x.shape[0]}, D = {data.dim}, h = {model.W.shape[1]}, "
-          f"T = {t1}, {len(ts)} save times\n")
+    print(
+        f"\n## {name}: n = {data.x.shape[0]}, D = {data.dim}, h = {model.W.shape[1]}, "
+        f"T = {t1}, {len(ts)} save times\n"
+    )
     refs = {}
     if gd_lr is not None:
         ref, acc = gd_reference(data, model, ts, gd_lr)
         refs["GD"] = ref
-        print(f"reference GD: Richardson over lr {gd_lr:g}, {gd_lr / 2:g}, {gd_lr / 4:g}; "
-              f"first- vs second-order extrapolation differ by {acc:.1e} (its accuracy)")
+        print(
+            f"reference GD: Richardson over lr {gd_lr:g}, {gd_lr / 2:g}, {gd_lr / 4:g}; "
+            f"first- vs second-order extrapolation differ by {acc:.1e} (its accuracy)"
+        )
     if ref_rtol is not None:
-        traj, theta, wall = run(data, model, t1, ts, ref_rtol, new_solver(ref_rtol), max_steps)
+        traj, theta, wall = run(
+            data, model, t1, ts, ref_rtol, new_solver(ref_rtol), max_steps
+        )
         refs["tight"] = theta
-        print(f"reference tight: located events (Tsit5) at rtol {ref_rtol:g}: status "
-              f"{int(traj.status)}, {int(traj.stats['num_steps'])} steps, {wall:.1f} s")
+        print(
+            f"reference tight: located events (Tsit5) at rtol {ref_rtol:g}: status "
+            f"{int(traj.status)}, {int(traj.stats['num_steps'])} steps, {wall:.1f} s"
+        )
         if "GD" in refs:
             print(f"tight run to GD reference: {max_rel(theta, refs['GD']):.2e}")
     print()
     cols = ["solver", "rtol", "status"]
     cols += [f"max rel. error vs {k}" for k in refs]
-    cols += ["grad evals", "steps (rejected)", "wall s", "observed order",
-             "events: crossings located / started, entries (started), exits",
-             "event retries / landings", "evals / previous solver"]
+    cols += [
+        "grad evals",
+        "steps (rejected)",
+        "wall s",
+        "observed order",
+        "events: crossings located / started, entries (started), exits",
+        "event retries / landings",
+        "evals / previous solver",
+    ]
     table_header(cols)
     base = {}
     for label, make in solvers.items():
@@ -185,9 +199,15 @@ def bench(name, problem, rtols, solvers, ref_rtol, gd_lr, max_steps, old_min=0.0
                 ratio = f"{s['grad_evals'] / base[rtol]:.2f}x"
             row = [label, f"{rtol:g}", str(int(traj.status))]
             row += [f"{errs[k]:.2e}" for k in refs]
-            row += [str(s["grad_evals"]),
-                    f"{s['num_steps']} ({s['num_rejected_steps']})",
-                    f"{wall:.2f}", order, events, retries, ratio]
+            row += [
+                str(s["grad_evals"]),
+                f"{s['num_steps']} ({s['num_rejected_steps']})",
+                f"{wall:.2f}",
+                order,
+                events,
+                retries,
+                ratio,
+            ]
             print("| " + " | ".join(row) + " |", flush=True)
 
 
@@ -200,10 +220,12 @@ def default_call(name, problem) -> None:
     jax.block_until_ready(traj.final.W)
     wall = time.perf_counter() - t
     s = {k: int(v) for k, v in traj.stats.items()}
-    print(f"\ndefault call on {name} (solver {solver_name(None, data, None)!r}, "
-          f"rtol {nc.DEFAULT_RTOL:g}): status {int(traj.status)}, {s['num_steps']} steps "
-          f"({s['num_rejected_steps']} rejected), {s['grad_evals']} grad evals, "
-          f"{wall:.1f} s including compilation")
+    print(
+        f"\ndefault call on {name} (solver {solver_name(None, data, None)!r}, "
+        f"rtol {nc.DEFAULT_RTOL:g}): status {int(traj.status)}, {s['num_steps']} steps "
+        f"({s['num_rejected_steps']} rejected), {s['grad_evals']} grad evals, "
+        f"{wall:.1f} s including compilation"
+    )
 
 
 def main() -> None:
@@ -219,9 +241,12 @@ def main() -> None:
     if args.quick:  # the orthogonally separable problem and the default calls
         problems = [p for p in problems if p != "m60"] + ["defaults"]
     if "ortho" in problems:
-        rtols = [1e-3, 1e-5, 1e-7, 1e-9] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
-        bench("orthogonally separable", ortho_problem, rtols, SOLVERS,
-              1e-11, 1e-4, 400_000)
+        rtols = (
+            [1e-3, 1e-5, 1e-7, 1e-9]
+            if args.quick
+            else [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
+        )
+        bench("orthogonally separable", ortho_problem, rtols, SOLVERS, 1e-11, 1e-4, 400_000)
     if "m60" in problems:
         rtols = [1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
         solvers = {k: v for k, v in SOLVERS.items() if k != "regular field"}
@@ -231,6 +256,7 @@ def main() -> None:
     if "defaults" in problems:
         default_call("orthogonally separable", ortho_problem)
         default_call("MNIST-60", m60_problem)
+
 
 if __name__ == "__main__":
     main()

@@ -310,9 +310,7 @@ class EventController(diffrax.AbstractAdaptiveStepSizeController):
         # After a step shortened to end before an event, the PID sees the small error
         # of a short step and would grow the next one by its largest factor, past the
         # step it had proposed: it gets at most the step it proposed before.
-        next_t1 = jnp.where(
-            keep, jnp.minimum(next_t1, next_t0 + state.cap), next_t1
-        )
+        next_t1 = jnp.where(keep, jnp.minimum(next_t1, next_t0 + state.cap), next_t1)
         pid_dt = next_t1 - next_t0
         # Events located inside the step just taken.
         theta = _first_over_budget(
@@ -325,7 +323,9 @@ class EventController(diffrax.AbstractAdaptiveStepSizeController):
         # earlier if the PID rejected the step for its own error and proposes less).
         next_t0 = jnp.where(retry_now, t0, next_t0)
         next_t1 = jnp.where(
-            retry_now, target, jnp.where(retry & ~keep, jnp.minimum(next_t1, target), next_t1)
+            retry_now,
+            target,
+            jnp.where(retry & ~keep, jnp.minimum(next_t1, target), next_t1),
         )
         keep = keep & ~retry_now
 
@@ -354,9 +354,7 @@ class EventController(diffrax.AbstractAdaptiveStepSizeController):
             ahead, self._scaled(cost, y1_candidate.W, size), self.budget
         )
         shorten = keep & jnp.isfinite(first)
-        next_t1 = jnp.where(
-            shorten, next_t0 + first * (1.0 - self.margin) * dt, next_t1
-        )
+        next_t1 = jnp.where(shorten, next_t0 + first * (1.0 - self.margin) * dt, next_t1)
         shortened = shorten | retry_now
         cap = jnp.where(
             shortened,

@@ -97,9 +97,9 @@ class SlidingReLU(AbstractTableauSolver):
       a transversal crossing on its far side, a pair whose kink attracts from both
       sides as an entry into sliding, with the part before its kink integrated
       exactly (see the docs page *Sliding*). The step's error estimate is then a
-      `Located`, which only `EventController` reads. `"land"`: steps end just before the crossings
-      that matter (`CrossingController`, which `controller()` returns and
-      `gradient_flow` uses), and a crossing that close is started at the beginning of
+      `Located`, which only `EventController` reads. `"land"`: steps end just
+      before the crossings that matter (`CrossingController`, which `controller()`
+      returns), and a crossing that close is started at the beginning of
       the next step; the error at `T` then falls steadily with the tolerance (see the
       docs page *Sliding*). `"start"`: only the latter (with any step-size
       controller). `"none"`: left to the error control, as in a plain solver.

@@ -551,7 +551,9 @@ def hermite_roots(
     def body(_, carry):
         a, b, fa, fb, side = carry
         denom = fb - fa
-        c = jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), 0.5 * (a + b))
+        c = jnp.where(
+            denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), 0.5 * (a + b)
+        )
         c = jnp.clip(c, a, b)
         fc = p(c)
         left = (fc > 0) == (fa > 0)  # the root lies in [c, b]

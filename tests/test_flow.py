@@ -100,7 +100,12 @@ def test_jit_and_vmap_over_scales_and_seeds_match_single_runs(small_problem):
         # The regular field at `rtol 1e-9` (the defaults before `events`; `events`
         # under `vmap` is tested in `test_events.py`).
         return nc.gradient_flow(
-            model, small_problem, t1=T1, saveat=ts, save_params=True, solver="regular",
+            model,
+            small_problem,
+            t1=T1,
+            saveat=ts,
+            save_params=True,
+            solver="regular",
             rtol=1e-9,
         )
 
