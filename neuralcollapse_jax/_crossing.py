@@ -66,7 +66,47 @@ class CrossingState(eqx.Module):
     loss: AbstractLoss
 
 
-class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
+class _WrappedPID(diffrax.AbstractAdaptiveStepSizeController):
+    """What `CrossingController` and `EventController` share: a wrapped
+    `diffrax.PIDController` (`pid`), whose tolerances they expose, the checks of
+    `margin`, `window` and `budget`, and the error scale of an event."""
+
+    def __check_init__(self):
+        if not isinstance(self.pid, diffrax.PIDController):
+            raise ValueError(
+                f"pid must be a diffrax.PIDController, got {type(self.pid).__name__}"
+            )
+        for name in ("margin", "window"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {v}")
+        if not self.budget > 0:
+            raise ValueError(f"budget must be positive, got {self.budget}")
+
+    # Diffrax's adaptive controllers expose their tolerances: those of the PID.
+    @property
+    def rtol(self):
+        return self.pid.rtol
+
+    @property
+    def atol(self):
+        return self.pid.atol
+
+    @property
+    def norm(self):
+        return self.pid.norm
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
+
+    def _scaled(self, cost: Array, W: Array, size: int) -> Array:
+        """`cost` (per pair) in units of the tolerance: over `atol + rtol rms(w_j)`
+        per neuron, spread over all `size` parameters."""
+        scale = self.atol + self.rtol * jnp.sqrt(jnp.mean(W * W, axis=0))
+        return cost / (scale[None, :] * jnp.sqrt(size))
+
+
+class CrossingController(_WrappedPID):
     r"""Wraps a `diffrax.PIDController` to end a step just before the first predicted
     transversal crossing of a ReLU kink that matters.
 
@@ -106,34 +146,6 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
     window: float = eqx.field(static=True, default=0.05)
     budget: float = eqx.field(static=True, default=BUDGET)
 
-    def __check_init__(self):
-        if not isinstance(self.pid, diffrax.PIDController):
-            raise ValueError(
-                f"pid must be a diffrax.PIDController, got {type(self.pid).__name__}"
-            )
-        for name in ("margin", "window"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {v}")
-        if not self.budget > 0:
-            raise ValueError(f"budget must be positive, got {self.budget}")
-
-    # Diffrax's adaptive controllers expose their tolerances: those of the PID.
-    @property
-    def rtol(self):
-        return self.pid.rtol
-
-    @property
-    def atol(self):
-        return self.pid.atol
-
-    @property
-    def norm(self):
-        return self.pid.norm
-
-    def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
-
     def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
         loss = term_loss(terms)
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -166,9 +178,8 @@ class CrossingController(diffrax.AbstractAdaptiveStepSizeController):
         s = jnp.where(toward, -Z / jnp.where(toward, velocity, 1.0), jnp.inf)
         dt = next_t1 - next_t0
         size = y0.W.size + y0.V.size
-        scale = self.atol + self.rtol * jnp.sqrt(jnp.mean(W * W, axis=0))
         jump = (1.0 - leak) * jnp.abs(C) * jnp.linalg.norm(x, axis=1)[:, None]
-        error = 0.25 * dt * jump / (scale[None, :] * jnp.sqrt(size))
+        error = self._scaled(0.25 * dt * jump, W, size)
         inside = toward & (s > self.window * dt) & (s < dt)
         # Summed in time order by bins (one scatter-add) rather than sorted: a sort of
         # the `n h` crossing times in every step costs more than the step on large data.
@@ -217,7 +228,7 @@ def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
     return jnp.where(jnp.any(over), first, jnp.inf)
 
 
-class EventController(diffrax.AbstractAdaptiveStepSizeController):
+class EventController(_WrappedPID):
     r"""Wraps a `diffrax.PIDController` to end steps at the ReLU kink events that
     `SlidingReLU(crossings="locate")` locates.
 
@@ -259,42 +270,11 @@ class EventController(diffrax.AbstractAdaptiveStepSizeController):
     window: float = eqx.field(static=True, default=0.05)
     budget: float = eqx.field(static=True, default=BUDGET)
 
-    def __check_init__(self):
-        if not isinstance(self.pid, diffrax.PIDController):
-            raise ValueError(
-                f"pid must be a diffrax.PIDController, got {type(self.pid).__name__}"
-            )
-        for name in ("margin", "window"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {v}")
-        if not self.budget > 0:
-            raise ValueError(f"budget must be positive, got {self.budget}")
-
-    @property
-    def rtol(self):
-        return self.pid.rtol
-
-    @property
-    def atol(self):
-        return self.pid.atol
-
-    @property
-    def norm(self):
-        return self.pid.norm
-
-    def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.pid, self, self.pid.wrap(direction))
-
     def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
         zero = jnp.zeros((), jnp.int32)
         cap = jnp.asarray(jnp.inf, jnp.result_type(t0, float))
         return t1, EventState(pid=pid_state, landings=zero, retries=zero, cap=cap)
-
-    def _scaled(self, cost: Array, W: Array, size: int) -> Array:
-        scale = self.atol + self.rtol * jnp.sqrt(jnp.mean(W * W, axis=0))
-        return cost / (scale[None, :] * jnp.sqrt(size))
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args: Dataset, y_error, error_order, state
