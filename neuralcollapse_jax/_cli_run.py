@@ -16,11 +16,10 @@ from . import metrics
 from ._config import (
     RunConfig,
     add_set_option,
+    apply_flags,
     build_data,
-    load_file,
+    load_config_file,
     out_dim,
-    parse_assignment,
-    set_in,
     solver_name,
     to_yaml,
 )
@@ -119,22 +118,10 @@ def add_parser(sub) -> None:
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """The default problem or the config file, then --data, the short flags and --set.
     A relative `output` in the file is taken relative to the file, as in a sweep."""
-    raw = dict(DEFAULT_RUN)
-    if args.config is not None:
-        raw = load_file(args.config)
-        if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
-            raw["output"] = str(args.config.parent / raw["output"])
+    raw = dict(DEFAULT_RUN) if args.config is None else load_config_file(args.config)
     if args.data is not None:
         raw["data"] = DATA_PRESETS[args.data]
-    items = [
-        (key, getattr(args, flag))
-        for flag, key in ALIASES.items()
-        if getattr(args, flag) is not None
-    ]
-    items += [parse_assignment(item) for item in args.assignments]
-    for key, value in items:
-        raw = set_in(raw, key, value)
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(apply_flags(raw, args, ALIASES))
 
 
 def build_problem(cfg: RunConfig):

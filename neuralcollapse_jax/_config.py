@@ -407,6 +407,29 @@ def set_in(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return config
 
 
+def load_config_file(path: Path) -> dict[str, Any]:
+    """`load_file`, with a relative `output` taken relative to the file (as the
+    commands read a `--config`)."""
+    raw = load_file(path)
+    if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
+        raw["output"] = str(Path(path).parent / raw["output"])
+    return raw
+
+
+def apply_flags(raw: dict[str, Any], args, aliases: Mapping[str, str]) -> dict[str, Any]:
+    """`raw` with a command's short flags (`aliases`: flag -> `section.key`, where
+    given) and then its `--set` assignments applied, in that order."""
+    items = [
+        (key, getattr(args, flag))
+        for flag, key in aliases.items()
+        if getattr(args, flag) is not None
+    ]
+    items += [parse_assignment(item) for item in args.assignments]
+    for key, value in items:
+        raw = set_in(raw, key, value)
+    return raw
+
+
 def plain(v):
     """A JSON/YAML-friendly copy of a value (tuples as lists, numpy as Python)."""
     if isinstance(v, Mapping):

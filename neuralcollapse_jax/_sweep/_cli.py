@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from .._config import add_set_option, load_file, parse_assignment, set_in
+from .._config import add_set_option, apply_flags, load_config_file
 from ._api import resolve_execution, sweep
 from ._config import SweepConfig
 from ._plan import make_plan
@@ -94,18 +94,7 @@ def add_parser(sub) -> None:
 def load_config(args: argparse.Namespace) -> SweepConfig:
     """The config file, then the execution flags and --set; a relative `output` is
     taken relative to the file."""
-    raw = load_file(args.config)
-    if raw.get("output") is not None and not Path(raw["output"]).is_absolute():
-        raw["output"] = str(args.config.parent / raw["output"])
-    items = [
-        (key, getattr(args, flag))
-        for flag, key in ALIASES.items()
-        if getattr(args, flag) is not None
-    ]
-    items += [parse_assignment(item) for item in args.assignments]
-    for key, value in items:
-        raw = set_in(raw, key, value)
-    return SweepConfig(raw)
+    return SweepConfig(apply_flags(load_config_file(args.config), args, ALIASES))
 
 
 def run_sweep(args: argparse.Namespace) -> int:
