@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import crossing_problem
 from scipy.integrate import solve_ivp
 
 import neuralcollapse_jax as nc
@@ -22,39 +23,6 @@ def _locate(inner=None):
     return SlidingReLU(
         inner=diffrax.Tsit5() if inner is None else inner, crossings="locate"
     )
-
-
-def _crossing_problem():
-    """One neuron, exponential loss, two positive points at an acute angle: `x_1` is
-    active and pulls `w` towards itself, so `z_2 = <x_2, w>` rises through 0 and keeps
-    rising (a transversal crossing). Reference: SciPy's DOP853 on each smooth piece,
-    with the crossing located as an event."""
-    X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
-    th0 = np.array([0.6, -0.45, 0.5])  # w, v; z = (0.6, -0.2)
-
-    def piece(active):
-        def f(t, th):
-            z = X @ th[:2]
-            h = np.where(active, z, 0.0)
-            r = np.exp(-th[2] * h)
-            return np.concatenate([X.T @ (r * th[2] * active), [np.sum(r * h)]])
-
-        return f
-
-    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
-    event = lambda t, th: (X @ th[:2])[1]  # noqa: E731
-    event.terminal = True
-    before, after = piece(np.array([1.0, 0.0])), piece(np.array([1.0, 1.0]))
-    sol = solve_ivp(before, (0.0, 10.0), th0, events=event, **tight)
-    tc, thc = sol.t_events[0][0], sol.y_events[0][0]
-
-    def exact(t):
-        if t <= tc:
-            return solve_ivp(before, (0.0, t), th0, **tight).y[:, -1]
-        return solve_ivp(after, (tc, t), thc, **tight).y[:, -1]
-
-    model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
-    return nc.Dataset(X, np.array([1, 1]), 2), model, tc, exact
 
 
 def _step_ends(solver, model, data, T, rtol, loss="exponential"):
@@ -78,7 +46,7 @@ def _step_ends(solver, model, data, T, rtol, loss="exponential"):
 def test_a_crossing_is_located_to_the_tolerance():
     """A step ends just before the crossing time of the closed form (SciPy's event),
     closer than the tolerance allows: the crossing is located, not extrapolated."""
-    data, model, tc, _ = _crossing_problem()
+    data, model, tc, _ = crossing_problem()
     for rtol in (1e-6, 1e-9):
         ends = _step_ends(_locate(), model, data, 2 * tc, rtol)
         before = ends[ends <= tc].max()
@@ -113,7 +81,7 @@ def test_crossing_error_follows_the_tolerance_at_high_order():
     """Error at every save time against the closed form (SciPy, event located) falls
     with the tolerance; the observed order (error against gradient evaluations) is
     well above one."""
-    data, model, tc, exact = _crossing_problem()
+    data, model, tc, exact = crossing_problem()
     T = 2 * tc
     ts = np.linspace(0.0, T, 9)
     rtols = (1e-5, 1e-7, 1e-9)

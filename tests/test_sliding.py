@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import crossing_problem
 from scipy.optimize import brentq
 from scipy.special import expi
 
@@ -386,42 +387,6 @@ def test_sliding_by_name_picks_the_tableau_from_rtol():
     np.testing.assert_allclose(np.asarray(c.final.W), np.asarray(d.final.W), rtol=1e-12)
 
 
-def _crossing_problem():
-    """One neuron, exponential loss, two positive points at an acute angle.
-
-    `x_1` is active and pulls `w` towards itself, so `z_2 = <x_2, w>` rises through 0
-    and then keeps rising (`c_2 > 0`): a transversal crossing, no sliding. Reference:
-    scipy's DOP853 on each smooth piece, with the crossing located as an event.
-    """
-    from scipy.integrate import solve_ivp
-
-    X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
-    th0 = np.array([0.6, -0.45, 0.5])  # w, v; z = (0.6, -0.2)
-
-    def piece(active):
-        def f(t, th):
-            z = X @ th[:2]
-            h = np.where(active, z, 0.0)
-            r = np.exp(-th[2] * h)
-            return np.concatenate([X.T @ (r * th[2] * active), [np.sum(r * h)]])
-
-        return f
-
-    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
-    event = lambda t, th: (X @ th[:2])[1]  # noqa: E731
-    event.terminal = True
-    before, after = piece(np.array([1.0, 0.0])), piece(np.array([1.0, 1.0]))
-    sol = solve_ivp(before, (0.0, 10.0), th0, events=event, **tight)
-    tc, thc = sol.t_events[0][0], sol.y_events[0][0]
-
-    def exact(t):
-        if t <= tc:
-            return solve_ivp(before, (0.0, t), th0, **tight).y[:, -1]
-        return solve_ivp(after, (tc, t), thc, **tight).y[:, -1]
-
-    return nc.Dataset(X, np.array([1, 1]), 2), tc, exact
-
-
 def _one_step(solver, data, y0, t0, dt):
     m = nc.TwoLayerReLU(jnp.asarray(y0[:2])[:, None], jnp.asarray([[y0[2]]]))
     sol = diffrax.diffeqsolve(
@@ -446,7 +411,7 @@ def test_kink_correction_makes_the_crossing_step_second_order(inner):
 
     The crossing lies at 40% of each step; the reference locates it exactly.
     """
-    data, tc, exact = _crossing_problem()
+    data, _, tc, exact = crossing_problem()
     dts = np.array([0.2, 0.1, 0.05, 0.025])
     errors = {}
     for corr in (False, True):
@@ -474,7 +439,7 @@ def test_steps_land_before_a_transversal_crossing(inner):
     stats); the error at `T` against the event-located reference is smaller than with
     the error control alone, at fewer gradient evaluations, and falls with the
     tolerance."""
-    data, tc, exact = _crossing_problem()
+    data, _, tc, exact = crossing_problem()
     th0 = exact(0.0)
     model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
     T = 2 * tc
@@ -513,7 +478,7 @@ def test_a_started_crossing_has_a_second_order_local_error():
     started crossing's local error is far below that of the same step without it and
     of second order in `dt` (first order without it), since the part of the step on
     the near side is integrated exactly."""
-    data, tc, exact = _crossing_problem()
+    data, _, tc, exact = crossing_problem()
     errs = {}
     for crossings in ("start", "none"):
         solver = SlidingReLU(inner=diffrax.Bosh3(), crossings=crossings)
