@@ -28,68 +28,20 @@ def test_config_defaults_and_errors():
 
 
 def test_bad_settings_exit_2(tmp_path, capsys):
-    out = str(tmp_path)
-    assert (
-        cli_main(
-            [
-                "reproduce",
-                "normalization",
-                "--quick",
-                "--out",
-                out,
-                "--set",
-                "normalization.arch=vgg",
-            ]
-        )
-        == 2
-    )
+    def run(*settings):
+        argv = ["reproduce", "normalization", "--quick", "--out", str(tmp_path)]
+        for item in settings:
+            argv += ["--set", item]
+        return cli_main(argv)
+
+    assert run("normalization.arch=vgg") == 2
     err = capsys.readouterr().err
     assert "normalization.arch" in err and "vgg" in err
-    assert (
-        cli_main(
-            [
-                "reproduce",
-                "normalization",
-                "--quick",
-                "--out",
-                out,
-                "--set",
-                "normalization.norms=[batchnorm]",
-            ]
-        )
-        == 2
-    )
-    assert (
-        cli_main(
-            [
-                "reproduce",
-                "normalization",
-                "--quick",
-                "--out",
-                out,
-                "--set",
-                "normalization.dataset=cifar10",
-            ]
-        )
-        == 2
-    )
+    assert run("normalization.norms=[batchnorm]") == 2
+    assert run("normalization.dataset=cifar10") == 2
     assert "cifar_folder" in capsys.readouterr().err
-    assert (
-        cli_main(
-            [
-                "reproduce",
-                "normalization",
-                "--quick",
-                "--out",
-                out,
-                "--set",
-                "normalization.dataset=cifar10",
-                "--set",
-                f"normalization.cifar_folder={tmp_path / 'none'}",
-            ]
-        )
-        == 2
-    )
+    none = tmp_path / "none"
+    assert run("normalization.dataset=cifar10", f"normalization.cifar_folder={none}") == 2
     assert "does not exist" in capsys.readouterr().err
 
 
