@@ -26,6 +26,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -198,7 +199,8 @@ class CrossingController(_WrappedPID):
             landings=state.landings + shorten.astype(jnp.int32),
             loss=state.loss,
         )
-        return keep, next_t0, next_t0 + dt, made_jump, new_state, result
+        next_t1 = jax.lax.stop_gradient(next_t0 + dt)  # see `EventController`
+        return keep, next_t0, next_t1, made_jump, new_state, result
 
     @staticmethod
     def stats(state: CrossingState) -> dict[str, Array]:
@@ -347,6 +349,11 @@ class EventController(_WrappedPID):
             retries=state.retries + retry_now.astype(jnp.int32),
             cap=cap,
         )
+        # The step times are choices of the method, not functions of the flow: their
+        # derivatives are stopped (as Diffrax's PID stops those of its step factor).
+        # The derivatives of the events' times enter where the solver resolves them
+        # (started crossings and entries, `SlidingReLU`), from the state itself.
+        next_t1 = jax.lax.stop_gradient(next_t1)
         return keep, next_t0, next_t1, made_jump, new_state, result
 
     @staticmethod

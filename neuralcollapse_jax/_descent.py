@@ -166,14 +166,35 @@ def _descend(
         updates, opt_state = opt.update(g, opt_state, m)
         return optax.apply_updates(m, updates), opt_state
 
-    def segment(carry, target):
-        m, opt_state, k = carry
-        m, opt_state = jax.lax.fori_loop(k, target, one_step, (m, opt_state))
-        return (m, opt_state, target), fn(None, m, data)
+    # One scan over all `steps` (a static count), writing the records at the save
+    # steps as it passes them: unlike loops between traced save steps, a scan can be
+    # differentiated in reverse mode as well as in forward mode. The buffer is written
+    # linearly (`where`), so reverse mode keeps no copy of it per step.
+    first = fn(None, model, data)
+    buffer = jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (save_steps.shape[0],) + a.shape), first
+    )
 
-    init = (model, opt.init(eqx.filter(model, eqx.is_inexact_array)), jnp.int32(0))
-    (final, opt_state, _), saved = jax.lax.scan(segment, init, save_steps)
-    final, _ = jax.lax.fori_loop(save_steps[-1], steps, one_step, (final, opt_state))
+    def body(carry, k):
+        m, opt_state, buf = carry
+        m, opt_state = one_step(k, (m, opt_state))
+        hit = save_steps == k + 1
+
+        def write(buf):
+            out = fn(None, m, data)
+            return jax.tree.map(
+                lambda b, o: jnp.where(hit.reshape((-1,) + (1,) * o.ndim), o[None], b),
+                buf,
+                out,
+            )
+
+        buf = jax.lax.cond(jnp.any(hit), write, lambda b: b, buf)
+        return (m, opt_state, buf), None
+
+    init = (model, opt.init(eqx.filter(model, eqx.is_inexact_array)), buffer)
+    (final, opt_state, saved), _ = jax.lax.scan(
+        body, init, jnp.arange(steps, dtype=save_steps.dtype)
+    )
     if lift is not None:
         final, data = lift.lift(final), lift.data
     models = None

@@ -109,6 +109,7 @@ def gradient_flow(
     progress: bool = False,
     dt0: float | None = None,
     row_space: bool = False,
+    adjoint: diffrax.AbstractAdjoint | None = None,
 ) -> Trajectory:
     r"""Integrate the exact gradient flow `d theta/dt = -grad L(theta)` from `model`.
 
@@ -155,6 +156,12 @@ def gradient_flow(
       trajectory is returned for the full model. The error control then works in the
       reduced coordinates, so step sizes differ slightly from a full-space run. Needs
       concrete data (not under `jit`/`vmap`); with full-rank data nothing changes.
+    - `adjoint`: how Diffrax differentiates the solve (default
+      `diffrax.RecursiveCheckpointAdjoint()`, for `jax.grad`/`jax.vjp`, with
+      `checkpoints=` to bound its memory). `diffrax.ForwardMode()` for
+      `jax.jvp`/`jax.jacfwd`; `diffrax.DirectAdjoint()` for both. Derivatives carry
+      the jump terms of the kink events with the default solver (docs page
+      *Differentiating the flow*).
 
     **Returns:**
 
@@ -191,6 +198,7 @@ def gradient_flow(
         save_params=save_params,
         progress=progress,
         dt0=dt0,
+        adjoint=default_adjoint() if adjoint is None else adjoint,
     )
 
 
@@ -211,6 +219,7 @@ def _solve(
     save_params,
     progress,
     dt0,
+    adjoint,
 ) -> Trajectory:
     fn = save_function(loss, save_params, dict(record), lift)
     norm = optx.rms_norm
@@ -249,6 +258,7 @@ def _solve(
         max_steps=max_steps,
         throw=False,
         progress_meter=meter,
+        adjoint=adjoint,
     )
     saved, final = sol.ys
     final = jax.tree.map(lambda x: x[-1], final)
@@ -293,3 +303,9 @@ def _solve(
         stats=stats,
         status=_status(sol.result, ok),
     )
+
+
+def default_adjoint() -> diffrax.AbstractAdjoint:
+    """The adjoint `gradient_flow` uses by default: Diffrax's
+    `RecursiveCheckpointAdjoint()` (reverse mode, `jax.grad`/`jax.vjp`)."""
+    return diffrax.RecursiveCheckpointAdjoint()

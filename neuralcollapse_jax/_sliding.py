@@ -34,13 +34,19 @@ from ._sliding_modes import (
     default_slots,
     empty_mode,
     evaluate,
+    event_times,
     hermite_roots,
     kink_correction,
     mode_holds,
+    nonzero,
+    project,
+    shifted_first,
     slots_of,
     start_crossings,
     unfinished_error,
     update_mode,
+    with_derivatives,
+    with_velocity_derivatives,
 )
 
 
@@ -212,6 +218,7 @@ class SlidingReLU(AbstractTableauSolver):
             zdot=zdot,
             located=zero,
             started_entries=zero,
+            fresh=jnp.ones((), bool),
         )
 
     def func(self, terms, t0, y0: TwoLayerReLU, args: Dataset):
@@ -228,12 +235,24 @@ class SlidingReLU(AbstractTableauSolver):
         state: SlidingState = solver_state
         data = args
         leak = y0.leak
+        locate = self.crossings == "locate"
+
+        def restored():
+            field = with_derivatives(state.field, y0.W, y0.V, data, loss, leak)
+            zdot = state.zdot
+            if locate:
+                zdot = with_velocity_derivatives(zdot, field, data.x)
+            return field, zdot
+
+        # The first step's stored stage comes from `init`, whose derivatives Diffrax
+        # stops: given back here (free unless something is differentiated).
+        field, zdot = jax.lax.cond(state.fresh, restored, lambda: (state.field, state.zdot))
+        state = eqx.tree_at(lambda s: (s.field, s.zdot), state, (field, zdot))
         # Gathered in each step rather than carried in the solver state, which Diffrax
         # selects between old and new in every step: carrying them was no faster.
         xs_old = slots_of(state.idx, data.x)
         old, cand = candidates(state)
         dt = t1 - t0
-        locate = self.crossings == "locate"
         approach = None
         if locate:
             # Entries started at the beginning of the step: pairs that reach their kink
@@ -243,7 +262,7 @@ class SlidingReLU(AbstractTableauSolver):
             f = state.field
             near, toward = transversal_approach(f.Z, state.zdot, f.C, data.x, leak)
             reach = jnp.where(near, state.zdot < 0, state.zdot > 0)
-            tau_in = -f.Z / (jnp.where(reach, state.zdot, 1.0) * dt)
+            tau_in = -f.Z / (jnp.where(reach, state.zdot, 1.0) * nonzero(dt))
             approach = reach & ~toward & (tau_in < self.crossing_window) & ~old & (f.C < 0)
             tau_in = jnp.where(approach, tau_in, 0.0)
             cand = cand | approach
@@ -298,6 +317,29 @@ class SlidingReLU(AbstractTableauSolver):
             first, started = start_crossings(
                 first, mode, data.x, dt, leak, self.crossing_window, zdot0
             )
+        # Started crossings and entries spent `tau dt` on the near side of their kink,
+        # integrated exactly (with `c_ij` frozen) and added to y1 before its stage is
+        # evaluated. Their derivatives (the jump terms of the events, through the
+        # dependence of `tau` on the state) belong at the start of the step, where the
+        # flow carries them from the event: they enter there, with no value
+        # (`shift - stop_gradient(shift)`), and go through the stages. The first stage
+        # gets the derivative it has at the shifted start (`shifted_first`).
+        shift = None if started is None else started.correction
+        if entry_correction is not None:
+            shift = entry_correction if shift is None else shift + entry_correction
+        W_start = y0.W
+        if shift is not None:
+            W_start = y0.W + (shift - jax.lax.stop_gradient(shift))
+            any_started = jnp.any(started.mask)
+            if entry_correction is not None:
+                any_started = any_started | jnp.any(began)
+            first = jax.lax.cond(
+                any_started,
+                lambda: shifted_first(
+                    first, shift, y0.W, y0.V, data, mode, started, loss, leak
+                ),
+                lambda: first,
+            )
         # Stage increments k_s = dt f_s as (W, V) pairs; explicit RK (Diffrax's tableau).
         fields = [first]
         n_rows = len(tab.a_lower)
@@ -306,12 +348,11 @@ class SlidingReLU(AbstractTableauSolver):
         def stage(s, c, ys):
             nonlocal eW_kink
             Ws, Vs = ys
-            if started is not None and s == n_rows - 1:
-                # Started crossings spent `tau dt` on the near side: integrated
-                # exactly (with `c_ij` frozen), before y1's stage is evaluated.
-                Ws = Ws + started.correction
-            if entry_correction is not None and s == n_rows - 1:
-                Ws = Ws + entry_correction
+            if s == n_rows - 1:
+                if started is not None:
+                    Ws = Ws + jax.lax.stop_gradient(started.correction)
+                if entry_correction is not None:
+                    Ws = Ws + jax.lax.stop_gradient(entry_correction)
             if self.kink_correction and s == n_rows - 1:
                 # The last stage is y1 (first same as last): correct it before it is
                 # evaluated, so that the stored field is the one at the corrected y1.
@@ -331,7 +372,7 @@ class SlidingReLU(AbstractTableauSolver):
             return (Ws, Vs), (dt * f.dW, dt * f.dV), f
 
         ks, (W1, V1), _ = explicit_stages(
-            tab, (y0.W, y0.V), (dt * first.dW, dt * first.dV), stage
+            tab, (W_start, y0.V), (dt * first.dW, dt * first.dV), stage
         )
         # First same as last: the last stage is at y1 = y0 + sum_s b_s k_s.
         last = fields[-1]
@@ -363,6 +404,23 @@ class SlidingReLU(AbstractTableauSolver):
             # quarter of the step (as `CrossingController` estimates it).
             back = jnp.where(Z1 > 0, zdot1 < 0, zdot1 > 0)
             weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
+            # The jump term of each transversal crossing left inside the step (the
+            # saltation term of its derivative): the stages took the field on each
+            # side without the crossing time's dependence on the state. It adds
+            # `(f_before - f_after) d t_c` to the derivative of y1 and nothing to y1
+            # (`t_c - stop_gradient(t_c)` is zero).
+            crossed = event & ~(back & (last.C < 0))
+            times = event_times(
+                Z0,
+                Z1,
+                dt * jnp.where(event, zdot0, 0.0),
+                dt * jnp.where(event, zdot1, 0.0),
+                theta,
+            )
+            moved = jnp.where(crossed, dt * (times - jax.lax.stop_gradient(times)), 0.0)
+            coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
+            salt = project(data.x.T @ (moved * coef), mode.xs, mode.ginv)
+            y1 = TwoLayerReLU(W1 + salt, V1, leak)
             jump = (1.0 - leak) * jnp.abs(last.C) * jnp.linalg.norm(data.x, axis=1)[:, None]
             cost = jnp.where(event, jnp.abs(dt) * jump * weight, 0.0)
             y_error = Located(
@@ -373,7 +431,8 @@ class SlidingReLU(AbstractTableauSolver):
                 zdot=zdot1,
                 # Second derivative at the end of the cubic interpolant, for the
                 # controller's prediction of the next events.
-                zddot=(6.0 * (Z0 - Z1) + 2.0 * dt * zdot0 + 4.0 * dt * zdot1) / (dt * dt),
+                zddot=(6.0 * (Z0 - Z1) + 2.0 * dt * zdot0 + 4.0 * dt * zdot1)
+                / nonzero(dt * dt),
                 C=last.C,
             )
             located = jnp.sum(event, dtype=jnp.int32)
@@ -385,9 +444,6 @@ class SlidingReLU(AbstractTableauSolver):
         # The near-side parts of started crossings and entries are added to y1 alone;
         # they happen at the very start of the step (within `tau dt`), so the dense
         # output gets them from its start: shifting y0 keeps it exact at both ends.
-        shift = None if started is None else started.correction
-        if entry_correction is not None:
-            shift = entry_correction if shift is None else shift + entry_correction
         y0_dense = y0 if shift is None else TwoLayerReLU(y0.W + shift, y0.V, leak)
         dense_info = dict(y0=y0_dense, y1=y1, k=k_stack)
         changed = (counters["entries"] + counters["exits"]) > 0
@@ -411,6 +467,7 @@ class SlidingReLU(AbstractTableauSolver):
             located=state.located + located,
             started_entries=state.started_entries
             + (0 if approach is None else jnp.sum(approach & mode.mask, dtype=jnp.int32)),
+            fresh=jnp.zeros((), bool),
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 

@@ -81,6 +81,15 @@ class SlidingState(eqx.Module):
     zdot: Float[Array, "n h"]  # <x_i, dw_j/dt> at the current state (`"locate"` only)
     located: Int[Array, ""]  # crossings located inside accepted steps (`"locate"`)
     started_entries: Int[Array, ""]  # entries started at the beginning of a step
+    fresh: Bool[Array, ""]  # no step accepted yet: `field` is the one of `init`
+
+
+def nonzero(dt: Array) -> Array:
+    """`dt`, or 1 where it is 0, to divide by. Under `vmap`, Diffrax keeps stepping the
+    runs that already reached `t1` with steps of length 0 and discards their results;
+    a division by such a `dt` is discarded too, but its infinite derivative would turn
+    the batch's derivatives into NaN."""
+    return jnp.where(dt == 0, jnp.ones_like(dt), dt)
 
 
 def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
@@ -284,28 +293,32 @@ def update_mode(
     G = jnp.einsum("jmd,jkd->jmk", xs, xs)
     q_full = jnp.einsum("jmd,dj->jm", xs, a_full)
 
+    # The set is a discrete decision: taken on values with their derivatives stopped
+    # (a `while_loop` cannot be reverse-differentiated, and the set has no derivative);
+    # the inverse of the chosen set is then formed outside the loop, differentiably.
+    G_d, q_d, cs_d = jax.lax.stop_gradient((G, q_full, cs * slope))
+
     def check(used, ginv):
-        q = q_full - jnp.einsum("jmk,jk->jm", G, jnp.where(used, cs * slope, 0.0))
+        q = q_d - jnp.einsum("jmk,jk->jm", G_d, jnp.where(used, cs_d, 0.0))
         eta = -jnp.einsum("jmk,jk->jm", ginv, q)
-        return used & _in_box(eta, cs, leak, tol)
+        return used & _in_box(eta, jax.lax.stop_gradient(cs), leak, tol)
 
     # Up to `iterations` rounds of (inverse, check), stopping at a fixed point: the
-    # set a round keeps is the set it checked, so later rounds change nothing and the
-    # last inverse is the one of the final set. Usually one or two rounds.
+    # set a round keeps is the set it checked, so later rounds change nothing. Usually
+    # one or two rounds.
     def body(carry):
-        k, used, _, _ = carry
-        ginv = masked_inverse(G, used)
-        kept = check(used, ginv)
+        k, used, _ = carry
+        kept = check(used, masked_inverse(G_d, used))
         done = jnp.all(kept == used)
-        return k + 1, jnp.where(done, used, kept), ginv, done
+        return k + 1, jnp.where(done, used, kept), done
 
     def more(carry):
-        k, _, _, done = carry
+        k, _, done = carry
         return ~done & (k < iterations)
 
-    start = (jnp.zeros((), jnp.int32), slot, jnp.zeros_like(G), jnp.zeros((), bool))
-    _, used, ginv, done = jax.lax.while_loop(more, body, start)
-    ginv = jax.lax.cond(done, lambda: ginv, lambda: masked_inverse(G, used))
+    start = (jnp.zeros((), jnp.int32), slot, jnp.zeros((), bool))
+    _, used, _ = jax.lax.while_loop(more, body, start)
+    ginv = masked_inverse(G, used)
     new_idx = jnp.where(used, idx, -1)
     mask = slot_mask(new_idx, n)
     mode = Mode(mask=mask, xs=jnp.where(used[..., None], xs, 0.0), ginv=ginv)
@@ -375,11 +388,11 @@ def kink_correction(
     f0 = fields[0]
     z0, c0 = f0.Z, f0.C
     a21 = float(np.asarray(tab.a_lower[0])[0])
-    zdot = (fields[1].Z - z0) / (a21 * dt)  # dz/dt at the start, exact
+    zdot = (fields[1].Z - z0) / (a21 * nonzero(dt))  # dz/dt at the start, exact
     on = z0 > 0
     toward = jnp.where(on, zdot < 0, zdot > 0)
     safe = jnp.where(toward, zdot, 1.0)
-    tau = jnp.where(toward, -z0 / (safe * dt), jnp.inf)
+    tau = jnp.where(toward, -z0 / (safe * nonzero(dt)), jnp.inf)
     cross = toward & (tau < 1) & ~mode.mask
     if started is not None:  # started at the beginning of the step: nothing to correct
         cross = cross & ~started
@@ -475,7 +488,9 @@ def start_crossings(
     if zdot is None:
         zdot = x @ first.dW
     near, toward = transversal_approach(first.Z, zdot, first.C, x, leak)
-    tau = jnp.where(toward, -first.Z / (jnp.where(toward, zdot, 1.0) * dt), jnp.inf)
+    tau = jnp.where(
+        toward, -first.Z / (jnp.where(toward, zdot, 1.0) * nonzero(dt)), jnp.inf
+    )
     mask = toward & (tau < window) & ~mode.mask
     tau = jnp.where(mask, tau, 0.0)
     coef = jnp.where(mask, jnp.where(near, 1.0 - leak, leak - 1.0) * first.C, 0.0)
@@ -585,3 +600,137 @@ class Located(eqx.Module):
     zdot: Float[Array, "n h"]  # dz_ij/dt at the end of the step
     zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
     C: Float[Array, "n h"]  # c_ij at the end of the step
+
+
+def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:
+    """`field` (the regular field at `(W, V)`, as `init` stored it) with the
+    derivatives of a fresh evaluation.
+
+    Diffrax stops the derivatives of the solver state that `init` returns, so the
+    first stage of the first step (stored there, first same as last) would enter the
+    step with none. This gives it those of `evaluate` at `(W, V)` (no sliding set)
+    without evaluating it again when nothing is differentiated (a custom JVP rule:
+    Diffrax has no hook for a differentiable initial solver state).
+    """
+    n, h = field.Z.shape
+    D = W.shape[0]
+    num_classes = data.num_classes
+
+    @jax.custom_jvp
+    def restore(field, W, V, x, y):
+        return field
+
+    @restore.defjvp
+    def restore_jvp(primals, tangents):
+        field, W, V, x, y = primals
+        _, dW, dV, dx, _ = tangents
+        mode = empty_mode(n, h, 1, D, W.dtype)
+
+        def fn(W, V, x):
+            return evaluate(W, V, Dataset(x, y, num_classes), mode, loss, leak)
+
+        _, tangent = jax.jvp(fn, (W, V, x), (dW, dV, dx))
+        return field, tangent
+
+    return restore(field, W, V, data.x, data.y)
+
+
+def with_velocity_derivatives(zdot: Array, field: Field, x: Array) -> Array:
+    """`zdot = X dW` (as `init` stored it) with the derivatives of `field` and `x`
+    (see `with_derivatives`), computed only when something is differentiated."""
+
+    @jax.custom_jvp
+    def restore(zdot, dW, x):
+        return zdot
+
+    @restore.defjvp
+    def restore_jvp(primals, tangents):
+        zdot, dW, x = primals
+        _, t_dW, t_x = tangents
+        return zdot, x @ t_dW + t_x @ dW
+
+    return restore(zdot, field.dW, x)
+
+
+def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Array:
+    """`theta` (roots of the cubic Hermite interpolants, as `hermite_roots` finds them)
+    with the derivatives of the roots, by the implicit function theorem: one Newton
+    step from the root, whose value it keeps (the bracketing iteration itself has no
+    useful derivative)."""
+    theta = jax.lax.stop_gradient(theta)
+    t2 = theta * theta
+    t3 = t2 * theta
+    p = (
+        (2 * t3 - 3 * t2 + 1) * z0
+        + (t3 - 2 * t2 + theta) * m0
+        + (-2 * t3 + 3 * t2) * z1
+        + (t3 - t2) * m1
+    )
+    dp = (
+        (6 * t2 - 6 * theta) * (z0 - z1)
+        + (3 * t2 - 4 * theta + 1) * m0
+        + (3 * t2 - 2 * theta) * m1
+    )
+    dp = jax.lax.stop_gradient(dp)
+    step = p / jnp.where(dp != 0, dp, 1.0)
+    return theta - (step - jax.lax.stop_gradient(step))
+
+
+def shifted_first(
+    first: Field,
+    shift: Array,
+    W: Array,
+    V: Array,
+    data: Dataset,
+    mode: Mode,
+    started: Started,
+    loss,
+    leak,
+) -> Field:
+    """The first stage `first` (at `W`) with the derivative it has at `W + shift`.
+
+    Started crossings and entries shift the step's start by their near-side parts
+    (`shift`, second order in `tau dt`), whose derivatives are the jump terms of the
+    events. The stored first stage is kept (its value at `W + shift` differs at second
+    order), but its derivative gets the field's linearization applied to the shift's
+    (`J(W) d shift`): without it, the jump terms would reach the first stage a step
+    late, an error of first order in the step. Free unless something is
+    differentiated (a custom JVP rule).
+    """
+    n, h = first.Z.shape
+    num_classes = data.num_classes
+
+    def fn(W, V, x, y, mask, xs, ginv, smask, near):
+        f = evaluate(W, V, Dataset(x, y, num_classes), Mode(mask, xs, ginv), loss, leak)
+        coef = jnp.where(smask, jnp.where(near, 1.0 - leak, leak - 1.0) * f.C, 0.0)
+        A = f.A - x.T @ coef
+        return Field(dW=project(A, xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
+
+    @jax.custom_jvp
+    def restore(first, shift, W, V, x, y, mask, xs, ginv, smask, near):
+        return first
+
+    @restore.defjvp
+    def restore_jvp(primals, tangents):
+        first, shift, W, V, x, y, mask, xs, ginv, smask, near = primals
+        t_first, t_shift = tangents[:2]
+
+        def along(W):
+            return fn(W, V, x, y, mask, xs, ginv, smask, near)
+
+        _, extra = jax.jvp(along, (W,), (t_shift,))
+        return first, jax.tree.map(jnp.add, t_first, extra)
+
+    return restore(
+        first,
+        shift,
+        W,
+        V,
+        data.x,
+        data.y,
+        mode.mask,
+        mode.xs,
+        mode.ginv,
+        started.mask,
+        started.near,
+    )

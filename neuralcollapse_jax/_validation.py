@@ -15,7 +15,8 @@ from ._model import TwoLayerReLU
 
 
 def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """Whether `x` holds no traced value (a list of save times may hold one)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 
 
 def check_problem(model: TwoLayerReLU, data: Dataset, loss: AbstractLoss) -> None:

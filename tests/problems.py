@@ -38,3 +38,67 @@ def crossing_problem():
 
     model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
     return nc.Dataset(X, np.array([1, 1]), 2), model, tc, exact
+
+
+def _residual(F, y, K, loss):
+    if loss == "exponential":
+        s = np.where(y == 1, 1.0, -1.0)[:, None]
+        return -s * np.exp(-s * F)
+    P = np.exp(F - F.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    return P - np.eye(K)[y]
+
+
+def scipy_flow(W0, V0, X, y, K, T, loss="cross_entropy", rtol=1e-12, atol=1e-14):
+    """The flow `d theta/dt = -grad L` (sum loss, `relu'(0) = 0`) to `T`, written
+    independently of the package: NumPy gradients and SciPy's DOP853 on each smooth
+    piece, every kink crossing located as an event and the piece restarted there.
+    Raises if a pair would slide (its kink attracts from both sides), which this
+    reference does not integrate. Returns the flat `(W, V)` at `T`."""
+    W0, V0, X = (np.asarray(a, dtype=float) for a in (W0, V0, X))
+    y = np.asarray(y)
+    D, h = W0.shape
+    n = X.shape[0]
+
+    def field(u, pattern):
+        W, V = u[: D * h].reshape(D, h), u[D * h :].reshape(V0.shape)
+        H = np.where(pattern, X @ W, 0.0)
+        R = _residual(H @ V.T, y, K, loss)
+        return -np.concatenate([(X.T @ ((R @ V) * pattern)).ravel(), (R.T @ H).ravel()])
+
+    th = np.concatenate([W0.ravel(), V0.ravel()])
+    t = 0.0
+    pattern = (X @ W0) > 0
+    while t < T:
+        events = []
+        for i in range(n):
+            for j in range(h):
+                e = lambda s, u, i=i, j=j: X[i] @ u[: D * h].reshape(D, h)[:, j]  # noqa: E731
+                e.terminal = True
+                e.direction = -1.0 if pattern[i, j] else 1.0
+                events.append(e)
+        current = pattern.copy()
+        sol = solve_ivp(
+            lambda s, u: field(u, current),
+            (t, T),
+            th,
+            method="DOP853",
+            rtol=rtol,
+            atol=atol,
+            events=events,
+        )
+        th, t = sol.y[:, -1], sol.t[-1]
+        if sol.status != 1:
+            break
+        # Every pair at its kink now (samples on one ray cross together) switches.
+        Z = X @ th[: D * h].reshape(D, h)
+        scale = np.linalg.norm(X, axis=1)[:, None] * np.linalg.norm(
+            th[: D * h].reshape(D, h), axis=0
+        )
+        zdot_old = X @ field(th, current)[: D * h].reshape(D, h)
+        at = (np.abs(Z) <= 1e-9 * scale) & np.where(current, zdot_old < 0, zdot_old > 0)
+        pattern = np.where(at, ~current, current)
+        zdot = X @ field(th, pattern)[: D * h].reshape(D, h)
+        if np.any(at & ((zdot > 0) != pattern)):
+            raise RuntimeError(f"a pair would slide at t = {t:.6g}")
+    return th

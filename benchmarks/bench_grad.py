@@ -1,0 +1,108 @@
+"""The cost of a derivative through the flow against one forward solve (issue target:
+a reverse-mode gradient at most 3x a forward solve, memory bounded by checkpoints).
+
+For each problem, in one run: the forward solve (`gradient_flow` at the defaults,
+compiled), the reverse-mode gradient of the final loss with respect to the initial
+`W` and `V` (`jax.grad`, the default `RecursiveCheckpointAdjoint`, and with a fixed
+number of checkpoints), and the forward-mode derivative along one direction
+(`jax.jvp` with `adjoint=diffrax.ForwardMode()`); wall times of compiled calls
+(best of three under 10 s), their ratio to the forward solve, and the steps taken.
+
+Problems:
+
+- orthogonally separable, `n = 15, D = 10, h = 10, K = 3`, init 1e-2, `T = 30` (as in
+  `bench_events.py`; pairs cross and slide);
+- the one-neuron crossing problem of the tests (`T = 2`);
+- MNIST-60 (20 test images per digit 0, 1, 2, centered, `h = 50`, init 1e-3), `T = 0.02`
+  (a short horizon; not in `--quick`).
+
+Usage: `python benchmarks/bench_grad.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import diffrax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import device_line, table_header, timed  # noqa: E402
+
+import neuralcollapse_jax as nc  # noqa: E402
+
+
+def ortho():
+    data = nc.datasets.orthogonally_separable(jax.random.PRNGKey(0), 3, 5, 10, 0.5, 0.2)
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1e-2)
+    return "orthogonally separable (n 15, h 10)", data, model, 30.0, "cross_entropy"
+
+
+def crossing():
+    X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
+    model = nc.TwoLayerReLU(jnp.asarray([[0.6], [-0.45]]), jnp.asarray([[0.5]]))
+    return (
+        "one neuron, one crossing",
+        nc.Dataset(X, np.array([1, 1]), 2),
+        model,
+        2.0,
+        "exponential",
+    )
+
+
+def m60():
+    data = nc.datasets.mnist(per_class=20)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
+    return "MNIST-60 (h 50)", data, model, 0.02, "cross_entropy"
+
+
+def measure(name, data, model, T, loss):
+    def solve(m, adjoint=None):
+        return nc.gradient_flow(m, data, t1=T, saveat=[T], loss=loss, adjoint=adjoint)
+
+    forward = jax.jit(lambda m: solve(m).loss[-1])
+    grad = jax.jit(jax.grad(lambda m: solve(m).loss[-1]))
+    grad_ck = jax.jit(
+        jax.grad(
+            lambda m: solve(m, diffrax.RecursiveCheckpointAdjoint(checkpoints=64)).loss[-1]
+        )
+    )
+    direction = jax.tree.map(jnp.ones_like, model)
+    jvp = jax.jit(
+        lambda m: jax.jvp(
+            lambda m: solve(m, diffrax.ForwardMode()).loss[-1], (m,), (direction,)
+        )
+    )
+    steps = int(solve(model).stats["num_steps"])
+    _, _, t_fwd = timed(lambda: forward(model))
+    rows = [("forward solve", t_fwd)]
+    for label, fn in (
+        ("reverse (grad), default adjoint", grad),
+        ("reverse (grad), 64 checkpoints", grad_ck),
+        ("forward mode (jvp), ForwardMode", jvp),
+    ):
+        _, _, t = timed(lambda fn=fn: fn(model))
+        rows.append((label, t))
+    for label, t in rows:
+        print(f"| {name} | {T} | {steps} | {label} | {t:.3f} | {t / t_fwd:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip MNIST-60")
+    args = parser.parse_args()
+    print("# bench_grad" + (" --quick" if args.quick else ""))
+    print("device: " + device_line())
+    print()
+    table_header(["problem", "T", "steps", "what", "wall s (compiled)", "vs forward"])
+    problems = [crossing, ortho] + ([] if args.quick else [m60])
+    for problem in problems:
+        measure(*problem())
+
+
+if __name__ == "__main__":
+    main()
