@@ -207,3 +207,29 @@ def test_gradient_through_sliding_matches_finite_differences_of_the_flow():
     coarse, fine = fd(1e-6), fd(1e-7)
     assert abs(coarse - fine) <= 1e-5 * abs(fine)
     assert abs(ad - fine) <= 1e-4 * abs(fine)
+
+
+@pytest.mark.slow
+def test_sensitivity_to_the_init_scale_matches_scipy():
+    """The worked use of the docs page: `d <u, theta(T)> / d scale`, with
+    `theta(0) = scale theta_0`, against central differences of the SciPy flow along
+    `theta_0` (22 crossings up to T = 1)."""
+    data, _ = _orthogonal_problem()
+    unit = nc.TwoLayerReLU.init(jax.random.key(1), 9, 6, 3, scale=1.0)
+    _, _, _, uW, uV = _directions(unit, data.x)
+    T, scale = 1.0, 0.1
+
+    def J(s):
+        model = nc.TwoLayerReLU.init(jax.random.key(1), 9, 6, 3, scale=s)
+        tr = nc.gradient_flow(model, data, t1=T, saveat=[T], rtol=1e-10)
+        return jnp.sum(tr.final.W * uW) + jnp.sum(tr.final.V * uV)
+
+    ad = float(jax.grad(J)(scale))
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 9, 6, 3, scale=scale)
+    direction = (np.asarray(unit.W), np.asarray(unit.V), np.zeros(np.shape(data.x)))
+    fd = [
+        _reference(data, model, T, uW, uV, "cross_entropy", direction, e)
+        for e in (1e-5, 1e-6)
+    ]
+    assert abs(fd[0] - fd[1]) <= 1e-6 * abs(fd[1])
+    assert abs(ad - fd[1]) <= 1e-5 * abs(fd[1])
