@@ -549,14 +549,7 @@ def hermite_roots(
     """
 
     def p(t):
-        t2 = t * t
-        t3 = t2 * t
-        return (
-            (2 * t3 - 3 * t2 + 1) * z0
-            + (t3 - 2 * t2 + t) * m0
-            + (-2 * t3 + 3 * t2) * z1
-            + (t3 - t2) * m1
-        )
+        return _hermite(t, z0, m0, z1, m1)
 
     a = jnp.zeros_like(z0)
     b = jnp.ones_like(z0)
@@ -602,6 +595,27 @@ class Located(eqx.Module):
     C: Float[Array, "n h"]  # c_ij at the end of the step
 
 
+def with_tangent(value, fn, diff: tuple, const: tuple = (), *, add: bool = True):
+    """`value`, whose derivative gets `jvp(fn)` along the derivatives of `diff` added
+    (`fn(*diff, *const)`; the derivatives of `const` are ignored), or, with
+    `add=False`, replaced by it, without calling `fn` when nothing is differentiated
+    (a custom JVP rule). `fn` must close over static values only: arrays go in `diff`
+    or `const`."""
+
+    @jax.custom_jvp
+    def restore(value, diff, const):
+        return value
+
+    @restore.defjvp
+    def restore_jvp(primals, tangents):
+        value, diff, const = primals
+        t_value, t_diff, _ = tangents
+        _, extra = jax.jvp(lambda *d: fn(*d, *const), diff, t_diff)
+        return value, jax.tree.map(jnp.add, t_value, extra) if add else extra
+
+    return restore(value, diff, const)
+
+
 def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:
     """`field` (the regular field at `(W, V)`, as `init` stored it) with the
     derivatives of a fresh evaluation.
@@ -609,47 +623,37 @@ def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak
     Diffrax stops the derivatives of the solver state that `init` returns, so the
     first stage of the first step (stored there, first same as last) would enter the
     step with none. This gives it those of `evaluate` at `(W, V)` (no sliding set)
-    without evaluating it again when nothing is differentiated (a custom JVP rule:
+    without evaluating it again when nothing is differentiated (`with_tangent`:
     Diffrax has no hook for a differentiable initial solver state).
     """
     n, h = field.Z.shape
     D = W.shape[0]
     num_classes = data.num_classes
 
-    @jax.custom_jvp
-    def restore(field, W, V, x, y):
-        return field
-
-    @restore.defjvp
-    def restore_jvp(primals, tangents):
-        field, W, V, x, y = primals
-        _, dW, dV, dx, _ = tangents
+    def fn(W, V, x, y):
         mode = empty_mode(n, h, 1, D, W.dtype)
+        return evaluate(W, V, Dataset(x, y, num_classes), mode, loss, leak)
 
-        def fn(W, V, x):
-            return evaluate(W, V, Dataset(x, y, num_classes), mode, loss, leak)
-
-        _, tangent = jax.jvp(fn, (W, V, x), (dW, dV, dx))
-        return field, tangent
-
-    return restore(field, W, V, data.x, data.y)
+    return with_tangent(field, fn, (W, V, data.x), (data.y,), add=False)
 
 
 def with_velocity_derivatives(zdot: Array, field: Field, x: Array) -> Array:
     """`zdot = X dW` (as `init` stored it) with the derivatives of `field` and `x`
     (see `with_derivatives`), computed only when something is differentiated."""
+    return with_tangent(zdot, lambda dW, x: x @ dW, (field.dW, x), add=False)
 
-    @jax.custom_jvp
-    def restore(zdot, dW, x):
-        return zdot
 
-    @restore.defjvp
-    def restore_jvp(primals, tangents):
-        zdot, dW, x = primals
-        _, t_dW, t_x = tangents
-        return zdot, x @ t_dW + t_x @ dW
-
-    return restore(zdot, field.dW, x)
+def _hermite(t: Array, z0: Array, m0: Array, z1: Array, m1: Array) -> Array:
+    """The cubic Hermite interpolant with `p(0) = z0`, `p(1) = z1`, `p'(0) = m0`,
+    `p'(1) = m1`, at `t`."""
+    t2 = t * t
+    t3 = t2 * t
+    return (
+        (2 * t3 - 3 * t2 + 1) * z0
+        + (t3 - 2 * t2 + t) * m0
+        + (-2 * t3 + 3 * t2) * z1
+        + (t3 - t2) * m1
+    )
 
 
 def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Array:
@@ -658,14 +662,8 @@ def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Arr
     step from the root, whose value it keeps (the bracketing iteration itself has no
     useful derivative)."""
     theta = jax.lax.stop_gradient(theta)
+    p = _hermite(theta, z0, m0, z1, m1)
     t2 = theta * theta
-    t3 = t2 * theta
-    p = (
-        (2 * t3 - 3 * t2 + 1) * z0
-        + (t3 - 2 * t2 + theta) * m0
-        + (-2 * t3 + 3 * t2) * z1
-        + (t3 - t2) * m1
-    )
     dp = (
         (6 * t2 - 6 * theta) * (z0 - z1)
         + (3 * t2 - 4 * theta + 1) * m0
@@ -692,38 +690,22 @@ def shifted_first(
     Started crossings and entries shift the step's start by their near-side parts
     (`shift`, second order in `tau dt`), whose derivatives are the jump terms of the
     events. The stored first stage is kept (its value at `W + shift` differs at second
-    order), but its derivative gets the field's linearization applied to the shift's
-    (`J(W) d shift`): without it, the jump terms would reach the first stage a step
-    late, an error of first order in the step. Free unless something is
-    differentiated (a custom JVP rule).
+    order), but its derivative gets the field's linearization at `W` applied to the
+    shift's (`J(W) d shift`): without it, the jump terms would reach the first stage a
+    step late, an error of first order in the step. Free unless something is
+    differentiated (`with_tangent`).
     """
-    n, h = first.Z.shape
     num_classes = data.num_classes
 
-    def fn(W, V, x, y, mask, xs, ginv, smask, near):
-        f = evaluate(W, V, Dataset(x, y, num_classes), Mode(mask, xs, ginv), loss, leak)
+    def fn(d, W, V, x, y, mask, xs, ginv, smask, near):
+        f = evaluate(W + d, V, Dataset(x, y, num_classes), Mode(mask, xs, ginv), loss, leak)
         coef = jnp.where(smask, jnp.where(near, 1.0 - leak, leak - 1.0) * f.C, 0.0)
         A = f.A - x.T @ coef
         return Field(dW=project(A, xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
 
-    @jax.custom_jvp
-    def restore(first, shift, W, V, x, y, mask, xs, ginv, smask, near):
-        return first
-
-    @restore.defjvp
-    def restore_jvp(primals, tangents):
-        first, shift, W, V, x, y, mask, xs, ginv, smask, near = primals
-        t_first, t_shift = tangents[:2]
-
-        def along(W):
-            return fn(W, V, x, y, mask, xs, ginv, smask, near)
-
-        _, extra = jax.jvp(along, (W,), (t_shift,))
-        return first, jax.tree.map(jnp.add, t_first, extra)
-
-    return restore(
-        first,
-        shift,
+    # The shift enters with no value, so `fn` is linearized at `W` itself.
+    zero_shift = shift - jax.lax.stop_gradient(shift)
+    const = (
         W,
         V,
         data.x,
@@ -734,3 +716,4 @@ def shifted_first(
         started.mask,
         started.near,
     )
+    return with_tangent(first, fn, (zero_shift,), const)
