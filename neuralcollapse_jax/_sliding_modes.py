@@ -620,11 +620,12 @@ def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak
     """`field` (the regular field at `(W, V)`, as `init` stored it) with the
     derivatives of a fresh evaluation.
 
-    Diffrax stops the derivatives of the solver state that `init` returns, so the
-    first stage of the first step (stored there, first same as last) would enter the
-    step with none. This gives it those of `evaluate` at `(W, V)` (no sliding set)
-    without evaluating it again when nothing is differentiated (`with_tangent`:
-    Diffrax has no hook for a differentiable initial solver state).
+    Diffrax treats the solver state that `init` returns as not differentiable, so
+    the derivatives the first stage of the first step (stored there, first same as
+    last) carries are not to be relied on. They are replaced by those of `evaluate`
+    at `(W, V)` (no sliding set), without evaluating it again when nothing is
+    differentiated (`with_tangent`: Diffrax has no hook for a differentiable initial
+    solver state).
     """
     n, h = field.Z.shape
     D = W.shape[0]
