@@ -5,7 +5,19 @@ import jax
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. A test worker runs many
+    modules in one process; without this it keeps every program it ever compiled, and
+    its memory grows through the run."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -585,6 +585,11 @@ def test_default_slots_follow_the_data_size():
     assert SlidingReLU().slots(18, 784, 12) == 8
 
 
+# XLA's CPU compiler has crashed the test worker (a segfault, no Python error) twice
+# while compiling this test's 32-slot program late in a long `-n 2` run; the test passes
+# alone and on rerun. A crash, and only a crash, is rerun: an assertion that fails is
+# not, since no failure message matches `only_rerun`.
+@pytest.mark.flaky(reruns=2, only_rerun=["worker '.*' crashed"])
 @pytest.mark.slow
 def test_default_slots_run_equals_32_slots():
     """Where no neuron needs more slots than the default, the run equals one with 32
