@@ -30,19 +30,20 @@ class Dataset(eqx.Module):
     num_classes: int = eqx.field(static=True)
 
     def __init__(self, x: ArrayLike, y: ArrayLike, num_classes: int | None = None):
-        if _is_concrete(x, y):
+        # Shapes are static even under tracing; values are checked where concrete (a
+        # traced `x`, as when differentiating with respect to the data, still gets its
+        # labels checked and `num_classes` inferred from them).
+        x_shape, y_shape = jnp.shape(x), jnp.shape(y)
+        if len(x_shape) != 2:
+            raise ValueError(f"x must have shape (n, D), got shape {x_shape}")
+        if len(y_shape) != 1:
+            raise ValueError(f"y must have shape (n,), got shape {y_shape}")
+        if x_shape[0] != y_shape[0]:
+            raise ValueError(f"x has {x_shape[0]} samples but y has {y_shape[0]} labels")
+        if x_shape[0] == 0 or x_shape[1] == 0:
+            raise ValueError(f"x must be non-empty, got shape {x_shape}")
+        if _is_concrete(x):
             x_np = np.asarray(x)
-            y_np = np.asarray(y)
-            if x_np.ndim != 2:
-                raise ValueError(f"x must have shape (n, D), got shape {x_np.shape}")
-            if y_np.ndim != 1:
-                raise ValueError(f"y must have shape (n,), got shape {y_np.shape}")
-            if x_np.shape[0] != y_np.shape[0]:
-                raise ValueError(
-                    f"x has {x_np.shape[0]} samples but y has {y_np.shape[0]} labels"
-                )
-            if x_np.shape[0] == 0 or x_np.shape[1] == 0:
-                raise ValueError(f"x must be non-empty, got shape {x_np.shape}")
             if not np.issubdtype(x_np.dtype, np.number) or np.issubdtype(
                 x_np.dtype, np.complexfloating
             ):
@@ -50,13 +51,18 @@ class Dataset(eqx.Module):
             if not np.all(np.isfinite(x_np)):
                 bad = int(np.sum(~np.isfinite(x_np)))
                 raise ValueError(f"x has {bad} non-finite values (NaN or inf)")
+            if not np.issubdtype(x_np.dtype, np.floating):
+                x_np = x_np.astype(jnp.result_type(float))
+            x = jnp.asarray(x_np)
+        if _is_concrete(y):
+            y_np = np.asarray(y)
             if np.issubdtype(y_np.dtype, np.floating):
                 if not np.all(np.isfinite(y_np)) or np.any(y_np != np.round(y_np)):
                     raise ValueError("y must hold integer class labels")
                 y_np = y_np.astype(np.int64)
             elif not np.issubdtype(y_np.dtype, np.integer):
                 raise ValueError(f"y must hold integer class labels, got {y_np.dtype}")
-            if np.any(y_np < 0):
+            if y_np.min() < 0:
                 raise ValueError(f"labels must be >= 0, got min {int(y_np.min())}")
             inferred = int(y_np.max()) + 1
             if num_classes is None:
@@ -71,9 +77,6 @@ class Dataset(eqx.Module):
                 raise ValueError(
                     f"labels must be in [0, {num_classes}), got max {inferred - 1}"
                 )
-            if not np.issubdtype(x_np.dtype, np.floating):
-                x_np = x_np.astype(jnp.result_type(float))
-            x = jnp.asarray(x_np)
             y = jnp.asarray(y_np.astype(np.int32))
         elif num_classes is None:
             raise ValueError("num_classes must be given when y is traced")

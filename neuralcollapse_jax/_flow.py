@@ -156,12 +156,14 @@ def gradient_flow(
       trajectory is returned for the full model. The error control then works in the
       reduced coordinates, so step sizes differ slightly from a full-space run. Needs
       concrete data (not under `jit`/`vmap`); with full-rank data nothing changes.
-    - `adjoint`: how Diffrax differentiates the solve (default
-      `diffrax.RecursiveCheckpointAdjoint()`, for `jax.grad`/`jax.vjp`, with
-      `checkpoints=` to bound its memory). `diffrax.ForwardMode()` for
-      `jax.jvp`/`jax.jacfwd`; `diffrax.DirectAdjoint()` for both. Derivatives carry
-      the jump terms of the kink events with the default solver (docs page
-      *Differentiating the flow*).
+    - `adjoint`: how Diffrax differentiates the solve (default `default_adjoint`:
+      `diffrax.RecursiveCheckpointAdjoint()` for `jax.grad`/`jax.vjp`, or
+      `diffrax.ForwardMode()` when `jax.jvp`/`jax.jacfwd` is applied directly around
+      the call). Pass `RecursiveCheckpointAdjoint(checkpoints=...)` to bound the
+      memory of reverse mode, and `diffrax.ForwardMode()` for forward mode under an
+      outer `jax.jit`; `diffrax.DirectAdjoint()` does both, at a higher cost.
+      Derivatives carry the jump terms of the kink events with the default solver
+      (docs page *Differentiating the flow*).
 
     **Returns:**
 
@@ -180,6 +182,17 @@ def gradient_flow(
     ts = jnp.asarray(saveat, dtype=dtype)
     rtol = jnp.asarray(rtol, dtype=dtype)
     atol = default_atol(model, rtol) if atol is None else jnp.asarray(atol, dtype=dtype)
+    # Pairs on their kink at t = 0 (z_ij = 0 to rounding): there the flow's derivative
+    # along perturbations that move z_ij off the kink need not exist (a pair that
+    # slides from the start, a dead neuron).
+    x0, W0 = jax.lax.stop_gradient((data.x, model.W))
+    bound = (
+        64
+        * jnp.finfo(W0.dtype).eps
+        * jnp.linalg.norm(x0, axis=1)[:, None]
+        * jnp.linalg.norm(W0, axis=0)[None, :]
+    )
+    on_kink = jnp.sum(jnp.abs(x0 @ W0) <= bound, dtype=jnp.int32)
     lift = None
     if row_space:
         model, data, lift = reduce_to_row_space(model, data)
@@ -191,6 +204,7 @@ def gradient_flow(
         rtol,
         atol,
         lift,
+        on_kink,
         solver=solver,
         loss=loss,
         max_steps=int(max_steps),
@@ -198,7 +212,7 @@ def gradient_flow(
         save_params=save_params,
         progress=progress,
         dt0=dt0,
-        adjoint=default_adjoint() if adjoint is None else adjoint,
+        adjoint=default_adjoint(model, data, t1, ts) if adjoint is None else adjoint,
     )
 
 
@@ -211,6 +225,7 @@ def _solve(
     rtol,
     atol,
     lift,
+    on_kink,
     *,
     solver,
     loss,
@@ -277,6 +292,7 @@ def _solve(
         "num_accepted_steps": sol.stats["num_accepted_steps"],
         "num_rejected_steps": sol.stats["num_rejected_steps"],
         "grad_evals": at_start + per_step * num_steps,
+        "kinks_at_start": on_kink,
     }
     if solver_stats is not None:  # e.g. the sliding solver's mode switches
         stats.update(solver_stats(sol.solver_state))
@@ -305,7 +321,17 @@ def _solve(
     )
 
 
-def default_adjoint() -> diffrax.AbstractAdjoint:
+def default_adjoint(*inputs) -> diffrax.AbstractAdjoint:
     """The adjoint `gradient_flow` uses by default: Diffrax's
-    `RecursiveCheckpointAdjoint()` (reverse mode, `jax.grad`/`jax.vjp`)."""
+    `diffrax.ForwardMode()` when a leaf of `inputs` is being differentiated in forward
+    mode (a JVP tracer: `jax.jvp`, `jax.jacfwd` around the call), else
+    `RecursiveCheckpointAdjoint()` (reverse mode, `jax.grad`/`jax.vjp`, which cannot
+    run forward mode).
+
+    Only forward mode applied directly around the call is seen: under an outer
+    `jax.jit` (or `jax.vmap` inside the `jax.jvp`) the inputs are other tracers, and
+    forward mode needs `adjoint=diffrax.ForwardMode()` passed explicitly."""
+    jvp_tracer = jax.interpreters.ad.JVPTracer
+    if any(isinstance(leaf, jvp_tracer) for leaf in jax.tree.leaves(inputs)):
+        return diffrax.ForwardMode()
     return diffrax.RecursiveCheckpointAdjoint()

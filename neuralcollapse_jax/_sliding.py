@@ -218,6 +218,9 @@ class SlidingReLU(AbstractTableauSolver):
             zdot=zdot,
             located=zero,
             started_entries=zero,
+            transversality=jnp.full(
+                (), jnp.inf if self.crossings == "locate" else jnp.nan, y0.W.dtype
+            ),
             fresh=jnp.ones((), bool),
         )
 
@@ -303,6 +306,7 @@ class SlidingReLU(AbstractTableauSolver):
             zdot0 = jax.lax.cond(
                 jnp.all(mode.mask == old), lambda: state.zdot, lambda: data.x @ first.dW
             )
+            wdot0 = jnp.linalg.norm(first.dW, axis=0)
             # Started entries: the pair spends `tau dt` on its near side before it
             # reaches the kink. Its neuron then moves with the field without the new
             # sliding pair(s) for that time: integrated exactly (with the field
@@ -386,6 +390,7 @@ class SlidingReLU(AbstractTableauSolver):
         y_error = TwoLayerReLU(eW, eV, leak)
         zdot1 = None
         located = jnp.zeros((), jnp.int32)
+        step_transversality = None
         if locate:
             y_error = TwoLayerReLU(eW + entry_error, eV, leak)
             # Events inside the step: non-sliding pairs (not started) whose z changed
@@ -436,6 +441,23 @@ class SlidingReLU(AbstractTableauSolver):
                 C=last.C,
             )
             located = jnp.sum(event, dtype=jnp.int32)
+            # How transversal this step's events are: the near-side speed of z_ij
+            # towards its kink at the step's start relative to ||x_i|| ||dw_j/dt||
+            # there, the cosine of the angle between x_i and dw_j/dt (1: head on, 0: a
+            # tangential touch, where the flow has no derivative). Entries are
+            # measured with the sliding set the step started from (an entry does not
+            # move its own z); pairs that just left sliding are not events (the
+            # field is continuous at an exit).
+            towards = ((event | started.mask) & ~old) | began
+            speed = jnp.where(began, jnp.abs(state.zdot), jnp.abs(zdot0))
+            speed = jnp.where(towards, speed, jnp.inf)
+            wdot = jnp.where(
+                began, jnp.linalg.norm(state.field.dW, axis=0)[None, :], wdot0[None, :]
+            )
+            scale = jnp.linalg.norm(data.x, axis=1)[:, None] * wdot
+            step_transversality = jax.lax.stop_gradient(
+                jnp.min(speed / jnp.where(scale > 0, scale, 1.0))
+            )
         k_stack = TwoLayerReLU(
             jnp.stack([k[0] for k in ks]).astype(dtype),
             jnp.stack([k[1] for k in ks]).astype(dtype),
@@ -467,6 +489,9 @@ class SlidingReLU(AbstractTableauSolver):
             located=state.located + located,
             started_entries=state.started_entries
             + (0 if approach is None else jnp.sum(approach & mode.mask, dtype=jnp.int32)),
+            transversality=state.transversality
+            if step_transversality is None
+            else jnp.minimum(state.transversality, step_transversality),
             fresh=jnp.zeros((), bool),
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
@@ -482,7 +507,11 @@ class SlidingReLU(AbstractTableauSolver):
         of a step, see `crossings`), `crossings_located` (sign changes of
         non-sliding pairs located inside accepted steps, `crossings="locate"`) and
         `entries_started` (entries into sliding started at the beginning of a step,
-        `crossings="locate"`)."""
+        `crossings="locate"`) and `min_transversality` (over all located events, the
+        smallest speed of `z_ij` through its kink relative to
+        `||x_i|| ||dw_j/dt||`: near 0 a touch is tangential, where the flow has no
+        derivative and the jump terms grow like its inverse; `inf` when no event was
+        located, NaN unless `crossings="locate"`)."""
         return {
             "sliding_entries": state.entries,
             "sliding_exits": state.exits,
@@ -494,4 +523,5 @@ class SlidingReLU(AbstractTableauSolver):
             "crossings_started": state.started,
             "crossings_located": state.located,
             "entries_started": state.started_entries,
+            "min_transversality": state.transversality,
         }

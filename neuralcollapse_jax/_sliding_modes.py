@@ -81,6 +81,8 @@ class SlidingState(eqx.Module):
     zdot: Float[Array, "n h"]  # <x_i, dw_j/dt> at the current state (`"locate"` only)
     located: Int[Array, ""]  # crossings located inside accepted steps (`"locate"`)
     started_entries: Int[Array, ""]  # entries started at the beginning of a step
+    # smallest |dz_ij/dt| / (||x_i|| ||dw_j/dt||) at a located event (`"locate"`)
+    transversality: Float[Array, ""]
     fresh: Bool[Array, ""]  # no step accepted yet: `field` is the one of `init`
 
 
@@ -657,6 +659,12 @@ def _hermite(t: Array, z0: Array, m0: Array, z1: Array, m1: Array) -> Array:
     )
 
 
+def hermite_slope(t: Array, z0: Array, m0: Array, z1: Array, m1: Array) -> Array:
+    """The derivative in `t` of the cubic Hermite interpolant of `_hermite`."""
+    t2 = t * t
+    return (6 * t2 - 6 * t) * (z0 - z1) + (3 * t2 - 4 * t + 1) * m0 + (3 * t2 - 2 * t) * m1
+
+
 def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Array:
     """`theta` (roots of the cubic Hermite interpolants, as `hermite_roots` finds them)
     with the derivatives of the roots, by the implicit function theorem: one Newton
@@ -664,13 +672,7 @@ def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Arr
     useful derivative)."""
     theta = jax.lax.stop_gradient(theta)
     p = _hermite(theta, z0, m0, z1, m1)
-    t2 = theta * theta
-    dp = (
-        (6 * t2 - 6 * theta) * (z0 - z1)
-        + (3 * t2 - 4 * theta + 1) * m0
-        + (3 * t2 - 2 * theta) * m1
-    )
-    dp = jax.lax.stop_gradient(dp)
+    dp = jax.lax.stop_gradient(hermite_slope(theta, z0, m0, z1, m1))
     step = p / jnp.where(dp != 0, dp, 1.0)
     return theta - (step - jax.lax.stop_gradient(step))
 

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, Shaped
 
 from ._model import TwoLayerReLU
 
@@ -48,8 +48,10 @@ class Trajectory(eqx.Module):
     - `loss`: the training loss at the save times, shape `(T,)`.
     - `records`: the recorded diagnostics, a dict of arrays with leading axis `T`.
     - `final`: the model at the end of the run (at `t1`, or where the run stopped).
-    - `stats`: dict of integer arrays: at least `num_steps` (attempted steps),
-      `num_accepted_steps`, `num_rejected_steps` and `grad_evals` (gradient evaluations).
+    - `stats`: dict of scalar arrays (counts, and the sliding solver's
+      `min_transversality`): at least `num_steps` (attempted steps),
+      `num_accepted_steps`, `num_rejected_steps`, `grad_evals` (gradient evaluations)
+      and, from `gradient_flow`, `kinks_at_start` (pairs with `z_ij = 0` at `t = 0`).
     - `status`: integer `Status` code; `Status.SUCCESS` (0) when the horizon was reached.
       After a failure the save times past the failure hold `inf`.
 
@@ -67,7 +69,7 @@ class Trajectory(eqx.Module):
     loss: Float[Array, " T"]
     records: dict[str, Any]
     final: TwoLayerReLU
-    stats: dict[str, Int[Array, ""]]
+    stats: dict[str, Shaped[Array, ""]]
     status: Int[Array, ""]
 
     @property

@@ -95,34 +95,45 @@ def orthogonally_separable(
     - `norm_range`: `(X_min, X_max)`, `0 < X_min <= X_max`.
     - `rotate`: apply a random rotation (otherwise the blocks are axis-aligned).
 
+    `mu_s` and `mu_d` may be traced (`jax.grad`, `jax.jvp`, `jax.vmap`, `jax.jit`):
+    the points are then built in `jax.numpy` (equal to the NumPy construction to
+    rounding) and are differentiable in both, for `mu_s < 1` (at `mu_s = 1` the
+    private part's weight `sqrt(c)` has no derivative). Traced values are not checked,
+    and `dim` must be at least `3K`. On the orthant branch the points do not depend on
+    `mu_s`.
+
     **Raises:** `ValueError` for impossible requests, naming the parameter.
     """
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
     k = int(num_classes)
     sizes = _class_sizes(k, points_per_class)
-    if not 0.0 < mu_s <= 1.0:
-        raise ValueError(f"mu_s must be in (0, 1], got {mu_s}")
-    if not 0.0 <= mu_d <= max_mu_d(k) + 1e-15:
-        raise ValueError(
-            f"mu_d = {mu_d} is impossible for K = {k} classes: it must be in "
-            f"[0, 1/(K-1)] = [0, {max_mu_d(k):.6g}]"
-        )
+    # Traced `mu_s`, `mu_d` or `key` (under `jax.grad`, `jax.jvp`, `jax.vmap`, `jax.jit`):
+    # the same construction in `jax.numpy`, differentiable in `mu_s` and `mu_d`.
+    # Concrete ones are checked and built in NumPy, in float64 (so the points do not
+    # depend on the backend).
+    traced = any(isinstance(v, jax.core.Tracer) for v in (mu_s, mu_d, key))
+    xp = jnp if traced else np
+    if not traced:
+        if not 0.0 < mu_s <= 1.0:
+            raise ValueError(f"mu_s must be in (0, 1], got {mu_s}")
+        if not 0.0 <= mu_d <= max_mu_d(k) + 1e-15:
+            raise ValueError(
+                f"mu_d = {mu_d} is impossible for K = {k} classes: it must be in "
+                f"[0, 1/(K-1)] = [0, {max_mu_d(k):.6g}]"
+            )
     a = mu_d * (k - 1)
     # Private noise on the whole sphere of P_k when the budget allows it; otherwise on
     # its positive orthant, where <g, g'> >= 0 makes every in-class cosine >= a + b.
     orthant = a > (1.0 + mu_s) / 2.0
-    if orthant:
-        b = max(mu_s - a, 0.0)
-        c = 1.0 - a - b
-    else:
-        b = (1.0 + mu_s) / 2.0 - a
-        c = (1.0 - mu_s) / 2.0
+    b = xp.where(orthant, xp.maximum(mu_s - a, 0.0), (1.0 + mu_s) / 2.0 - a)
+    c = xp.where(orthant, 1.0 - a - xp.maximum(mu_s - a, 0.0), (1.0 - mu_s) / 2.0)
     lo, hi = norm_range
     if not (0.0 < lo <= hi and np.isfinite(hi)):
         raise ValueError(f"norm_range must satisfy 0 < min <= max < inf, got {norm_range}")
     p = (dim - 2 * k) // k
-    if c > 0 and p < 1:
+    # Under tracing `c` is unknown: a private subspace is then required (mu_s < 1).
+    if (traced or c > 0) and p < 1:
         raise ValueError(f"dim must be at least 3K = {3 * k} for mu_s < 1, got {dim}")
     if dim < 2 * k:
         raise ValueError(f"dim must be at least 2K = {2 * k}, got {dim}")
@@ -132,26 +143,39 @@ def orthogonally_separable(
     k_noise, k_norm, k_rot = jax.random.split(key, 3)
     n = sum(sizes)
     labels = np.repeat(np.arange(k), sizes)
+
+    def draw(array):
+        return array if traced else np.asarray(array, dtype=np.float64)
+
     # Simplex vertices in the first K coordinates: sqrt(K/(K-1)) (e_k - 1/K).
     simplex = np.sqrt(k / (k - 1)) * (np.eye(k) - 1.0 / k)
-    x = np.zeros((n, dim))
-    x[:, :k] = np.sqrt(a) * simplex[labels]
-    x[np.arange(n), k + labels] = np.sqrt(b)
-    if c > 0:
-        g = np.asarray(jax.random.normal(k_noise, (n, p)), dtype=np.float64)
-        g = np.abs(g) if orthant else g
-        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    # The three parts of each point, then their weights sqrt(a), sqrt(b), sqrt(c).
+    centre = np.zeros((n, dim))
+    centre[:, :k] = simplex[labels]
+    shared = np.zeros((n, dim))
+    shared[np.arange(n), k + labels] = 1.0
+    private = np.zeros((n, dim))
+    if p >= 1:
+        g = draw(jax.random.normal(k_noise, (n, p)))
+        g = g / xp.linalg.norm(g, axis=1, keepdims=True)
+        g = xp.where(orthant, xp.abs(g), g)
+        # Class k's private coordinates [2K + k p, 2K + (k+1) p): a 0/1 placement,
+        # exact in floating point (one nonzero term per sum).
+        place = np.zeros((k, p, dim))
         for cls in range(k):
-            rows = labels == cls
-            start = 2 * k + cls * p
-            x[rows, start : start + p] = np.sqrt(c) * g[rows]
-    norms = np.asarray(jax.random.uniform(k_norm, (n,), minval=lo, maxval=hi))
+            place[cls, np.arange(p), 2 * k + cls * p + np.arange(p)] = 1.0
+        private = xp.einsum("np,npd->nd", g, place[labels])
+    def root(v):  # sqrt, with derivative 0 (not NaN) where a weight is 0
+        return xp.where(v > 0, xp.sqrt(xp.where(v > 0, v, 1.0)), 0.0)
+
+    x = root(a) * centre + root(b) * shared + root(c) * private
+    norms = draw(jax.random.uniform(k_norm, (n,), minval=lo, maxval=hi))
     if lo == hi:
         norms = np.full(n, lo)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True) * norms[:, None]
+    x = x / xp.linalg.norm(x, axis=1, keepdims=True) * norms[:, None]
     if rotate:
-        q, r = np.linalg.qr(np.asarray(jax.random.normal(k_rot, (dim, dim))))
-        q = q * np.sign(np.diag(r))
+        q, r = xp.linalg.qr(draw(jax.random.normal(k_rot, (dim, dim))))
+        q = q * xp.sign(xp.diag(r))[None, :]
         x = x @ q.T
     return Dataset(jnp.asarray(x, dtype=dtype), jnp.asarray(labels), k)
 

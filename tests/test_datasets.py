@@ -1,5 +1,6 @@
 """Data sets: validation, the orthogonally separable generator, MNIST, toy sets."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,3 +122,41 @@ def test_dataset_num_classes():
     assert d.num_classes == 2
     np.testing.assert_array_equal(d.class_sizes(), [0, 2])
     assert d.astype(jnp.float32).x.dtype == jnp.float32
+
+
+def test_dataset_with_traced_points_checks_its_labels():
+    """Differentiating with respect to the points traces `x`: the labels, concrete,
+    are still checked and give `num_classes`."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+    def first_class_mean(x, y):
+        d = nc.Dataset(x, y)
+        assert d.num_classes == 3
+        return jnp.sum(d.x[d.y == 0])
+
+    g = jax.grad(first_class_mean)(x, np.array([0, 2, 0]))
+    np.testing.assert_array_equal(np.asarray(g), [[1, 1], [0, 0], [1, 1]])
+    with pytest.raises(ValueError, match=">= 0"):
+        jax.grad(first_class_mean)(x, np.array([0, 2, -1]))
+
+
+@pytest.mark.parametrize("mu_s,mu_d", [(0.5, 0.2), (0.2, 0.45)])  # sphere, orthant
+def test_orthogonally_separable_is_differentiable_in_the_geometry(mu_s, mu_d):
+    """With traced `mu_s`, `mu_d` the points are built in `jax.numpy`: equal to the
+    NumPy construction to rounding, with derivatives equal to central differences of
+    it."""
+
+    def points(mu_s, mu_d):
+        return datasets.orthogonally_separable(jax.random.key(3), 3, 4, 15, mu_s, mu_d).x
+
+    concrete = np.asarray(points(mu_s, mu_d))
+    traced = np.asarray(jax.jit(points)(mu_s, mu_d))
+    np.testing.assert_allclose(traced, concrete, rtol=0, atol=1e-15)
+    jac = jax.jacfwd(points, argnums=(0, 1))(mu_s, mu_d)
+    for i, (ds, dd) in enumerate([(1e-6, 0.0), (0.0, 1e-6)]):
+        plus = np.asarray(points(mu_s + ds, mu_d + dd))
+        fd = (plus - np.asarray(points(mu_s - ds, mu_d - dd))) / 2e-6
+        # (on the orthant the points do not depend on mu_s: b = max(mu_s - a, 0) = 0)
+        sphere = mu_d * 2 <= (1 + mu_s) / 2
+        assert (np.max(np.abs(fd)) > 0.1) == (sphere or i == 1)
+        np.testing.assert_allclose(np.asarray(jac[i]), fd, rtol=0, atol=1e-8)

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from problems import crossing_problem, scipy_flow
+from scipy.integrate import solve_ivp
+from scipy.optimize import brentq
+from scipy.special import expi
 
 import neuralcollapse_jax as nc
 
@@ -105,6 +108,12 @@ def test_forward_mode_equals_reverse_mode():
     J_fwd = _objective(data, 2.0, uW, uV, "exponential", adjoint=diffrax.ForwardMode())
     _, forward = jax.jvp(J_fwd, args, tangents)
     assert float(forward) == pytest.approx(reverse, rel=1e-9)
+    # At the defaults forward mode works too (the default adjoint sees the JVP):
+    # `jax.jvp` and `jax.jacfwd` of the same J.
+    _, forward_default = jax.jvp(J, args, tangents)
+    assert float(forward_default) == pytest.approx(reverse, rel=1e-9)
+    jac = jax.jacfwd(J, argnums=1)(*args)
+    np.testing.assert_allclose(np.asarray(jac), np.asarray(g[1]), rtol=1e-9)
 
 
 @pytest.mark.slow
@@ -233,3 +242,84 @@ def test_sensitivity_to_the_init_scale_matches_scipy():
     ]
     assert abs(fd[0] - fd[1]) <= 1e-6 * abs(fd[1])
     assert abs(ad - fd[1]) <= 1e-5 * abs(fd[1])
+
+
+def test_one_pair_sliding_derivatives_match_the_closed_form():
+    """One neuron sliding on the kink of a negative point from the start (the closed-form
+    case of `test_sliding.py`): `w = s E`, `v = s`, `Ei(a s(T)^2) = Ei(a s0^2) + 2 a T`
+    with `a = <x_1, E>`. Implicit differentiation of that relation gives `ds(T)/ds0`,
+    `ds(T)/dT` and the data derivative `grad_{x_1} s(T) = (ds/da) E` (sliding projects
+    out the part of `x_1` along `x_2`); an unbalanced start `v0 != s0` is checked
+    against finite differences of the reduced ODE `(s, v)' = a exp(-a s v) (v, s)`
+    (SciPy). Forward mode equals reverse mode."""
+    theta = np.pi / 3
+    X = np.array([[1.0, 0.0], [np.cos(theta), np.sin(theta)]])
+    E = np.array([np.sin(theta), -np.cos(theta)])
+    a, s0, T = np.sin(theta), 0.5, 5.0
+
+    def s_final(s, v, x, T, **kwargs):
+        model = nc.TwoLayerReLU(s * jnp.asarray(E)[:, None], jnp.reshape(v, (1, 1)))
+        data = nc.Dataset(x, np.array([1, 0]))
+        tr = nc.gradient_flow(model, data, t1=T, saveat=[T], loss="exponential", **kwargs)
+        return tr.final.W[:, 0] @ jnp.asarray(E)
+
+    s = brentq(lambda s: expi(a * s * s) - expi(a * s0 * s0) - 2 * a * T, s0, 50.0)
+    e0, e1 = np.exp(a * s0 * s0), np.exp(a * s * s)
+    ds_ds0 = s * e0 / (s0 * e1)  # along (W, V) together: v = s keeps the balance
+    ds_dT = a * s * np.exp(-a * s * s)
+    ds_da = (2 * T + (e0 - e1) / a) * s / (2 * e1)
+
+    def reduced(v0):
+        f = lambda t, u: a * np.exp(-a * u[0] * u[1]) * np.array([u[1], u[0]])  # noqa: E731
+        return solve_ivp(f, (0, T), [s0, v0], method="DOP853", rtol=1e-13, atol=1e-15).y[
+            0, -1
+        ]
+
+    fd = [(reduced(s0 + h) - reduced(s0 - h)) / (2 * h) for h in (1e-4, 1e-5)]
+    assert abs(fd[0] - fd[1]) <= 1e-7 * abs(fd[1])
+    ds_dv0 = fd[1]
+
+    args = (jnp.asarray(s0), jnp.asarray(s0), jnp.asarray(X), jnp.asarray(T))
+    g = jax.grad(s_final, argnums=(0, 1, 2, 3))(*args)
+    g_s0 = float(g[0] + g[1])
+    g_v0 = float(g[1])
+    np.testing.assert_allclose(g_s0, ds_ds0, rtol=1e-5)
+    np.testing.assert_allclose(float(g[3]), ds_dT, rtol=1e-5)
+    np.testing.assert_allclose(g_v0, ds_dv0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g[2][0]), ds_da * E, rtol=1e-5)
+    # Forward mode, along v0.
+    _, tangent = jax.jvp(
+        lambda v: s_final(args[0], v, args[2], args[3], adjoint=diffrax.ForwardMode()),
+        (args[1],),
+        (jnp.asarray(1.0),),
+    )
+    np.testing.assert_allclose(float(tangent), g_v0, rtol=1e-9)
+    # The pair starts on its kink, reported: moving x_2 across w(0) has no derivative.
+    stats = nc.gradient_flow(
+        nc.TwoLayerReLU(s0 * jnp.asarray(E)[:, None], jnp.array([[s0]])),
+        nc.Dataset(X, np.array([1, 0])),
+        t1=T,
+        loss="exponential",
+    ).stats
+    assert int(stats["kinks_at_start"]) == 1
+    assert int(stats["sliding_entries"]) == 1
+
+
+@pytest.mark.parametrize("angle", [1.2, 1.5, 1.56])
+def test_transversality_of_the_crossing_is_reported(angle):
+    """One neuron, exponential loss, two positive points: before `x_2` becomes active
+    the neuron moves along `x_1` alone (`dw/dt = v exp(-v z_1) x_1`), so `z_2` reaches
+    its kink at the angle `cos(angle)` to the neuron's velocity: the reported
+    `min_transversality`, which tends to 0 as the crossing turns tangential."""
+    X = np.array([[1.0, 0.0], [np.cos(angle), np.sin(angle)]])
+    z2 = -0.05 * np.cos(angle)  # crossed once w has moved by 0.05 along x_1
+    w0 = np.array([0.6, (z2 - 0.6 * np.cos(angle)) / np.sin(angle)])
+    model = nc.TwoLayerReLU(jnp.asarray(w0)[:, None], jnp.array([[0.5]]))
+    data = nc.Dataset(X, np.array([1, 1]), 2)
+    tr = nc.gradient_flow(model, data, t1=4.0, loss="exponential")
+    assert int(tr.status) == 0
+    assert int(tr.stats["crossings_started"] + tr.stats["crossings_located"]) == 1
+    assert int(tr.stats["kinks_at_start"]) == 0
+    reported = float(tr.stats["min_transversality"])
+    np.testing.assert_allclose(reported, np.cos(angle), rtol=1e-6)
+    assert float(np.asarray(tr.final.W)[:, 0] @ X[1]) > 0  # it crossed
