@@ -173,12 +173,22 @@ def project(A: Array, xs: Array, ginv: Array) -> Array:
 
 
 def evaluate(
-    W: Array, V: Array, data: Dataset, mode: Mode, loss: AbstractLoss, leak: float
+    W: Array,
+    V: Array,
+    data: Dataset,
+    mode: Mode,
+    loss: AbstractLoss,
+    leak: float,
+    flip: Array | None = None,
 ) -> Field:
-    """One gradient evaluation: the sliding vector field and its by-products."""
+    """One gradient evaluation: the sliding vector field and its by-products. `flip`
+    (an `n x h` mask) puts those pairs on the other side of their kink than the sign
+    of `z_ij` says."""
     x = data.x
     Z = x @ W
     positive = Z > 0
+    if flip is not None:
+        positive = positive != flip
     H = jnp.where(positive, Z, leak * Z)
     slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
 
@@ -688,35 +698,34 @@ def shifted_first(
     loss,
     leak,
 ) -> Field:
-    """The first stage `first` (at `W`) with the derivative it has at `W + shift`.
+    """The first stage `first` (at `W`, the started pairs switched to their far side)
+    with the derivative of the far-side field at `W + shift`.
 
-    Started crossings and entries shift the step's start by their near-side parts
-    (`shift`, second order in `tau dt`), whose derivatives are the jump terms of the
-    events. The stored first stage is kept (its value at `W + shift` differs at second
-    order), but its derivative gets the field's linearization at `W` applied to the
-    shift's (`J(W) d shift`): without it, the jump terms would reach the first stage a
-    step late, an error of first order in the step. Free unless something is
-    differentiated (`with_tangent`).
+    The derivative of the stored first stage is wrong in two ways, each an error of
+    first order in the step:
+
+    - it is the near side's: `start_crossings` switched the started pairs' terms of
+      the field, but in the outputs `f(x_i)` of their samples, and so in every `c_i.`,
+      `w_j` still counts. The derivative is taken of the field evaluated with the
+      started pairs on their far side (`evaluate(..., flip=)`), as the later stages
+      (past the kink) are;
+    - started crossings and entries shift the step's start by their near-side parts
+      (`shift`, second order in `tau dt`), whose derivatives are the jump terms of the
+      events. The first stage's value at `W + shift` differs at second order and is
+      not recomputed, but its derivative includes `J(W) d shift`: without it, the
+      jump terms would reach the first stage a step late.
+
+    The value is kept; the derivative is replaced (`with_tangent`), and nothing is
+    evaluated unless something is differentiated.
     """
     num_classes = data.num_classes
 
-    def fn(d, W, V, x, y, mask, xs, ginv, smask, near):
-        f = evaluate(W + d, V, Dataset(x, y, num_classes), Mode(mask, xs, ginv), loss, leak)
-        coef = jnp.where(smask, jnp.where(near, 1.0 - leak, leak - 1.0) * f.C, 0.0)
-        A = f.A - x.T @ coef
-        return Field(dW=project(A, xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
+    def fn(W, V, x, d, xs, ginv, y, mask, smask):
+        d_data = Dataset(x, y, num_classes)
+        return evaluate(W + d, V, d_data, Mode(mask, xs, ginv), loss, leak, flip=smask)
 
     # The shift enters with no value, so `fn` is linearized at `W` itself.
     zero_shift = shift - jax.lax.stop_gradient(shift)
-    const = (
-        W,
-        V,
-        data.x,
-        data.y,
-        mode.mask,
-        mode.xs,
-        mode.ginv,
-        started.mask,
-        started.near,
-    )
-    return with_tangent(first, fn, (zero_shift,), const)
+    diff = (W, V, data.x, zero_shift, mode.xs, mode.ginv)
+    const = (data.y, mode.mask, started.mask)
+    return with_tangent(first, fn, diff, const, add=False)

@@ -323,3 +323,44 @@ def test_transversality_of_the_crossing_is_reported(angle):
     reported = float(tr.stats["min_transversality"])
     np.testing.assert_allclose(reported, np.cos(angle), rtol=1e-6)
     assert float(np.asarray(tr.final.W)[:, 0] @ X[1]) > 0  # it crossed
+
+
+@pytest.mark.slow
+def test_sensitivity_to_the_data_geometry_matches_scipy():
+    """The docs page's worked use on the data geometry: `d <u, theta(T)> / d mu_s` and
+    `/ d mu_d` through `datasets.orthogonally_separable` and the flow (23 crossings up
+    to T = 1, every one started at a step's beginning), and the derivative along
+    random directions in `theta(0)` and `X`, against central differences of the SciPy
+    flow. Before the first stage of a started crossing took its far-side derivative,
+    the `X` direction was off by 3e-3 here."""
+    K, per, dim, T = 3, 4, 15, 1.0
+    model = nc.TwoLayerReLU.init(jax.random.key(1), dim, 6, K, 0.1)
+    mu = np.array([0.5, 0.2])
+
+    def points(mu_s, mu_d):
+        key = jax.random.key(0)
+        return nc.datasets.orthogonally_separable(key, K, per, dim, mu_s, mu_d)
+
+    data = points(*mu)
+    dW, dV, dX, uW, uV = _directions(model, data.x)
+
+    def J_geometry(mu_s, mu_d):
+        d = points(mu_s, mu_d)
+        tr = nc.gradient_flow(model, d, t1=T, saveat=[T], rtol=1e-10)
+        return jnp.sum(tr.final.W * uW) + jnp.sum(tr.final.V * uV)
+
+    def reference(mu_s, mu_d):
+        d = points(mu_s, mu_d)
+        th = scipy_flow(model.W, model.V, d.x, d.y, K, T)
+        W, V = th[: dim * 6].reshape(dim, 6), th[dim * 6 :]
+        return np.sum(W * uW) + np.sum(V * uV.ravel())
+
+    grads = jax.grad(J_geometry, argnums=(0, 1))(*mu)
+    for i, g in enumerate(grads):
+        fd = []
+        for e in (1e-5, 1e-6):
+            step = np.array([e, 0.0]) if i == 0 else np.array([0.0, e])
+            fd.append((reference(*(mu + step)) - reference(*(mu - step))) / (2 * e))
+        assert abs(fd[0] - fd[1]) <= 1e-6 * abs(fd[1])
+        assert abs(float(g) - fd[1]) <= 1e-5 * abs(fd[1]), (i, float(g), fd)
+    _check(data, model, T, "cross_entropy", 1e-10, 1e-5)
