@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                         save_params=False,
                     )
                 )
-                st = {kk: int(v) for kk, v in tr.stats.items()}
+                st = tr.stats_summary()
                 finals[(rtol, label)] = (flat(tr.final), bool(tr.ok))
                 pairs = (
                     f"{st.get('sliding_pairs', '-')} ({st.get('sliding_max_pairs', '-')})"

@@ -154,7 +154,7 @@ def _m300(quick: bool) -> None:
             if crossings == "none" and rtol > 3e-4:
                 continue
             tr, first, wall = _timed(_flow(model, data, T, rtol, crossings))
-            st = {k: int(v) for k, v in tr.stats.items()}
+            st = tr.stats_summary()
             e = err(flat(tr.final))
             print(
                 f"| {crossings} | {rtol:g} | {st['grad_evals']} | {st['num_steps']} "
@@ -182,7 +182,7 @@ def _m300(quick: bool) -> None:
     for budget in budgets:
         for rtol in brtols:
             tr, first, wall = _timed(_flow(model, data, T, rtol, "land", budget))
-            st = {k: int(v) for k, v in tr.stats.items()}
+            st = tr.stats_summary()
             e = err(flat(tr.final))
             gi = _gd_at(gd, err, e)
             vs = "| " if gi is None else f"{gi:.2f} | {gi / wall:.1f}x"
@@ -215,7 +215,7 @@ def _m3147(quick: bool) -> None:
         fn = _flow(bmodel, big, T_big, rtol, crossings)
         tr, first = timed_once(fn)
         tr, wall = timed_once(fn)
-        st = {k: int(v) for k, v in tr.stats.items()}
+        st = tr.stats_summary()
         print(
             f"| {crossings} | {rtol:g} | {wall:.1f} | {first:.1f} | {st['grad_evals']} | "
             f"{st['num_steps']} ({st['num_rejected_steps']}) | "

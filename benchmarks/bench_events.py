@@ -173,7 +173,7 @@ def bench(name, problem, rtols, solvers, ref_rtol, gd_lr, max_steps, old_min=0.0
                 run(data, model, t1, ts, rtol, make(rtol), max_steps)
         for rtol in mine:
             traj, theta, wall = run(data, model, t1, ts, rtol, make(rtol), max_steps)
-            s = {k: int(v) for k, v in traj.stats.items()}
+            s = traj.stats_summary()
             errs = {k: max_rel(theta, r) for k, r in refs.items()}
             e = errs.get("tight", errs.get("GD"))
             order = ""
@@ -219,7 +219,7 @@ def default_call(name, problem) -> None:
     traj = nc.gradient_flow(model, data, t1=t1, saveat=ts)
     jax.block_until_ready(traj.final.W)
     wall = time.perf_counter() - t
-    s = {k: int(v) for k, v in traj.stats.items()}
+    s = traj.stats_summary()
     print(
         f"\ndefault call on {name} (solver {solver_name(None, data, None)!r}, "
         f"rtol {nc.DEFAULT_RTOL:g}): status {int(traj.status)}, {s['num_steps']} steps "

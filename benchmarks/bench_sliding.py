@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         traj, first, second = timed(
             lambda: flow(model, data, T, rtol, solver, row_space=rs)
         )
-        st = {k: int(v) for k, v in traj.stats.items()}
+        st = traj.stats_summary()
         x = flat(traj.final)
         rows.append((label, rtol, st, first, second, err(x), dist(x)))
     base = rows[0]
@@ -278,7 +278,7 @@ def _late_phase(args, quick: bool, model, data, name: str) -> None:
     prev = None
     for T_h in horizons:
         tr = flow(model, data, T_h, 1e-5, "sliding", 400_000)
-        st = {k: int(v) for k, v in tr.stats.items()}
+        st = tr.stats_summary()
         evals.append(st["grad_evals"])
         ratio = "" if prev is None else f"{st['grad_evals'] / prev:.2f}"
         print(
@@ -363,7 +363,7 @@ def _m3147(args, quick: bool) -> None:
         tb, first, second = timed(
             lambda: flow(bmodel, big, T_big, 1e-5, solver, 100_000, row_space=rs)
         )
-        st = {k: int(v) for k, v in tb.stats.items()}
+        st = tb.stats_summary()
         print(
             f"| {label} | {second:.1f} | {first:.1f} | {st['grad_evals']} | "
             f"{st['num_steps']} ({st['num_rejected_steps']}) | "

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         "D": data.dim,
         "K": data.num_classes,
         "options": cfg.to_dict(),
-        "stats": {k: _json_scalar(v) for k, v in traj.stats.items()},
+        "stats": traj.stats_summary(),
     }
     summary["final"] = {  # the recorded diagnostics at t1
         name: jax.tree.map(lambda v: np.asarray(v).tolist(), fn(traj.final, data))
@@ -233,13 +233,3 @@ def run(args: argparse.Namespace) -> int:
     )
     return 0 if status == Status.SUCCESS else 1
 
-
-def _json_scalar(value) -> int | float | None:
-    """A statistic for the JSON summary: counts as ints, other values as floats, and
-    the non-finite ones (`min_transversality` is `inf` when no event was located) as
-    `null`, which strict JSON readers accept."""
-    value = np.asarray(value)
-    if np.issubdtype(value.dtype, np.integer):
-        return int(value)
-    value = float(value)
-    return value if np.isfinite(value) else None

@@ -82,6 +82,20 @@ class Trajectory(eqx.Module):
         codes = np.unique(np.asarray(self.status))
         return "; ".join(Status.message(c) for c in codes)
 
+    def stats_summary(self) -> dict[str, int | float | None]:
+        """`stats` as Python numbers, for JSON and tables: counts as ints, other values
+        as floats, non-finite ones (`min_transversality` is `inf` when no event was
+        located) as `None`."""
+        out = {}
+        for key, value in self.stats.items():
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.integer):
+                out[key] = int(value)
+            else:
+                value = float(value)
+                out[key] = value if np.isfinite(value) else None
+        return out
+
     def __len__(self) -> int:
         return self.ts.shape[-1]
 

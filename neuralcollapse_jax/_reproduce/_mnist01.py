@@ -187,7 +187,7 @@ def run(cfg: Config, out: Output) -> dict:
         "method": cfg.method,
         "status": Status.message(status),
         "num_steps": int(traj.stats["num_steps"]),
-        "stats": {k: int(v) for k, v in traj.stats.items()},
+        "stats": traj.stats_summary(),
         "data": {
             "n": n,
             "class_sizes": np.asarray(data.class_sizes()),

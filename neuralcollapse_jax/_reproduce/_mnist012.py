@@ -229,7 +229,7 @@ def run(cfg: Config, out: Output) -> dict:
             "num_steps": int(traj.stats["num_steps"]),
             # Counters of the run (for the flow: accepted/rejected steps, gradient
             # evaluations and, with the sliding solver, its sliding-set counters).
-            "stats": {k: int(v) for k, v in traj.stats.items()},
+            "stats": traj.stats_summary(),
             "final_loss": float(np.asarray(traj.loss)[-1]),
             **_summary(traj.final, data),
         }
