@@ -426,7 +426,8 @@ class SlidingReLU(AbstractTableauSolver):
             coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
             salt = project(data.x.T @ (moved * coef), mode.xs, mode.ginv)
             y1 = TwoLayerReLU(W1 + salt, V1, leak)
-            jump = (1.0 - leak) * jnp.abs(last.C) * jnp.linalg.norm(data.x, axis=1)[:, None]
+            x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
+            jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             cost = jnp.where(event, jnp.abs(dt) * jump * weight, 0.0)
             y_error = Located(
                 model=y_error,
@@ -454,7 +455,7 @@ class SlidingReLU(AbstractTableauSolver):
             wdot = jnp.where(
                 began, jnp.linalg.norm(state.field.dW, axis=0)[None, :], wdot0[None, :]
             )
-            scale = jnp.linalg.norm(data.x, axis=1)[:, None] * wdot
+            scale = x_norm * wdot
             step_transversality = jax.lax.stop_gradient(
                 jnp.min(speed / jnp.where(scale > 0, scale, 1.0))
             )

@@ -159,12 +159,14 @@ def orthogonally_separable(
         g = draw(jax.random.normal(k_noise, (n, p)))
         g = g / xp.linalg.norm(g, axis=1, keepdims=True)
         g = xp.where(orthant, xp.abs(g), g)
-        # Class k's private coordinates [2K + k p, 2K + (k+1) p): a 0/1 placement,
-        # exact in floating point (one nonzero term per sum).
-        place = np.zeros((k, p, dim))
-        for cls in range(k):
-            place[cls, np.arange(p), 2 * k + cls * p + np.arange(p)] = 1.0
-        private = xp.einsum("np,npd->nd", g, place[labels])
+        # Class k's private coordinates [2K + k p, 2K + (k+1) p).
+        rows = np.arange(n)[:, None]
+        cols = 2 * k + labels[:, None] * p + np.arange(p)[None, :]
+        if traced:
+            private = jnp.zeros((n, dim), g.dtype).at[rows, cols].set(g)
+        else:
+            private[rows, cols] = g
+
     def root(v):  # sqrt, with derivative 0 (not NaN) where a weight is 0
         return xp.where(v > 0, xp.sqrt(xp.where(v > 0, v, 1.0)), 0.0)
 
