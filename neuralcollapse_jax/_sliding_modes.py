@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ._autodiff import with_tangent
 from ._crossing import transversal_approach
 from ._dataset import Dataset
 from ._loss import AbstractLoss
@@ -605,27 +606,6 @@ class Located(eqx.Module):
     zdot: Float[Array, "n h"]  # dz_ij/dt at the end of the step
     zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
     C: Float[Array, "n h"]  # c_ij at the end of the step
-
-
-def with_tangent(value, fn, diff: tuple, const: tuple = (), *, add: bool = True):
-    """`value`, whose derivative gets `jvp(fn)` along the derivatives of `diff` added
-    (`fn(*diff, *const)`; the derivatives of `const` are ignored), or, with
-    `add=False`, replaced by it, without calling `fn` when nothing is differentiated
-    (a custom JVP rule). `fn` must close over static values only: arrays go in `diff`
-    or `const`."""
-
-    @jax.custom_jvp
-    def restore(value, diff, const):
-        return value
-
-    @restore.defjvp
-    def restore_jvp(primals, tangents):
-        value, diff, const = primals
-        t_value, t_diff, _ = tangents
-        _, extra = jax.jvp(lambda *d: fn(*d, *const), diff, t_diff)
-        return value, jax.tree.map(jnp.add, t_value, extra) if add else extra
-
-    return restore(value, diff, const)
 
 
 def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:

@@ -107,6 +107,96 @@ def test_max_margin_float32(data):
     np.testing.assert_allclose(m32.u, m64.u, atol=1e-3)
 
 
+def _two_point_margin(x1, x2):
+    """Closed form: the minimum-norm point of the segment [x1, x2] (interior case)."""
+    d = x2 - x1
+    t = -(x1 @ d) / (d @ d)
+    assert 0 < t < 1
+    p = x1 + t * d
+    return np.linalg.norm(p), p / np.linalg.norm(p)
+
+
+def _central(f, x, dx, h):
+    return [(a - b) / (2 * h) for a, b in zip(f(x + h * dx), f(x - h * dx))]
+
+
+def test_max_margin_derivative_closed_form():
+    """Two support points and a far third: the derivative of (gamma, u) in the points
+    equals central differences of the closed form; forward equals reverse."""
+    x = np.array([[1.0, 0.2, 0.1], [0.3, 1.1, 0.2], [3.0, 3.0, 2.0]])
+    dx = np.random.default_rng(0).standard_normal(x.shape)
+    dx[2] = 0.0  # (the closed form ignores the non-support point)
+    mm = theory.max_margin(jnp.asarray(x))
+    assert bool(mm.differentiable) and float(mm.alpha[2]) == 0.0
+
+    def ours(x):
+        m = theory.max_margin(x)
+        return m.gamma, m.u
+
+    _, (dg, du) = jax.jvp(ours, (jnp.asarray(x),), (jnp.asarray(dx),))
+    ref_g, ref_u = _central(lambda x: _two_point_margin(x[0], x[1]), x, dx, 1e-6)
+    # (Central differences are good to about eps/h = 1e-10 here.)
+    scale = max(abs(ref_g), np.abs(ref_u).max())
+    assert abs(float(dg) - ref_g) < 1e-8 * scale
+    np.testing.assert_allclose(du, ref_u, atol=1e-8 * scale)
+    # Reverse mode, and the dual weights: alpha_3 stays 0, the others sum to one.
+    grad = jax.grad(lambda x: ours(x)[0])(jnp.asarray(x))
+    assert np.isclose(float(jnp.sum(grad * dx)), float(dg), rtol=1e-12)
+    _, dalpha = jax.jvp(lambda x: theory.max_margin(x).alpha, (jnp.asarray(x),), (dx,))
+    assert float(dalpha[2]) == 0.0 and abs(float(jnp.sum(dalpha))) < 1e-14
+
+
+def test_class_max_margin_derivatives_against_scipy():
+    """Random points (several support vectors per class): the implicit derivatives of
+    gamma_k and u_k against central differences of SciPy's SLSQP primal solution."""
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal((20, 6))) + 0.3
+    y = np.repeat([0, 1], 10)
+    data = nc.Dataset(jnp.asarray(x), jnp.asarray(y))
+    mm = theory.class_max_margins(data)
+    assert np.all(np.asarray(mm.differentiable))
+    assert np.sum(np.asarray(mm.alpha[0]) > 0) >= 3
+    dx = rng.standard_normal(x.shape)
+
+    def ours(x):
+        m = theory.class_max_margins(nc.Dataset(x, data.y))
+        return m.gamma, m.u
+
+    _, (dg, du) = jax.jvp(ours, (data.x,), (jnp.asarray(dx),))
+    for k in range(2):
+        rows = y == k
+        ref_g, ref_u = _central(lambda z: _scipy_margin(z), x[rows], dx[rows], 1e-5)
+        assert abs(float(dg[k]) - ref_g) < 1e-6 * abs(ref_g), (k, float(dg[k]), ref_g)
+        err = np.abs(np.asarray(du[k]) - ref_u).max() / np.abs(ref_u).max()
+        assert err < 1e-6, (k, err)
+    # Through the limit of Theorem 1: s_k and the predicted margin, jit and vmap.
+    fn = jax.jit(lambda x: theory.predicted_limit(nc.Dataset(x, data.y)).s)
+    _, ds = jax.jvp(fn, (data.x,), (jnp.asarray(dx),))
+    ref_ds = jax.jvp(theory.margin_scales, (mm.gamma,), (dg,))[1]
+    np.testing.assert_allclose(ds, ref_ds, rtol=1e-12)
+    batch = jax.vmap(lambda x: theory.max_margin(x).gamma)
+    grad = jax.grad(lambda x: theory.max_margin(x).gamma)
+    grads = jax.vmap(grad)(data.x.reshape(2, 10, 6))
+    single = grad(data.x[:10])
+    np.testing.assert_allclose(grads[0], single, rtol=1e-12)
+    np.testing.assert_allclose(batch(data.x.reshape(2, 10, 6)), mm.gamma, rtol=1e-12)
+
+
+def test_max_margin_degenerate_derivative_reported(data):
+    """With equal norms the generator puts every point of a class at the margin in a
+    low-dimensional span: a perturbation changes the support, and `differentiable`
+    says so. With unequal norms (the module's data) the support is regular."""
+    assert np.all(np.asarray(theory.class_max_margins(data).differentiable))
+    equal = datasets.orthogonally_separable(jax.random.key(3), 3, [5, 8, 11], 12, 0.4, 0.2)
+    mm = theory.class_max_margins(equal)
+    assert np.all(np.asarray(mm.converged))
+    assert not np.any(np.asarray(mm.differentiable))
+    # A tight point without weight: two copies of one point share the weight
+    # arbitrarily (linearly dependent support), flagged too.
+    x = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
+    assert not bool(theory.max_margin(x).differentiable)
+
+
 # ---------------------------------------------------------------- Theorem 1 limit
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from .._autodiff import with_tangent
 from .._dataset import Dataset
 
 
@@ -27,6 +28,21 @@ class MaxMargin(eqx.Module):
       the true margin lies in `[gamma, gamma/(1 - gap)]`.
     - `converged`: whether `gap <= tol` was reached.
     - `num_steps`: iterations used.
+    - `differentiable`: whether `gamma`, `u` and `alpha` are differentiable in the
+      points: converged, with linearly independent support vectors, and every point
+      at the margin (within `sqrt(tol)`, relative) a support vector of weight above
+      `sqrt(tol)` (strict complementarity). Where it is `False`, a perturbation of the
+      points can change the support, and the derivative of the solution map does not
+      exist (only one-sided ones do); the derivatives returned are then those with
+      the support held fixed, and are not to be trusted. (Data built by
+      `datasets.orthogonally_separable` with equal norms puts every point of a class
+      at the margin in a low-dimensional span: degenerate in this sense.)
+
+    **Derivatives.** `gamma`, `u` and `alpha` carry the derivatives of the exact
+    solution on the support `S`: by the KKT conditions `alpha_S = beta/sum(beta)` with
+    `X_S X_S^T beta = 1`, `p = X_S^T alpha_S`, `gamma = ||p||`, `u = p/||p||`, which
+    is the implicit function theorem applied to the optimality conditions. The
+    iterations themselves are not differentiated.
     """
 
     gamma: Float[Array, "*K"]
@@ -35,10 +51,39 @@ class MaxMargin(eqx.Module):
     gap: Float[Array, "*K"]
     converged: Bool[Array, "*K"]
     num_steps: Int[Array, "*K"]
+    differentiable: Bool[Array, "*K"]
 
 
 def _default_tol(dtype) -> float:
     return float(1e3 * jnp.finfo(dtype).eps)
+
+
+def _support_solution(x, support):
+    """`(alpha, p)`: the minimum-norm point of the affine hull of the support, in exact
+    arithmetic a smooth function of `x` for a fixed support (see `MaxMargin`)."""
+    s = support.astype(x.dtype)
+    gram = (x @ x.T) * s[:, None] * s[None, :] + jnp.diag(1.0 - s)
+    sol = lx.linear_solve(lx.MatrixLinearOperator(gram), s, solver=lx.SVD(), throw=False)
+    beta = sol.value * s
+    alpha = beta / jnp.sum(beta)
+    return alpha, alpha @ x
+
+
+def _with_support_derivatives(x, mask, result: MaxMargin) -> MaxMargin:
+    """`result` (computed from `stop_gradient(x)`) with the derivatives in `x` of the
+    exact solution on its support; nothing extra is computed unless `x` is
+    differentiated."""
+    support = mask & (result.alpha > 0)
+
+    def exact(x, support):
+        alpha, p = _support_solution(x, support)
+        gamma = jnp.linalg.norm(p)
+        return gamma, p / gamma, alpha
+
+    gamma, u, alpha = with_tangent(
+        (result.gamma, result.u, result.alpha), exact, (x,), (support,), add=False
+    )
+    return eqx.tree_at(lambda r: (r.gamma, r.u, r.alpha), result, (gamma, u, alpha))
 
 
 def _polish(x, mask, alpha):
@@ -48,14 +93,8 @@ def _polish(x, mask, alpha):
     `alpha_S = beta / sum(beta)` (all support vectors have the same margin `||p||^2`).
     Off the support the system is replaced by the identity, keeping shapes fixed.
     """
-    support = mask & (alpha > 0)
-    s = support.astype(x.dtype)
-    gram = (x @ x.T) * s[:, None] * s[None, :] + jnp.diag(1.0 - s)
-    op = lx.MatrixLinearOperator(gram)
-    sol = lx.linear_solve(op, s, solver=lx.SVD(), throw=False)
-    beta = sol.value * s
-    total = jnp.sum(beta)
-    return jnp.where(jnp.abs(total) > 0, beta / total, alpha)
+    alpha, _ = _support_solution(x, mask & (alpha > 0))
+    return alpha
 
 
 def _gap(x, mask, alpha):
@@ -66,6 +105,13 @@ def _gap(x, mask, alpha):
 
 
 def _max_margin_masked(x, mask, tol, max_steps, polish=True):
+    """The solver on `stop_gradient(x)` (a loop is not to be differentiated), with
+    the implicit derivatives of its solution attached."""
+    result = _solve_masked(jax.lax.stop_gradient(x), mask, tol, max_steps, polish)
+    return _with_support_derivatives(x, mask, result)
+
+
+def _solve_masked(x, mask, tol, max_steps, polish=True):
     r"""Minimum-norm point of the convex hull of `{x_i : mask_i}` by FISTA with restart.
 
     `min_{alpha in simplex(mask)} ||X^T alpha||^2 / 2`. No JAX library solves
@@ -130,8 +176,18 @@ def _max_margin_masked(x, mask, tol, max_steps, polish=True):
     gap, p = _gap(x, mask, alpha)
     pn = jnp.linalg.norm(p)
     u = p / jnp.where(pn > 0, pn, jnp.nan)
-    gamma = jnp.min(jnp.where(mask, x @ u, jnp.inf))
-    return MaxMargin(gamma, u, alpha, gap, gap <= tol, steps)
+    margins = jnp.where(mask, x @ u, jnp.inf)
+    gamma = jnp.min(margins)
+    converged = gap <= tol
+    # Strict complementarity: every point at the margin carries weight.
+    slack = jnp.sqrt(tol)
+    tight = mask & (margins - gamma <= slack * jnp.abs(gamma))
+    strict = jnp.all(~tight | (alpha > slack))
+    # A unique solution map: the support vectors are linearly independent.
+    support = mask & (alpha > 0)
+    sv = jnp.linalg.svd(x * support[:, None], compute_uv=False)
+    independent = jnp.sum(sv > slack * sv[0]) == jnp.sum(support)
+    return MaxMargin(gamma, u, alpha, gap, converged, steps, converged & strict & independent)
 
 
 def max_margin(
