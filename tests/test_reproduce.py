@@ -262,7 +262,11 @@ def test_mnist01_full(tmp_path, method):
     r = reproduce("mnist01", tmp_path, quiet=True, method=method)
     assert r["ok"] and r["method"] == method
     ours = r["ours"]
-    assert ours["alignment_iterations_cos95"] < ours["growth_iterations"]
+    # Both group means align (cos >= 0.95) before the loss halves. They relax below
+    # 0.95 again during the growth (docs: "for good" is inf on this run), so the
+    # first time is compared, not the time from which it holds.
+    assert ours["alignment_first_iterations_cos95"] < ours["growth_iterations"]
+    assert ours["peak_group_alignment"] > 0.99
     assert ours["final_stable_rank"] < 2.0
 
 
