@@ -335,6 +335,19 @@ class EventController(_WrappedPID):
         first = _first_over_budget(
             ahead, self._scaled(cost, y1_candidate.W, size), self.budget
         )
+        # Crossings and entries within `window` of the proposed step are left to the
+        # solver, which starts them; a step shortened before a later event would
+        # leave some of them inside it, unstarted (further than `window` of the
+        # shorter step): it ends before the first of those instead.
+        stranded = (
+            (transversal | entry)
+            & (located.sliding == 0)
+            & (frac <= self.window)
+            & (frac > self.window * first)
+            & (cost > 0)
+            & jnp.isfinite(first)
+        )
+        first = jnp.minimum(first, jnp.min(jnp.where(stranded, frac, jnp.inf)))
         shorten = keep & jnp.isfinite(first)
         next_t1 = jnp.where(shorten, next_t0 + first * (1.0 - self.margin) * dt, next_t1)
         shortened = shorten | retry_now

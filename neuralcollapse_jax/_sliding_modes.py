@@ -606,6 +606,7 @@ class Located(eqx.Module):
     zdot: Float[Array, "n h"]  # dz_ij/dt at the end of the step
     zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
     C: Float[Array, "n h"]  # c_ij at the end of the step
+    sliding: Float[Array, "n h"]  # 1 on the step's sliding pairs (float: Diffrax casts)
 
 
 def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:

@@ -187,7 +187,8 @@ def _solve_masked(x, mask, tol, max_steps, polish=True):
     support = mask & (alpha > 0)
     sv = jnp.linalg.svd(x * support[:, None], compute_uv=False)
     independent = jnp.sum(sv > slack * sv[0]) == jnp.sum(support)
-    return MaxMargin(gamma, u, alpha, gap, converged, steps, converged & strict & independent)
+    differentiable = converged & strict & independent
+    return MaxMargin(gamma, u, alpha, gap, converged, steps, differentiable)
 
 
 def max_margin(
