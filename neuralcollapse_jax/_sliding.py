@@ -426,19 +426,12 @@ class SlidingReLU(AbstractTableauSolver):
             coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
             salt = project(data.x.T @ (moved * coef), mode.xs, mode.ginv)
             y1 = TwoLayerReLU(W1 + salt, V1, leak)
-            # Where the controller retries the step to end: before the earlier of the
-            # interpolant's root and the near side's linear one. The interpolant's
-            # end slope is the far side's, which misplaces the root; a retried step
-            # that still reaches the kink is rejected again.
-            toward0 = jnp.where(Z0 > 0, zdot0 < 0, zdot0 > 0)
-            near_root = -Z0 / (jnp.where(toward0, zdot0, 1.0) * nonzero(dt))
-            theta_retry = jnp.where(toward0, jnp.minimum(theta, near_root), theta)
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             cost = jnp.where(event, jnp.abs(dt) * jump * weight, 0.0)
             y_error = Located(
                 model=y_error,
-                theta=jnp.where(event, jnp.clip(theta_retry, 0.0, 1.0), jnp.inf),
+                theta=jnp.where(event, theta, jnp.inf),
                 cost=cost,
                 Z=last.Z,
                 zdot=zdot1,
