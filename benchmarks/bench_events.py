@@ -17,7 +17,9 @@ Problems:
 - `m60`: 20 test images per digit 0, 1, 2, centered, `h = 50`, Gaussian std `1e-3`,
   `T = 2`, 21 save times. Reference: the located run at `rtol 1e-9` (not independent:
   gradient descent to that accuracy takes millions of steps here); not in `--quick`.
-- `defaults`: the call with every default (`solver`, `rtol`) on both problems.
+- `defaults`: the call with every default (`solver`, `rtol`) on both problems and on
+  the default `ncjax run` problem (`ncjax` alone: that one only; target at most 3,000
+  steps, under 10% rejected).
 
 Errors are the largest relative distance `|theta(t) - theta_ref(t)| / |theta_ref(t)|`
 over the save times. The observed order is `-d log(error) / d log(evaluations)`
@@ -60,6 +62,17 @@ def m60_problem():
     data = nc.datasets.mnist(per_class=20)
     model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
     return data, model, 2.0, np.linspace(0.0, 2.0, 21)
+
+
+def ncjax_run_problem():
+    """The problem `ncjax run` solves with no options (its data, model and save times)."""
+    from neuralcollapse_jax import _cli_run
+
+    cfg = _cli_run.RunConfig.from_dict(dict(_cli_run.DEFAULT_RUN))
+    data, model = _cli_run.build_problem(cfg)
+    flow = cfg.flow
+    ts = nc.log_times(flow.t1, flow.num_saves, t_min=flow.t1 * flow.t_min_ratio)
+    return data, model, flow.t1, ts
 
 
 def params(traj) -> np.ndarray:
@@ -220,10 +233,11 @@ def default_call(name, problem) -> None:
     jax.block_until_ready(traj.final.W)
     wall = time.perf_counter() - t
     s = traj.stats_summary()
+    share = s["num_rejected_steps"] / max(s["num_steps"], 1)
     print(
         f"\ndefault call on {name} (solver {solver_name(None, data, None)!r}, "
         f"rtol {nc.DEFAULT_RTOL:g}): status {int(traj.status)}, {s['num_steps']} steps "
-        f"({s['num_rejected_steps']} rejected), {s['grad_evals']} grad evals, "
+        f"({s['num_rejected_steps']} rejected, {share:.1%}), {s['grad_evals']} grad evals, "
         f"{wall:.1f} s including compilation"
     )
 
@@ -232,7 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a minute or two")
     parser.add_argument(
-        "--problems", default="ortho,m60,defaults", help="of ortho, m60, defaults"
+        "--problems", default="ortho,m60,defaults", help="of ortho, m60, defaults, ncjax"
     )
     args = parser.parse_args()
     print("# bench_events" + (" --quick" if args.quick else ""))
@@ -256,6 +270,9 @@ def main() -> None:
     if "defaults" in problems:
         default_call("orthogonally separable", ortho_problem)
         default_call("MNIST-60", m60_problem)
+    if "defaults" in problems or "ncjax" in problems:
+        # Issue target: at most 3,000 steps, under 10% of them rejected.
+        default_call("the default `ncjax run` problem", ncjax_run_problem)
 
 
 if __name__ == "__main__":
