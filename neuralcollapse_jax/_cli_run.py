@@ -232,4 +232,3 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out}/"
     )
     return 0 if status == Status.SUCCESS else 1
-

@@ -39,6 +39,9 @@ from ._loss import AbstractLoss
 # all (a threshold per crossing either lets many small crossings add up inside one
 # step or lands on each of them; docs page *Sliding*).
 BUDGET = 0.5
+EXIT_OVERSHOOT = (
+    1e-2  # retried steps end this fraction of the rest of the step past an exit
+)
 BINS = 64  # crossing times are summed in this many bins of the proposed step
 
 
@@ -298,8 +301,19 @@ class EventController(_WrappedPID):
         theta = _first_over_budget(
             located.theta, self._scaled(located.cost, y0.W, size), self.budget
         )
-        retry = jnp.isfinite(theta) & (theta > 0)
-        target = t0 + theta * (1.0 - self.margin) * dt_taken
+        # An exit from sliding (an event of a sliding pair) is decided at the start
+        # of a step, so the retried step ends just past it (by `EXIT_OVERSHOOT` of the
+        # rest of the step: the pair is then held past its exit for a second-order
+        # time); crossings and entries just before them.
+        exit_first = jnp.any(
+            (located.sliding > 0) & jnp.isfinite(located.theta) & (located.theta == theta)
+        )
+        retry = jnp.isfinite(theta) & ((theta > 0) | exit_first)
+        target = t0 + dt_taken * jnp.where(
+            exit_first,
+            theta + EXIT_OVERSHOOT * (1.0 - theta),
+            theta * (1.0 - self.margin),
+        )
         retry_now = retry & keep
         # Retried: the step starts again at t0 and ends just before the event (or
         # earlier if the PID rejected the step for its own error and proposes less).

@@ -35,6 +35,7 @@ from ._sliding_modes import (
     empty_mode,
     evaluate,
     event_times,
+    exit_events,
     hermite_roots,
     kink_correction,
     mode_holds,
@@ -429,10 +430,24 @@ class SlidingReLU(AbstractTableauSolver):
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             cost = jnp.where(event, jnp.abs(dt) * jump * weight, 0.0)
+            # Exits from sliding inside the step (sliding pairs only, so they do not
+            # collide with the events above): the controller ends the step just past
+            # them, and the next step decides them at its start.
+            theta_exit, cost_exit = exit_events(
+                idx,
+                mode,
+                fields[0],
+                last,
+                data.x,
+                leak,
+                self.tol,
+                dt,
+                jnp.max(started.tau, axis=0),
+            )
             y_error = Located(
                 model=y_error,
-                theta=jnp.where(event, theta, jnp.inf),
-                cost=cost,
+                theta=jnp.where(event, theta, theta_exit),
+                cost=cost + cost_exit,
                 Z=last.Z,
                 zdot=zdot1,
                 # Second derivative at the end of the cubic interpolant, for the

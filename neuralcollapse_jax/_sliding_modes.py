@@ -710,3 +710,74 @@ def shifted_first(
     diff = (W, V, data.x, zero_shift, mode.xs, mode.ginv)
     const = (data.y, mode.mask, started.mask)
     return with_tangent(first, fn, diff, const, add=False)
+
+
+def exit_events(
+    idx: Int[Array, "h m"],
+    mode: Mode,
+    start: Field,
+    end: Field,
+    x: Array,
+    leak: float,
+    tol: float,
+    dt: Array,
+    tau_started: Array,
+) -> tuple[Array, Array]:
+    """Exits from sliding inside a step: `(theta, cost)` as `n x h` arrays (`inf` and
+    `0` where none).
+
+    A sliding pair keeps its weight `s_ij = eta_ij / c_ij` in `[leak, 1]`; the solver
+    decides an exit at the start of a step, once `s_ij` lies beyond a bound by more
+    than `tol`. Within a step the set is held, so a pair whose weight passes that
+    level inside the step is held on its kink past its exit. The weight is smooth
+    while the set is fixed: the level is located on the linear interpolant of the
+    violation `g = eta - (leak - tol) c` (below) or `(1 + tol) c - eta` (above),
+    which has the sign of the distance past the level times `|c|` and no division by
+    `c`. Leaving the exit inside the step holds the pair with the wrong weight for
+    the rest of it: `w_j` is off by about `g(t1) (1 - theta) dt |x_i| / 2` (the
+    weight's error grows linearly from the exit), the event's cost.
+
+    A crossing started at the beginning of the step (at `tau_started` of it, per
+    neuron) switches a term of its neuron's field, and with it the weights of the
+    neuron's sliding pairs: a weight that the switch puts beyond its bound is an exit
+    at the crossing's time, with the wrong weight held for the rest of the step.
+    """
+    used = idx >= 0
+    safe = jnp.maximum(idx, 0)
+
+    def violations(f: Field):
+        eta = -jnp.einsum("jmk,jk->jm", mode.ginv, jnp.einsum("jmd,dj->jm", mode.xs, f.A))
+        cs = jnp.take_along_axis(f.C.T, safe, axis=1)
+        return eta - (leak - tol) * cs, (1.0 + tol) * cs - eta
+
+    lo0, hi0 = violations(start)
+    lo1, hi1 = violations(end)
+
+    def located(g0, g1):
+        out = used & (g0 <= 0) & (g1 > 0)
+        theta = jnp.where(out, g0 / jnp.where(out, g0 - g1, -1.0), jnp.inf)
+        return out, theta, jnp.where(out, g1, 0.0)
+
+    out_lo, theta_lo, g_lo = located(lo0, lo1)
+    out_hi, theta_hi, g_hi = located(hi0, hi1)
+    theta = jnp.minimum(theta_lo, theta_hi)
+    g = jnp.where(theta_lo <= theta_hi, g_lo, g_hi)
+    x_norm = jnp.linalg.norm(x, axis=1)[safe]  # h x m
+    frac = jnp.where(jnp.isfinite(theta), theta, 1.0)
+    cost = jnp.where(out_lo | out_hi, 0.5 * g * (1.0 - frac) * jnp.abs(dt) * x_norm, 0.0)
+    # Put out by a crossing started in this step: held with the wrong weight from
+    # the crossing on (the whole violation, not half of it).
+    tau = tau_started[:, None]
+    switched = used & (jnp.maximum(lo0, hi0) > 0) & (tau > 0)
+    g_out = jnp.maximum(jnp.maximum(lo1, hi1), 0.0)
+    theta = jnp.where(switched, jnp.broadcast_to(tau, theta.shape), theta)
+    cost = jnp.where(switched, g_out * (1.0 - tau) * jnp.abs(dt) * x_norm, cost)
+    n, h = start.Z.shape
+    cols = jnp.broadcast_to(jnp.arange(h)[:, None], idx.shape)
+    theta_nh = (
+        jnp.full((n, h), jnp.inf, theta.dtype)
+        .at[safe, cols]
+        .min(jnp.where(used, theta, jnp.inf))
+    )
+    cost_nh = jnp.zeros((n, h), cost.dtype).at[safe, cols].add(jnp.where(used, cost, 0.0))
+    return jax.lax.stop_gradient((theta_nh, cost_nh))
