@@ -218,6 +218,7 @@ class EventState(eqx.Module):
     landings: Array  # steps shortened to end before a predicted event
     retries: Array  # steps rejected because they contained a located event
     cap: Array  # the step the PID proposed before it was shortened (inf if it was not)
+    restarts: Array  # steps (accepted or not) that evaluated their first stage again
 
 
 def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
@@ -279,7 +280,9 @@ class EventController(_WrappedPID):
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
         zero = jnp.zeros((), jnp.int32)
         cap = jnp.asarray(jnp.inf, jnp.result_type(t0, float))
-        return t1, EventState(pid=pid_state, landings=zero, retries=zero, cap=cap)
+        return t1, EventState(
+            pid=pid_state, landings=zero, retries=zero, cap=cap, restarts=zero
+        )
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args: Dataset, y_error, error_order, state
@@ -374,6 +377,7 @@ class EventController(_WrappedPID):
             landings=state.landings + shorten.astype(jnp.int32),
             retries=state.retries + retry_now.astype(jnp.int32),
             cap=cap,
+            restarts=state.restarts + (located.restarted > 0).astype(jnp.int32),
         )
         # The step times are choices of the method, not functions of the flow: their
         # derivatives are stopped (as Diffrax's PID stops those of its step factor).
@@ -385,5 +389,11 @@ class EventController(_WrappedPID):
     @staticmethod
     def stats(state: EventState) -> dict[str, Array]:
         """`event_landings` (steps shortened to end before a predicted kink event) and
-        `event_retries` (steps rejected and retried to end before a located one)."""
-        return {"event_landings": state.landings, "event_retries": state.retries}
+        `event_retries` (steps rejected and retried to end before a located one) and
+        `event_restarts` (steps that started an event and evaluated their first stage
+        again at the shifted start, counted in `grad_evals`)."""
+        return {
+            "event_landings": state.landings,
+            "event_retries": state.retries,
+            "event_restarts": state.restarts,
+        }

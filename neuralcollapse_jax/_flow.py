@@ -298,6 +298,8 @@ def _solve(
         stats.update(solver_stats(sol.solver_state))
     if controller_stats is not None:
         stats.update(controller_stats(sol.controller_state))
+    if "event_restarts" in stats:  # first stages evaluated again (`EventController`)
+        stats["grad_evals"] = stats["grad_evals"] + stats["event_restarts"]
     # A NaN/inf state is never accepted by the controller (Diffrax turns a NaN error
     # estimate into a rejection), so a blow-up shows as a failed run whose last state
     # has a non-finite gradient or loss: check both there.

@@ -36,12 +36,16 @@ from ._sliding_modes import (
     evaluate,
     event_times,
     exit_events,
+    exit_sides,
+    exits_at_started_crossings,
     hermite_roots,
     kink_correction,
     mode_holds,
     nonzero,
+    pairs_of,
     project,
     shifted_first,
+    sliding_violations,
     slots_of,
     start_crossings,
     unfinished_error,
@@ -271,6 +275,12 @@ class SlidingReLU(AbstractTableauSolver):
             tau_in = jnp.where(approach, tau_in, 0.0)
             cand = cand | approach
         zdot_old = state.zdot if locate else None
+        if locate:
+            # Which sliding pairs are past their upper bound (they leave to the
+            # active side), under the set they slid in.
+            old_mode = Mode(mask=old, xs=xs_old, ginv=state.ginv)
+            _, hi_old = sliding_violations(old_mode, state.idx, state.field, leak, self.tol)
+            above_start = pairs_of(state.idx, hi_old > 0, data.x.shape[0])
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
         cand = jax.lax.cond(
@@ -318,10 +328,47 @@ class SlidingReLU(AbstractTableauSolver):
             tau_j = jnp.max(jnp.where(began, tau_in, 0.0), axis=0)
             entry_correction = (tau_j * dt)[None, :] * (state.field.dW - first.dW)
             entry_error = tau_j[None, :] * entry_correction
+        exit_correction = None
+        force = None
         if self.crossings != "none":
+            before = first
             first, started = start_crossings(
                 first, mode, data.x, dt, leak, self.crossing_window, zdot0
             )
+            if locate:
+                idx, mode, first, started, switched, neurons, above_at = (
+                    exits_at_started_crossings(
+                        state,
+                        idx,
+                        mode,
+                        before,
+                        first,
+                        started,
+                        data.x,
+                        dt,
+                        leak,
+                        self.iterations,
+                        self.tol,
+                        self.crossing_window,
+                        zdot0,
+                    )
+                )
+                counters = dict(counters, exits=counters["exits"] + switched)
+                # Pairs that left sliding (at the step's start or at a started
+                # crossing) go to the side of their exit.
+                exiting = old & ~mode.mask
+                force = (exiting, above_start | above_at)
+                first = exit_sides(first, mode, exiting, force[1], data.x, leak)
+                # An exit at a started crossing: the step's start is shifted by
+                # `tau dt (f_before - f_after)` in all (the crossing's part is in
+                # `started.correction`), whose derivative in the state is the jump
+                # term of the crossing and the exit together.
+                tau_j = jnp.max(started.tau, axis=0)
+                exit_correction = jnp.where(
+                    neurons[None, :],
+                    (tau_j * dt)[None, :] * (before.dW - first.dW) - started.correction,
+                    0.0,
+                )
         # Started crossings and entries spent `tau dt` on the near side of their kink,
         # integrated exactly (with `c_ij` frozen) and added to y1 before its stage is
         # evaluated. Their derivatives (the jump terms of the events, through the
@@ -332,8 +379,40 @@ class SlidingReLU(AbstractTableauSolver):
         shift = None if started is None else started.correction
         if entry_correction is not None:
             shift = entry_correction if shift is None else shift + entry_correction
+        if exit_correction is not None:
+            shift = shift + exit_correction
         W_start = y0.W
-        if shift is not None:
+        restarted = jnp.zeros((), bool)
+        if locate:
+            # The stages start from the shifted state: the far-side flow taken back to
+            # the step's start, which meets the exact state at the events. Every
+            # stage's `w`, and through `z` the `v`-field and the outputs, then see
+            # the state after the events; adding the shift to y1 alone left the
+            # `v`-field a step long at `z` offset by the shift (a local error of
+            # order `dt tau dt`, unseen by the error estimate: the balance
+            # `|w_j|^2 - |v_j|^2` drifted by 3e-7 in one such step). The first stage
+            # is evaluated again there (one gradient evaluation, only in steps that
+            # start an event; counted in `grad_evals`).
+            restarted = jnp.any(started.mask) | jnp.any(began) | jnp.any(neurons)
+            W_start = y0.W + shift
+            first = jax.lax.cond(
+                restarted,
+                lambda: evaluate(
+                    W_start,
+                    y0.V,
+                    data,
+                    mode,
+                    loss,
+                    leak,
+                    # started crossings on their far side, exits on theirs
+                    force=(
+                        force[0] | started.mask,
+                        jnp.where(started.mask, ~started.near, force[1]),
+                    ),
+                ),
+                lambda: first,
+            )
+        elif shift is not None:
             W_start = y0.W + (shift - jax.lax.stop_gradient(shift))
             any_started = jnp.any(started.mask)
             if entry_correction is not None:
@@ -341,7 +420,7 @@ class SlidingReLU(AbstractTableauSolver):
             first = jax.lax.cond(
                 any_started,
                 lambda: shifted_first(
-                    first, shift, y0.W, y0.V, data, mode, started, loss, leak
+                    first, shift, y0.W, y0.V, data, mode, started, loss, leak, force
                 ),
                 lambda: first,
             )
@@ -353,11 +432,13 @@ class SlidingReLU(AbstractTableauSolver):
         def stage(s, c, ys):
             nonlocal eW_kink
             Ws, Vs = ys
-            if s == n_rows - 1:
+            if s == n_rows - 1 and not locate:
                 if started is not None:
                     Ws = Ws + jax.lax.stop_gradient(started.correction)
                 if entry_correction is not None:
                     Ws = Ws + jax.lax.stop_gradient(entry_correction)
+                if exit_correction is not None:
+                    Ws = Ws + jax.lax.stop_gradient(exit_correction)
             if self.kink_correction and s == n_rows - 1:
                 # The last stage is y1 (first same as last): correct it before it is
                 # evaluated, so that the stored field is the one at the corrected y1.
@@ -372,7 +453,7 @@ class SlidingReLU(AbstractTableauSolver):
                     None if started is None else started.mask,
                 )
                 Ws = Ws + dW_kink
-            f = evaluate(Ws, Vs, data, mode, loss, leak)
+            f = evaluate(Ws, Vs, data, mode, loss, leak, force=force)
             fields.append(f)
             return (Ws, Vs), (dt * f.dW, dt * f.dV), f
 
@@ -400,7 +481,10 @@ class SlidingReLU(AbstractTableauSolver):
             # events located in every step, hence this by hand.
             zdot1 = data.x @ last.dW
             Z0, Z1 = state.field.Z, last.Z
-            event = ~mode.mask & ~started.mask & ((Z0 > 0) != (Z1 > 0))
+            # Pairs that slid at the step's start and left (at its start or at a
+            # started crossing) leave their kink from it at zero speed: the sign of
+            # their z there is rounding, not an event.
+            event = ~mode.mask & ~old & ~started.mask & ((Z0 > 0) != (Z1 > 0))
             theta = hermite_roots(
                 Z0, Z1, dt * jnp.where(event, zdot0, 0.0), dt * jnp.where(event, zdot1, 0.0)
             )
@@ -456,6 +540,7 @@ class SlidingReLU(AbstractTableauSolver):
                 / nonzero(dt * dt),
                 C=last.C,
                 sliding=mode.mask.astype(dtype),
+                restarted=restarted.astype(dtype),
             )
             located = jnp.sum(event, dtype=jnp.int32)
             # How transversal this step's events are: the near-side speed of z_ij

@@ -181,15 +181,20 @@ def evaluate(
     loss: AbstractLoss,
     leak: float,
     flip: Array | None = None,
+    force: tuple[Array, Array] | None = None,
 ) -> Field:
     """One gradient evaluation: the sliding vector field and its by-products. `flip`
     (an `n x h` mask) puts those pairs on the other side of their kink than the sign
-    of `z_ij` says."""
+    of `z_ij` says; `force = (mask, side)` puts the pairs of `mask` on `side`."""
     x = data.x
     Z = x @ W
     positive = Z > 0
     if flip is not None:
         positive = positive != flip
+    if force is not None:
+        # Pairs that just left sliding: on the side of their exit, whatever the
+        # rounding of `z_ij` (zero on the kink) says.
+        positive = jnp.where(force[0], force[1], positive)
     H = jnp.where(positive, Z, leak * Z)
     slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
 
@@ -482,6 +487,7 @@ def start_crossings(
     leak: float,
     window: float,
     zdot: Array | None = None,
+    only: Array | None = None,
 ) -> tuple[Field, Started]:
     """Evaluate the step on the far side of the kink for the pairs whose crossing is
     imminent, and integrate the part before the crossing exactly.
@@ -496,7 +502,7 @@ def start_crossings(
     step just before the crossing). `tau^2` times the jump goes to the error estimate.
 
     Costs one product `X dW` (unless `zdot` is given) and, in steps that start
-    crossings, one sparse update.
+    crossings, one sparse update. `only` (a mask) restricts the started pairs.
     """
     if zdot is None:
         zdot = x @ first.dW
@@ -505,6 +511,8 @@ def start_crossings(
         toward, -first.Z / (jnp.where(toward, zdot, 1.0) * nonzero(dt)), jnp.inf
     )
     mask = toward & (tau < window) & ~mode.mask
+    if only is not None:
+        mask = mask & only
     tau = jnp.where(mask, tau, 0.0)
     coef = jnp.where(mask, jnp.where(near, 1.0 - leak, leak - 1.0) * first.C, 0.0)
     D, h = first.A.shape
@@ -607,6 +615,7 @@ class Located(eqx.Module):
     zddot: Float[Array, "n h"]  # d^2z_ij/dt^2 at the end of the step (of the interpolant)
     C: Float[Array, "n h"]  # c_ij at the end of the step
     sliding: Float[Array, "n h"]  # 1 on the step's sliding pairs (float: Diffrax casts)
+    restarted: Float[Array, ""]  # 1 if the step evaluated its first stage again
 
 
 def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:
@@ -678,6 +687,7 @@ def shifted_first(
     started: Started,
     loss,
     leak,
+    force: tuple[Array, Array] | None = None,
 ) -> Field:
     """The first stage `first` (at `W`, the started pairs switched to their far side)
     with the derivative of the far-side field at `W + shift`.
@@ -701,14 +711,15 @@ def shifted_first(
     """
     num_classes = data.num_classes
 
-    def fn(W, V, x, d, xs, ginv, y, mask, smask):
+    def fn(W, V, x, d, xs, ginv, y, mask, smask, force):
         d_data = Dataset(x, y, num_classes)
-        return evaluate(W + d, V, d_data, Mode(mask, xs, ginv), loss, leak, flip=smask)
+        mode = Mode(mask, xs, ginv)
+        return evaluate(W + d, V, d_data, mode, loss, leak, flip=smask, force=force)
 
     # The shift enters with no value, so `fn` is linearized at `W` itself.
     zero_shift = shift - jax.lax.stop_gradient(shift)
     diff = (W, V, data.x, zero_shift, mode.xs, mode.ginv)
-    const = (data.y, mode.mask, started.mask)
+    const = (data.y, mode.mask, started.mask, force)
     return with_tangent(first, fn, diff, const, add=False)
 
 
@@ -781,3 +792,111 @@ def exit_events(
     )
     cost_nh = jnp.zeros((n, h), cost.dtype).at[safe, cols].add(jnp.where(used, cost, 0.0))
     return jax.lax.stop_gradient((theta_nh, cost_nh))
+
+
+def sliding_violations(mode: Mode, idx: Array, f: Field, leak: float, tol: float):
+    """How far each slot's sliding weight `s = eta / c` lies beyond `[leak - tol, 1 +
+    tol]`, times `|c|` (positive beyond, no division by `c`): below and above."""
+    safe = jnp.maximum(idx, 0)
+    eta = -jnp.einsum("jmk,jk->jm", mode.ginv, jnp.einsum("jmd,dj->jm", mode.xs, f.A))
+    cs = jnp.take_along_axis(f.C.T, safe, axis=1)
+    return eta - (leak - tol) * cs, (1.0 + tol) * cs - eta
+
+
+def exits_at_started_crossings(
+    state: SlidingState,
+    idx: Array,
+    mode: Mode,
+    before: Field,
+    first: Field,
+    started: Started,
+    x: Array,
+    dt: Array,
+    leak: float,
+    iterations: int,
+    tol: float,
+    window: float,
+    zdot: Array,
+):
+    """Sliding pairs put out of their box by a crossing started in this step.
+
+    A started crossing switches one term of its neuron's field at `tau dt` into the
+    step, and with it the weights of the neuron's sliding pairs; a weight it puts
+    beyond its bound is an exit at the crossing's time. The sliding set is decided
+    again on the far-side field (`first`, the same active-set check as at the start
+    of a step) and the crossings are started again under the new set.
+
+    Returns `(idx, mode, first, started, exits, neurons, above)` (`neurons`: those
+    with such an exit; `above`: exits to the active side); unchanged, with no exits,
+    where no weight left its box (a `lax.cond`). The exit's near-side part is added
+    by the caller (`exit_correction`), once the exiting pairs are on their side
+    (`exit_sides`).
+    """
+    used = idx >= 0
+    lo, hi = sliding_violations(mode, idx, first, leak, tol)
+    tau_j = jnp.max(started.tau, axis=0)
+    out = used & ((lo > 0) | (hi > 0)) & (tau_j[:, None] > 0)
+    D, h = first.A.shape
+
+    def redecide():
+        flip = first.A - before.A
+        pseudo = eqx.tree_at(lambda s: (s.idx, s.field), state, (idx, first))
+        no = jnp.zeros_like(mode.mask)
+        new_idx, new_mode, after, counters = update_mode(
+            pseudo, mode.mask, no, x, leak, iterations, tol
+        )
+        # The near side under the new set: the far-side field less the flip.
+        A_near = after.A - flip
+        near = Field(
+            dW=project(A_near, new_mode.xs, new_mode.ginv),
+            dV=before.dV,
+            Z=before.Z,
+            C=before.C,
+            A=A_near,
+        )
+        new_first, new_started = start_crossings(
+            near, new_mode, x, dt, leak, window, zdot, only=started.mask
+        )
+        exits = counters["exits"].astype(jnp.int32)
+        above = pairs_of(idx, out & (hi > 0), first.Z.shape[0])
+        neurons = jnp.any(out, axis=1)
+        return new_idx, new_mode, new_first, new_started, exits, neurons, above
+
+    def keep():
+        zero = jnp.zeros((), jnp.int32)
+        no = jnp.zeros_like(mode.mask)
+        return idx, mode, first, started, zero, jnp.zeros(h, bool), no
+
+    return jax.lax.cond(jnp.any(out), redecide, keep)
+
+
+def pairs_of(idx: Array, values: Array, n: int) -> Array:
+    """A per-slot boolean (`h x m`) as an `n x h` mask of pairs (empty slots: False)."""
+    h = idx.shape[0]
+    cols = jnp.broadcast_to(jnp.arange(h)[:, None], idx.shape)
+    vals = jnp.where(idx >= 0, values, False)
+    return jnp.zeros((n, h), bool).at[jnp.maximum(idx, 0), cols].max(vals)
+
+
+def exit_sides(
+    first: Field, mode: Mode, exiting: Array, above: Array, x: Array, leak: float
+) -> Field:
+    """`first` with the pairs that just left sliding (`exiting`) on the side of their
+    exit (`above`: the active side, else the inactive one).
+
+    A sliding pair sits on its kink with `z_ij` zero up to rounding, and the active-set
+    update counts a pair that leaves by the sign of that rounding; a pair on the wrong
+    side gets the wrong term `slope_ij c_ij x_i` for a stage, and so does the
+    derivative there. One sparse update, only in steps with such a pair."""
+    wrong = exiting & ((first.Z > 0) != above)
+
+    def fix():
+        right = jnp.where(above, 1.0, leak)
+        used = jnp.where(first.Z > 0, 1.0, leak)
+        coef = jnp.where(wrong, (right - used) * first.C, 0.0)
+        A = first.A + pair_sum(wrong, coef[..., None], x)[0]
+        return Field(
+            dW=project(A, mode.xs, mode.ginv), dV=first.dV, Z=first.Z, C=first.C, A=A
+        )
+
+    return jax.lax.cond(jnp.any(wrong), fix, lambda: first)
