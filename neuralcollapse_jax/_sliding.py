@@ -413,14 +413,12 @@ class SlidingReLU(AbstractTableauSolver):
                 lambda: first,
             )
         elif shift is not None:
+            # (Entries and exits are started only with `"locate"`.)
             W_start = y0.W + (shift - jax.lax.stop_gradient(shift))
-            any_started = jnp.any(started.mask)
-            if entry_correction is not None:
-                any_started = any_started | jnp.any(began)
             first = jax.lax.cond(
-                any_started,
+                jnp.any(started.mask),
                 lambda: shifted_first(
-                    first, shift, y0.W, y0.V, data, mode, started, loss, leak, force
+                    first, shift, y0.W, y0.V, data, mode, started, loss, leak
                 ),
                 lambda: first,
             )
@@ -432,13 +430,8 @@ class SlidingReLU(AbstractTableauSolver):
         def stage(s, c, ys):
             nonlocal eW_kink
             Ws, Vs = ys
-            if s == n_rows - 1 and not locate:
-                if started is not None:
-                    Ws = Ws + jax.lax.stop_gradient(started.correction)
-                if entry_correction is not None:
-                    Ws = Ws + jax.lax.stop_gradient(entry_correction)
-                if exit_correction is not None:
-                    Ws = Ws + jax.lax.stop_gradient(exit_correction)
+            if s == n_rows - 1 and not locate and started is not None:
+                Ws = Ws + jax.lax.stop_gradient(started.correction)
             if self.kink_correction and s == n_rows - 1:
                 # The last stage is y1 (first same as last): correct it before it is
                 # evaluated, so that the stored field is the one at the corrected y1.

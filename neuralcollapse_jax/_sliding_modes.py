@@ -687,7 +687,6 @@ def shifted_first(
     started: Started,
     loss,
     leak,
-    force: tuple[Array, Array] | None = None,
 ) -> Field:
     """The first stage `first` (at `W`, the started pairs switched to their far side)
     with the derivative of the far-side field at `W + shift`.
@@ -711,15 +710,14 @@ def shifted_first(
     """
     num_classes = data.num_classes
 
-    def fn(W, V, x, d, xs, ginv, y, mask, smask, force):
+    def fn(W, V, x, d, xs, ginv, y, mask, smask):
         d_data = Dataset(x, y, num_classes)
-        mode = Mode(mask, xs, ginv)
-        return evaluate(W + d, V, d_data, mode, loss, leak, flip=smask, force=force)
+        return evaluate(W + d, V, d_data, Mode(mask, xs, ginv), loss, leak, flip=smask)
 
     # The shift enters with no value, so `fn` is linearized at `W` itself.
     zero_shift = shift - jax.lax.stop_gradient(shift)
     diff = (W, V, data.x, zero_shift, mode.xs, mode.ginv)
-    const = (data.y, mode.mask, started.mask, force)
+    const = (data.y, mode.mask, started.mask)
     return with_tangent(first, fn, diff, const, add=False)
 
 
@@ -755,14 +753,8 @@ def exit_events(
     """
     used = idx >= 0
     safe = jnp.maximum(idx, 0)
-
-    def violations(f: Field):
-        eta = -jnp.einsum("jmk,jk->jm", mode.ginv, jnp.einsum("jmd,dj->jm", mode.xs, f.A))
-        cs = jnp.take_along_axis(f.C.T, safe, axis=1)
-        return eta - (leak - tol) * cs, (1.0 + tol) * cs - eta
-
-    lo0, hi0 = violations(start)
-    lo1, hi1 = violations(end)
+    lo0, hi0 = sliding_violations(mode, idx, start, leak, tol)
+    lo1, hi1 = sliding_violations(mode, idx, end, leak, tol)
 
     def located(g0, g1):
         out = used & (g0 <= 0) & (g1 > 0)
