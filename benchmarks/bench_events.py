@@ -64,6 +64,12 @@ def m60_problem():
     return data, model, 2.0, np.linspace(0.0, 2.0, 21)
 
 
+def m300_problem():
+    data = nc.datasets.mnist(per_class=100)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
+    return data, model, 1.0, np.linspace(0.0, 1.0, 11)
+
+
 def ncjax_run_problem():
     """The problem `ncjax run` solves with no options (its data, model and save times)."""
     from neuralcollapse_jax import _cli_run
@@ -242,11 +248,51 @@ def default_call(name, problem) -> None:
     )
 
 
+def m300_targets(ref_rtol: float) -> None:
+    """Issue targets on M300: the default call within 1e-6 of the same flow at
+    `ref_rtol` and in no more wall time than plain Diffrax `Tsit5` at `rtol 1e-5`
+    (full space, as a user of Diffrax would run it; also in the row space that
+    `gradient_flow` now uses by default). Every call is timed including its
+    compilation, in this order, in this run."""
+    data, model, t1, ts = m300_problem()
+    print(
+        f"\n## M300 targets: n = {data.x.shape[0]}, D = {data.dim}, "
+        f"h = {model.W.shape[1]}, T = {t1}, {len(ts)} save times\n"
+    )
+    rows = [
+        ("default call", {}),
+        ("plain Diffrax Tsit5, rtol 1e-5", dict(solver=diffrax.Tsit5(), rtol=1e-5, row_space=False)),
+        ("plain Diffrax Tsit5, rtol 1e-5, row space", dict(solver=diffrax.Tsit5(), rtol=1e-5)),
+        (f"default solver, rtol {ref_rtol:g} (reference)", dict(rtol=ref_rtol)),
+    ]
+    results = []
+    for label, kw in rows:
+        t = time.perf_counter()
+        traj = nc.gradient_flow(model, data, t1=t1, saveat=ts, **kw)
+        theta = jax.block_until_ready(params(traj))
+        results.append((label, traj, theta, time.perf_counter() - t))
+        print(f"  {label}: {results[-1][3]:.1f} s", file=sys.stderr, flush=True)
+    ref = results[-1][2]
+    base = results[1][3]
+    table_header(
+        ["call", "status", "max rel. error vs reference", "grad evals",
+         "steps (rejected)", "wall s (incl. compilation)", "wall / plain Tsit5 1e-5"]
+    )
+    for label, traj, theta, wall in results:
+        s = traj.stats_summary()
+        row = [label, str(int(traj.status)), f"{max_rel(theta, ref):.2e}",
+               str(s["grad_evals"]), f"{s['num_steps']} ({s['num_rejected_steps']})",
+               f"{wall:.1f}", f"{wall / base:.2f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a minute or two")
     parser.add_argument(
-        "--problems", default="ortho,m60,defaults", help="of ortho, m60, defaults, ncjax"
+        "--problems",
+        default="ortho,m60,defaults",
+        help="of ortho, m60, defaults, ncjax, m300 (the M300 targets, about N minutes)",
     )
     args = parser.parse_args()
     print("# bench_events" + (" --quick" if args.quick else ""))
@@ -270,6 +316,8 @@ def main() -> None:
     if "defaults" in problems:
         default_call("orthogonally separable", ortho_problem)
         default_call("MNIST-60", m60_problem)
+    if "m300" in problems:
+        m300_targets(1e-11)
     if "defaults" in problems or "ncjax" in problems:
         # Issue target: at most 3,000 steps, under 10% of them rejected.
         default_call("the default `ncjax run` problem", ncjax_run_problem)

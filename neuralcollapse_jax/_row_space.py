@@ -49,11 +49,12 @@ def row_space_basis(data: Dataset) -> Float[Array, "D r"]:
 
 
 def reduce_to_row_space(
-    model: TwoLayerReLU, data: Dataset
+    model: TwoLayerReLU, data: Dataset, basis: Array | None = None
 ) -> tuple[TwoLayerReLU, Dataset, RowSpace | None]:
-    """The model and data in the row space of `data.x`, and the `RowSpace` that lifts
-    the reduced model back (`None`, with the inputs unchanged, for full-rank data)."""
-    Q = row_space_basis(data)
+    """The model and data in the row space of `data.x` (`basis`, default
+    `row_space_basis(data)`), and the `RowSpace` that lifts the reduced model back
+    (`None`, with the inputs unchanged, for full-rank data)."""
+    Q = row_space_basis(data) if basis is None else basis
     if Q.shape[1] == data.dim:
         return model, data, None
     W_r = Q.T @ model.W

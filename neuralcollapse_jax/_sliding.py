@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
+from ._autodiff import with_tangent
 from ._crossing import BUDGET, CrossingController, EventController, transversal_approach
 from ._dataset import Dataset
 from ._field import term_loss
@@ -38,7 +39,7 @@ from ._sliding_modes import (
     exit_events,
     exit_sides,
     exits_at_started_crossings,
-    hermite_roots,
+    event_roots,
     kink_correction,
     mode_holds,
     nonzero,
@@ -478,8 +479,12 @@ class SlidingReLU(AbstractTableauSolver):
             # started crossing) leave their kink from it at zero speed: the sign of
             # their z there is rounding, not an event.
             event = ~mode.mask & ~old & ~started.mask & ((Z0 > 0) != (Z1 > 0))
-            theta = hermite_roots(
-                Z0, Z1, dt * jnp.where(event, zdot0, 0.0), dt * jnp.where(event, zdot1, 0.0)
+            theta = event_roots(
+                event,
+                Z0,
+                Z1,
+                dt * jnp.where(event, zdot0, 0.0),
+                dt * jnp.where(event, zdot1, 0.0),
             )
             theta = jnp.clip(theta, 0.0, 1.0)
             # An entry (the far side pushes the pair back) left inside the step costs
@@ -502,7 +507,14 @@ class SlidingReLU(AbstractTableauSolver):
             )
             moved = jnp.where(crossed, dt * (times - jax.lax.stop_gradient(times)), 0.0)
             coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
-            salt = project(data.x.T @ (moved * coef), mode.xs, mode.ginv)
+            # (Zero in value: the product with the data is formed only when something
+            # is differentiated.)
+            salt = with_tangent(
+                jnp.zeros_like(W1),
+                lambda moved, coef, x, xs, ginv: project(x.T @ (moved * coef), xs, ginv),
+                (moved, coef, data.x, mode.xs, mode.ginv),
+                add=False,
+            )
             y1 = TwoLayerReLU(W1 + salt, V1, leak)
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm

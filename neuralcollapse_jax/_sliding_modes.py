@@ -599,6 +599,38 @@ def hermite_roots(
     return jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), a)
 
 
+EVENT_PAIRS = 256  # located events per step whose roots are found on a gathered copy
+
+
+def event_roots(
+    event: Array,
+    z0: Array,
+    z1: Array,
+    m0: Array,
+    m1: Array,
+    size: int = EVENT_PAIRS,
+) -> Array:
+    """`hermite_roots` of the pairs of `event` (an `n x h` mask), `0` elsewhere.
+
+    A step holds a handful of events among its `n h` pairs, and the root iteration
+    on all of them took a tenth of a step on MNIST: the event pairs are gathered
+    (up to `size`, else all pairs are iterated), solved and scattered back. The
+    same elementwise iteration either way."""
+    size = min(size, event.size)
+    count = jnp.sum(event)
+
+    def sparse():
+        i, j = jnp.nonzero(event, size=size, fill_value=0)
+        roots = hermite_roots(z0[i, j], z1[i, j], m0[i, j], m1[i, j])
+        roots = jnp.where(jnp.arange(size) < count, roots, 0.0)
+        return jnp.zeros_like(z0).at[i, j].add(roots)
+
+    def dense():
+        return jnp.where(event, hermite_roots(z0, z1, m0, m1), 0.0)
+
+    return jax.lax.cond(count <= size, sparse, dense)
+
+
 class Located(eqx.Module):
     """The error estimate of a `SlidingReLU(crossings="locate")` step, with what its
     step-size controller (`EventController`) needs to end steps at kink events.

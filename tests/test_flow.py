@@ -342,6 +342,44 @@ def test_row_space_reduction_is_the_same_flow(solver):
     assert red.stats["grad_evals"] < 1.5 * full.stats["grad_evals"]
 
 
+def test_row_space_default_reduces_only_low_rank_concrete_data():
+    """`row_space=None` (the default) integrates in the row space when the rank is at
+    most half the dimension (the same computation as `row_space=True`, bit for bit),
+    in the full space otherwise and for traced data (as `row_space=False`)."""
+    from neuralcollapse_jax._flow import ROW_SPACE_RATIO, row_space_default
+
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    # 12 samples in D = 10 spanning 4 dimensions (0.4 <= ROW_SPACE_RATIO), and 6
+    low = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 10))
+    high = jax.random.normal(k1, (12, 6)) @ jax.random.normal(k3, (6, 10))
+    y = jnp.arange(12) % 3
+    assert 4 <= ROW_SPACE_RATIO * 10 < 6
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 10, 6, 3, 1e-2)
+    kw = dict(t1=0.5, saveat=jnp.array([0.1, 0.5]))
+    for x, reduced in ((low, True), (high, False)):
+        data = nc.Dataset(x, y, 3)
+        basis = row_space_default(data)
+        assert (basis is not None) == reduced
+        default = nc.gradient_flow(model, data, **kw)
+        same = nc.gradient_flow(model, data, row_space=reduced, **kw)
+        assert int(default.status) == 0
+        np.testing.assert_array_equal(np.asarray(default.models.W), np.asarray(same.models.W))
+        if reduced:
+            reduced_run = default
+
+    # the full space rounds differently (that both are the same flow to the tolerance
+    # is `test_row_space_reduction_is_the_same_flow`)
+    full = nc.gradient_flow(model, nc.Dataset(low, y, 3), row_space=False, **kw)
+    assert not np.array_equal(np.asarray(reduced_run.models.W), np.asarray(full.models.W))
+
+    @jax.jit
+    def traced(x):
+        assert row_space_default(nc.Dataset(x, y, 3)) is None
+        return nc.gradient_flow(model, nc.Dataset(x, y, 3), **kw)
+
+    np.testing.assert_allclose(traced(low).loss, full.loss, rtol=1e-7)
+
+
 @pytest.mark.slow
 def test_row_space_full_rank_and_traced_data():
     """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
