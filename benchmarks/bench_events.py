@@ -266,8 +266,14 @@ def m300_targets(ref_rtol: float) -> None:
     )
     rows = [
         ("default call", {}),
-        ("plain Diffrax Tsit5, rtol 1e-5", dict(solver=diffrax.Tsit5(), rtol=1e-5, row_space=False)),
-        ("plain Diffrax Tsit5, rtol 1e-5, row space", dict(solver=diffrax.Tsit5(), rtol=1e-5)),
+        (
+            "plain Diffrax Tsit5, rtol 1e-5",
+            dict(solver=diffrax.Tsit5(), rtol=1e-5, row_space=False),
+        ),
+        (
+            "plain Diffrax Tsit5, rtol 1e-5, row space",
+            dict(solver=diffrax.Tsit5(), rtol=1e-5),
+        ),
         (f"default solver, rtol {ref_rtol:g} (reference)", dict(rtol=ref_rtol)),
     ]
     results = []
@@ -280,14 +286,27 @@ def m300_targets(ref_rtol: float) -> None:
     ref = results[-1][2]
     base = results[1][3]
     table_header(
-        ["call", "status", "max rel. error vs reference", "grad evals",
-         "steps (rejected)", "wall s (incl. compilation)", "wall / plain Tsit5 1e-5"]
+        [
+            "call",
+            "status",
+            "max rel. error vs reference",
+            "grad evals",
+            "steps (rejected)",
+            "wall s (incl. compilation)",
+            "wall / plain Tsit5 1e-5",
+        ]
     )
     for label, traj, theta, wall in results:
         s = traj.stats_summary()
-        row = [label, str(int(traj.status)), f"{max_rel(theta, ref):.2e}",
-               str(s["grad_evals"]), f"{s['num_steps']} ({s['num_rejected_steps']})",
-               f"{wall:.1f}", f"{wall / base:.2f}"]
+        row = [
+            label,
+            str(int(traj.status)),
+            f"{max_rel(theta, ref):.2e}",
+            str(s["grad_evals"]),
+            f"{s['num_steps']} ({s['num_rejected_steps']})",
+            f"{wall:.1f}",
+            f"{wall / base:.2f}",
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -363,7 +363,9 @@ def test_row_space_default_reduces_only_low_rank_concrete_data():
         default = nc.gradient_flow(model, data, **kw)
         same = nc.gradient_flow(model, data, row_space=reduced, **kw)
         assert int(default.status) == 0
-        np.testing.assert_array_equal(np.asarray(default.models.W), np.asarray(same.models.W))
+        np.testing.assert_array_equal(
+            np.asarray(default.models.W), np.asarray(same.models.W)
+        )
         if reduced:
             reduced_run = default
 
