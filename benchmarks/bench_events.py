@@ -18,7 +18,7 @@ Problems:
   `T = 2`, 21 save times. Reference: the located run at `rtol 1e-9` (not independent:
   gradient descent to that accuracy takes millions of steps here); not in `--quick`.
 - `m300`: the issue's M300 targets (first 100 test images of each digit 0, 1, 2,
-  centered, `h = 50`, std `1e-3`, `T = 1`, 10 save times): the default call, plain
+  centered, `h = 50`, std `1e-3`, `T = 1`, 11 save times from 0): the default call, plain
   Diffrax `Tsit5` at `rtol 1e-5` (in the full space, and in the row space the default
   call now uses) and the default solver at `rtol 1e-11` as the reference, each timed
   including its compilation, in one run.

@@ -479,13 +479,10 @@ class SlidingReLU(AbstractTableauSolver):
             # started crossing) leave their kink from it at zero speed: the sign of
             # their z there is rounding, not an event.
             event = ~mode.mask & ~old & ~started.mask & ((Z0 > 0) != (Z1 > 0))
-            theta = event_roots(
-                event,
-                Z0,
-                Z1,
-                dt * jnp.where(event, zdot0, 0.0),
-                dt * jnp.where(event, zdot1, 0.0),
-            )
+            # Slopes of the cubic interpolant of z over the step, on the event pairs.
+            m0 = dt * jnp.where(event, zdot0, 0.0)
+            m1 = dt * jnp.where(event, zdot1, 0.0)
+            theta = event_roots(event, Z0, Z1, m0, m1)
             theta = jnp.clip(theta, 0.0, 1.0)
             # An entry (the far side pushes the pair back) left inside the step costs
             # the wrong field for the rest of the step; a transversal crossing about a
@@ -498,13 +495,7 @@ class SlidingReLU(AbstractTableauSolver):
             # `(f_before - f_after) d t_c` to the derivative of y1 and nothing to y1
             # (`t_c - stop_gradient(t_c)` is zero).
             crossed = event & ~(back & (last.C < 0))
-            times = event_times(
-                Z0,
-                Z1,
-                dt * jnp.where(event, zdot0, 0.0),
-                dt * jnp.where(event, zdot1, 0.0),
-                theta,
-            )
+            times = event_times(Z0, Z1, m0, m1, theta)
             moved = jnp.where(crossed, dt * (times - jax.lax.stop_gradient(times)), 0.0)
             coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
             # (Zero in value: the product with the data is formed only when something
