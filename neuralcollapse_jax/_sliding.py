@@ -31,10 +31,12 @@ from ._sliding_modes import (
     Mode,
     SlidingState,
     candidates,
+    closest_approach,
     could_enter,
     default_slots,
     empty_mode,
     evaluate,
+    event_gap,
     event_roots,
     event_times,
     exit_events,
@@ -205,6 +207,8 @@ class SlidingReLU(AbstractTableauSolver):
         mode = empty_mode(n, h, m, D, y0.W.dtype)
         field = evaluate(y0.W, y0.V, args, mode, term_loss(terms), y0.leak)
         zero = jnp.zeros((), jnp.int32)
+        # what the event statistics start from (`"locate"` only)
+        none = jnp.full((), jnp.inf if self.crossings == "locate" else jnp.nan, y0.W.dtype)
         if self.crossings == "locate":
             zdot = args.x @ field.dW
         else:
@@ -224,9 +228,10 @@ class SlidingReLU(AbstractTableauSolver):
             zdot=zdot,
             located=zero,
             started_entries=zero,
-            transversality=jnp.full(
-                (), jnp.inf if self.crossings == "locate" else jnp.nan, y0.W.dtype
-            ),
+            transversality=none,
+            last_event=jnp.full((h,), -jnp.inf, y0.W.dtype),
+            event_gap=none,
+            touch=none,
             fresh=jnp.ones((), bool),
         )
 
@@ -467,6 +472,8 @@ class SlidingReLU(AbstractTableauSolver):
         zdot1 = None
         located = jnp.zeros((), jnp.int32)
         step_transversality = None
+        step_gap = step_touch = None
+        last_event = state.last_event
         if locate:
             y_error = TwoLayerReLU(eW + entry_error, eV, leak)
             # Events inside the step: non-sliding pairs (not started) whose z changed
@@ -556,6 +563,30 @@ class SlidingReLU(AbstractTableauSolver):
             step_transversality = jax.lax.stop_gradient(
                 jnp.min(speed / jnp.where(scale > 0, scale, 1.0))
             )
+            # Degenerate points where the flow has no derivative, reported: two events
+            # of one neuron at the same instant, and pairs that touch their kink and
+            # turn back without crossing (closest approach on the step's interpolant).
+            times = jnp.where(
+                event,
+                t0 + theta * dt,
+                jnp.where(
+                    started.mask,
+                    t0 + started.tau * dt,
+                    jnp.where(began, t0 + tau_in * dt, jnp.inf),
+                ),
+            )
+            step_gap, last_event = event_gap(jax.lax.stop_gradient(times), state.last_event)
+            quiet = ~mode.mask & ~old & ~started.mask & ~event & ~began
+            step_touch = jax.lax.stop_gradient(
+                closest_approach(
+                    Z0,
+                    Z1,
+                    dt * zdot0,
+                    dt * zdot1,
+                    quiet,
+                    x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :],
+                )
+            )
         k_stack = TwoLayerReLU(
             jnp.stack([k[0] for k in ks]).astype(dtype),
             jnp.stack([k[1] for k in ks]).astype(dtype),
@@ -590,6 +621,13 @@ class SlidingReLU(AbstractTableauSolver):
             transversality=state.transversality
             if step_transversality is None
             else jnp.minimum(state.transversality, step_transversality),
+            last_event=last_event,
+            event_gap=state.event_gap
+            if step_gap is None
+            else jnp.minimum(state.event_gap, step_gap),
+            touch=state.touch
+            if step_touch is None
+            else jnp.minimum(state.touch, step_touch),
             fresh=jnp.zeros((), bool),
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
@@ -609,7 +647,16 @@ class SlidingReLU(AbstractTableauSolver):
         smallest speed of `z_ij` through its kink relative to
         `||x_i|| ||dw_j/dt||`: near 0 a touch is tangential, where the flow has no
         derivative and the jump terms grow like its inverse; `inf` when no event was
-        located, NaN unless `crossings="locate"`)."""
+        located, NaN unless `crossings="locate"`), `min_event_gap` (the smallest time
+        between two events, crossings or entries, of one neuron: 0 to rounding when two
+        happen at the same instant, where the derivative depends on their order and
+        does not exist; `inf` when no neuron had two; NaN unless `"locate"`) and
+        `min_touch` (over the pairs that came toward their kink and turned back inside
+        a step without crossing, the closest approach `|z_ij| / (||x_i|| ||w_j||)` on
+        the step's interpolant: near 0 a tangential touch, where the flow has no
+        derivative; negative when a pair crossed and came back inside one step, two
+        crossings not located; `inf` when none turned back; NaN unless
+        `"locate"`)."""
         return {
             "sliding_entries": state.entries,
             "sliding_exits": state.exits,
@@ -622,4 +669,6 @@ class SlidingReLU(AbstractTableauSolver):
             "crossings_located": state.located,
             "entries_started": state.started_entries,
             "min_transversality": state.transversality,
+            "min_event_gap": state.event_gap,
+            "min_touch": state.touch,
         }

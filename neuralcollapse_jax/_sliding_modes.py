@@ -84,6 +84,13 @@ class SlidingState(eqx.Module):
     started_entries: Int[Array, ""]  # entries started at the beginning of a step
     # smallest |dz_ij/dt| / (||x_i|| ||dw_j/dt||) at a located event (`"locate"`)
     transversality: Float[Array, ""]
+    # the latest event time of each neuron, and the smallest time between two events
+    # of one neuron (`"locate"`)
+    last_event: Float[Array, " h"]
+    event_gap: Float[Array, ""]
+    # smallest |z_ij| / (||x_i|| ||w_j||) where a pair turned back towards its side
+    # inside a step without crossing (`"locate"`)
+    touch: Float[Array, ""]
     fresh: Bool[Array, ""]  # no step accepted yet: `field` is the one of `init`
 
 
@@ -707,6 +714,53 @@ def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Arr
     dp = jax.lax.stop_gradient(hermite_slope(theta, z0, m0, z1, m1))
     step = p / jnp.where(dp != 0, dp, 1.0)
     return theta - (step - jax.lax.stop_gradient(step))
+
+
+def event_gap(times: Float[Array, "n h"], last: Float[Array, " h"]) -> tuple[Array, Array]:
+    """`(gap, last)`: the smallest time between two events of one neuron among this
+    step's events (`times`, `inf` where a pair has none) and the neuron's latest event
+    before the step (`last`, `-inf` when none), and each neuron's latest event after
+    it. Events of different neurons do not interact at first order (a crossing
+    switches one term of its own neuron's equation); two events of one neuron at the
+    same instant have no derivative (their order decides it). One sort of the `n x h`
+    times per neuron, only in steps with events."""
+
+    def gaps():
+        t = jnp.sort(jnp.concatenate([last[None, :], times]), axis=0)
+        d = t[1:] - t[:-1]
+        d = jnp.where(jnp.isfinite(t[1:]) & jnp.isfinite(t[:-1]), d, jnp.inf)
+        latest = jnp.max(jnp.where(jnp.isfinite(times), times, -jnp.inf), axis=0)
+        return jnp.min(d), jnp.maximum(last, latest)
+
+    def none():
+        return jnp.full((), jnp.inf, times.dtype), last
+
+    return jax.lax.cond(jnp.any(jnp.isfinite(times)), gaps, none)
+
+
+def closest_approach(
+    z0: Array, z1: Array, m0: Array, m1: Array, pairs: Array, scale: Array
+) -> Array:
+    """The smallest `s z_ij(t) / scale_ij` (`s` the sign of `z_ij` at both ends) over
+    the pairs (`pairs`) whose cubic interpolant (values `z0`, `z1`, slopes `m0`, `m1`
+    over the step) moves toward the kink at the start and away from it at the end: the
+    closest a pair comes to its kink when it turns back without crossing (`inf` if
+    none). A touch (0) has no derivative: a perturbation makes it cross twice or not
+    at all. Negative when the interpolant crosses and comes back inside the step (two
+    crossings in one step, not located). The turning point is where the slope's
+    linear interpolation vanishes, refined by one Newton step on the slope."""
+    s = jnp.where(z0 > 0, 1.0, -1.0)
+    turns = pairs & ((z0 > 0) == (z1 > 0)) & (s * m0 < 0) & (s * m1 > 0)
+    denom = jnp.where(turns, m0 - m1, 1.0)
+    t = jnp.where(turns, m0 / denom, 0.5)
+    a = 6.0 * z0 + 3.0 * m0 - 6.0 * z1 + 3.0 * m1  # p'(t) = a t^2 + b t + m0
+    b = -6.0 * z0 - 4.0 * m0 + 6.0 * z1 - 2.0 * m1
+    slope = (a * t + b) * t + m0
+    curv = 2.0 * a * t + b
+    t = jnp.clip(t - slope / jnp.where(curv * s > 0, curv, jnp.inf), 0.0, 1.0)
+    value = s * _hermite(t, z0, m0, z1, m1)
+    value = jnp.minimum(value, jnp.minimum(s * z0, s * z1))
+    return jnp.min(jnp.where(turns, value / jnp.where(scale > 0, scale, 1.0), jnp.inf))
 
 
 def shifted_first(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from problems import crossing_problem, scipy_flow
 from scipy.integrate import solve_ivp
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize_scalar
 from scipy.special import expi
 
 import neuralcollapse_jax as nc
@@ -372,6 +372,102 @@ def test_transversality_of_the_crossing_is_reported(angle):
     reported = float(tr.stats["min_transversality"])
     np.testing.assert_allclose(reported, np.cos(angle), rtol=1e-6)
     assert float(np.asarray(tr.final.W)[:, 0] @ X[1]) > 0  # it crossed
+
+
+def _exp_field(X, y, active):
+    """The flow of one neuron (`w`, `v`) under the exponential loss with the pairs of
+    `active` on their active side (a smooth piece), for SciPy."""
+
+    def f(t, th):
+        w, v = th[:-1], th[-1]
+        h = (X @ w) * active
+        r = np.exp(-y * v * h)
+        return np.concatenate([v * X.T @ (y * r * active), [np.sum(y * r * h)]])
+
+    return f
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_simultaneous_crossings_are_reported(separate):
+    """One neuron, exponential loss: `x_1` active pulls the neuron towards itself, and
+    `x_2`, `x_3` cross their kinks. With `x_3 = 2 x_2` (one ray) they cross at the
+    same instant for every initialization: `min_event_gap` is 0, and a perturbation of
+    the data that separates them has no derivative. Rotated by 0.1 rad, they cross
+    apart: the gap equals SciPy's, with each crossing located as an event."""
+    a = 1.2
+    b = a + 0.1 if separate else a
+    X = np.array([[1.0, 0.0], [np.cos(a), np.sin(a)], [2 * np.cos(b), 2 * np.sin(b)]])
+    y = np.ones(3)
+    th0 = np.array([0.6, -0.45, 0.5])
+    model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
+    tr = nc.gradient_flow(
+        model, nc.Dataset(X, np.array([1, 1, 1]), 2), t1=10.0, loss="exponential"
+    )
+    assert int(tr.status) == 0
+    assert int(tr.stats["crossings_started"] + tr.stats["crossings_located"]) == 2
+    gap = float(tr.stats["min_event_gap"])
+    if not separate:
+        assert gap == 0.0
+        return
+    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
+    active = np.array([1.0, 0.0, 0.0])
+    times, th = [], th0
+    for _ in range(2):  # the next crossing of an inactive pair, then switch it on
+        events = []
+        for k in np.flatnonzero(active == 0):
+            ev = lambda t, th, k=k: X[k] @ th[:2]  # noqa: E731
+            ev.terminal, ev.direction = True, 1
+            events.append(ev)
+        t_start = times[-1] if times else 0.0
+        sol = solve_ivp(
+            _exp_field(X, y, active), (t_start, 10.0), th, events=events, **tight
+        )
+        hit = [i for i, te in enumerate(sol.t_events) if len(te)][0]
+        times.append(sol.t_events[hit][0])
+        th = sol.y_events[hit][0]
+        active[np.flatnonzero(active == 0)[hit]] = 1.0
+    np.testing.assert_allclose(gap, times[1] - times[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.12, 0.135])
+def test_touch_without_crossing_is_reported(alpha):
+    """One neuron, exponential loss, `x_1` (label +1) and `x_2` (label -1) active: the
+    neuron's velocity turns, and `z_3 = <x_3, w>` rises towards its kink and turns back
+    without crossing. `min_touch` is the closest approach `|z_3| / (|x_3| |w|)`,
+    against SciPy's dense output, minimized; it tends to 0 as the touch turns
+    tangential (`alpha` moves the start towards the kink)."""
+    X = np.array(
+        [[-0.74667419, -0.1826116], [-0.64339271, -1.42241229], [-0.3142305, 0.40015638]]
+    )
+    y = np.array([1.0, -1.0, 1.0])
+    w0 = np.array([-1.0963585, -1.28510646]) + alpha * X[2] / (X[2] @ X[2])
+    sol = solve_ivp(
+        _exp_field(X, y, np.array([1.0, 1.0, 0.0])),
+        (0.0, 1.0),
+        np.r_[w0, 0.5],
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-15,
+        dense_output=True,
+    )
+
+    def rel(t):
+        w = sol.sol(t)[:2]
+        return -(X[2] @ w) / (np.linalg.norm(X[2]) * np.linalg.norm(w))
+
+    grid = np.linspace(0.0, 1.0, 1001)
+    k = int(np.argmin([rel(t) for t in grid]))
+    assert 0 < k < 1000  # an interior closest approach: it turns back
+    closest = minimize_scalar(
+        rel, bounds=(grid[k - 1], grid[k + 1]), method="bounded", options=dict(xatol=1e-12)
+    ).fun
+    model = nc.TwoLayerReLU(jnp.asarray(w0)[:, None], jnp.array([[0.5]]))
+    tr = nc.gradient_flow(
+        model, nc.Dataset(X, np.array([1, 0, 1]), 2), t1=1.0, loss="exponential"
+    )
+    assert int(tr.stats["crossings_started"] + tr.stats["crossings_located"]) == 0
+    np.testing.assert_allclose(float(tr.stats["min_touch"]), closest, rtol=1e-4)
+    assert float(tr.stats["min_event_gap"]) == np.inf
 
 
 @pytest.mark.slow
