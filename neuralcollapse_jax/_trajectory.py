@@ -49,9 +49,9 @@ class Trajectory(eqx.Module):
     - `records`: the recorded diagnostics, a dict of arrays with leading axis `T`.
     - `final`: the model at the end of the run (at `t1`, or where the run stopped).
     - `stats`: dict of scalar arrays (counts, and the sliding solver's
-      `min_transversality`, `min_event_gap`, `min_touch`): at least `num_steps` (attempted steps),
-      `num_accepted_steps`, `num_rejected_steps`, `grad_evals` (gradient evaluations)
-      and, from `gradient_flow`, `kinks_at_start` (pairs with `z_ij = 0` at `t = 0`).
+      `min_transversality`, `min_event_gap`, `min_touch`): at least `num_steps`
+      (attempted steps), `num_accepted_steps`, `num_rejected_steps`, `grad_evals`
+      (gradient evaluations) and, from `gradient_flow`, `kinks_at_start` (pairs with `z_ij = 0` at `t = 0`).
     - `status`: integer `Status` code; `Status.SUCCESS` (0) when the horizon was reached.
       After a failure the save times past the failure hold `inf`.
 
