@@ -51,7 +51,8 @@ class Trajectory(eqx.Module):
     - `stats`: dict of scalar arrays (counts, and the sliding solver's
       `min_transversality`, `min_event_gap`, `min_touch`): at least `num_steps`
       (attempted steps), `num_accepted_steps`, `num_rejected_steps`, `grad_evals`
-      (gradient evaluations) and, from `gradient_flow`, `kinks_at_start` (pairs with `z_ij = 0` at `t = 0`).
+      (gradient evaluations) and, from `gradient_flow`, `kinks_at_start` (pairs with
+      `z_ij = 0` at `t = 0`).
     - `status`: integer `Status` code; `Status.SUCCESS` (0) when the horizon was reached.
       After a failure the save times past the failure hold `inf`.
 
