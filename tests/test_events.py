@@ -130,6 +130,85 @@ def test_an_entry_lands_on_its_boundary():
     assert worst["locate"] < worst["land"] / 100, worst
 
 
+def test_an_exit_matches_the_piecewise_filippov_flow():
+    """A pair that enters sliding and leaves it, against the Filippov flow built by
+    hand: one neuron, exponential loss, three samples. SciPy integrates the regular
+    field until `z_1 = <x_1, w>` reaches its kink (`t = 0.446`), then the field with
+    the part along `x_1` projected out (the pair held on its kink) until its weight
+    `eta_1 = -<x_1, a> / (c_1 |x_1|^2)` reaches 0 (`t = 1.320`, the exit), then the
+    regular field with the pair on its inactive side; each switch located as an
+    event. The default call agrees at every save time, holds the pair on its kink
+    while it slides and leaves it where the reference does."""
+    X = np.array(
+        [[-0.85170066, 1.5629238], [-1.86798305, 0.23213607], [-0.73476432, 0.21420577]]
+    )
+    y = np.array([-1.0, 1.0, -1.0])
+    th0 = np.array([-0.54595479, 0.85812052, 1.1782234])
+    tight = dict(method="DOP853", rtol=1e-13, atol=1e-15, dense_output=True)
+
+    def weights(th, active):
+        w, v = th[:2], th[2]
+        h = (X @ w) * active
+        r = np.exp(-y * v * h)
+        return v * X.T @ (y * r * active), np.sum(y * r * h)
+
+    def field(active, held=False):
+        def f(t, th):
+            a, dv = weights(th, active)
+            if held:
+                a = a - X[0] * (X[0] @ a) / (X[0] @ X[0])
+            return np.concatenate([a, [dv]])
+
+        return f
+
+    def eta(t, th):
+        a, _ = weights(th, np.array([0.0, 1.0, 1.0]))
+        return -(X[0] @ a) / (th[2] * y[0] * (X[0] @ X[0]))
+
+    kink = lambda t, th: X[0] @ th[:2]  # noqa: E731
+    kink.terminal = eta.terminal = True
+    assert np.all(X @ th0[:2] > 0)
+    first = solve_ivp(field(np.ones(3)), (0.0, 3.0), th0, events=kink, **tight)
+    t_in = first.t_events[0][0]
+    assert 0 < eta(t_in, first.y_events[0][0]) < 1  # both sides attract: it slides
+    inactive = np.array([0.0, 1.0, 1.0])
+    held = solve_ivp(
+        field(inactive, held=True), (t_in, 3.0), first.y_events[0][0], events=eta, **tight
+    )
+    t_out = held.t_events[0][0]
+    others = [lambda t, th, k=k: X[k] @ th[:2] for k in range(3)]
+    after = solve_ivp(
+        field(inactive), (t_out, 3.0), held.y_events[0][0], events=others, **tight
+    )
+    assert all(len(te) == 0 for te in after.t_events)  # nothing else switches
+    np.testing.assert_allclose([t_in, t_out], [0.44615, 1.31972], atol=1e-5)
+
+    T = 2.5
+    ts = np.linspace(0.0, T, 26)
+    ref = np.array(
+        [
+            first.sol(t) if t <= t_in else held.sol(t) if t <= t_out else after.sol(t)
+            for t in ts
+        ]
+    )
+    model = nc.TwoLayerReLU(jnp.asarray(th0[:2])[:, None], jnp.asarray([[th0[2]]]))
+    data = nc.Dataset(X, np.array([0, 1, 0]), 2)
+    for rtol, bound in ((nc.DEFAULT_RTOL, 1e-6), (1e-10, 1e-8)):
+        traj = nc.gradient_flow(model, data, t1=T, saveat=ts, loss="exponential", rtol=rtol)
+        assert int(traj.status) == nc.Status.SUCCESS
+        assert int(traj.stats["sliding_entries"]) == int(traj.stats["sliding_exits"]) == 1
+        th = np.concatenate(
+            [np.asarray(traj.models.W)[:, :, 0], np.asarray(traj.models.V)[:, :, 0]], 1
+        )
+        err = np.linalg.norm(th - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert err.max() < bound, err
+        z = th[:, :2] @ X[0]
+        sliding = (ts > t_in) & (ts < t_out)
+        assert np.abs(z[sliding]).max() < 1e-12
+        gone = ts > t_out
+        np.testing.assert_allclose(z[gone], ref[gone, :2] @ X[0], rtol=10 * bound)
+
+
 @pytest.mark.slow
 def test_balance_is_conserved_through_events():
     """`||w_j||^2 - ||v_j||^2` is constant through crossings, entries into sliding and
