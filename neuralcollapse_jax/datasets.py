@@ -82,7 +82,10 @@ def orthogonally_separable(
     `b = max(mu_s - a, 0)` and `c = 1 - a - b`, so that `<g, g'> >= 0` and the in-class
     cosines are `>= a + b >= mu_s`. Either way the requested `(mu_s, mu_d)` hold; the
     measured `separability` can only be larger. Points are scaled to norms uniform in
-    `norm_range` and (if `rotate`) rotated by a random orthogonal matrix.
+    `norm_range` and (if `rotate`) rotated by a random orthogonal matrix. With `p = 1`
+    (e.g. `K = 3` in `dim = 9`) the sphere of `P_k` is two points, so each class has
+    at most two distinct directions, and points repeat; pass a larger `dim` for
+    distinct points.
 
     **Arguments:**
 
