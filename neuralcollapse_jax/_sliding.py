@@ -208,7 +208,7 @@ class SlidingReLU(AbstractTableauSolver):
         field = evaluate(y0.W, y0.V, args, mode, term_loss(terms), y0.leak)
         zero = jnp.zeros((), jnp.int32)
         # what the event statistics start from (`"locate"` only)
-        none = jnp.full((), jnp.inf if self.crossings == "locate" else jnp.nan, y0.W.dtype)
+        unset = jnp.full((), jnp.inf if self.crossings == "locate" else jnp.nan, y0.W.dtype)
         if self.crossings == "locate":
             zdot = args.x @ field.dW
         else:
@@ -228,10 +228,10 @@ class SlidingReLU(AbstractTableauSolver):
             zdot=zdot,
             located=zero,
             started_entries=zero,
-            transversality=none,
+            transversality=unset,
             last_event=jnp.full((h,), -jnp.inf, y0.W.dtype),
-            event_gap=none,
-            touch=none,
+            event_gap=unset,
+            touch=unset,
             fresh=jnp.ones((), bool),
         )
 
@@ -566,7 +566,7 @@ class SlidingReLU(AbstractTableauSolver):
             # Degenerate points where the flow has no derivative, reported: two events
             # of one neuron at the same instant, and pairs that touch their kink and
             # turn back without crossing (closest approach on the step's interpolant).
-            times = jnp.where(
+            at = jnp.where(
                 event,
                 t0 + theta * dt,
                 jnp.where(
@@ -575,7 +575,7 @@ class SlidingReLU(AbstractTableauSolver):
                     jnp.where(began, t0 + tau_in * dt, jnp.inf),
                 ),
             )
-            step_gap, last_event = event_gap(jax.lax.stop_gradient(times), state.last_event)
+            step_gap, last_event = event_gap(jax.lax.stop_gradient(at), state.last_event)
             quiet = ~mode.mask & ~old & ~started.mask & ~event & ~began
             step_touch = jax.lax.stop_gradient(
                 closest_approach(

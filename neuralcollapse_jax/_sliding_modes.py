@@ -753,10 +753,9 @@ def closest_approach(
     turns = pairs & ((z0 > 0) == (z1 > 0)) & (s * m0 < 0) & (s * m1 > 0)
     denom = jnp.where(turns, m0 - m1, 1.0)
     t = jnp.where(turns, m0 / denom, 0.5)
-    a = 6.0 * z0 + 3.0 * m0 - 6.0 * z1 + 3.0 * m1  # p'(t) = a t^2 + b t + m0
-    b = -6.0 * z0 - 4.0 * m0 + 6.0 * z1 - 2.0 * m1
-    slope = (a * t + b) * t + m0
-    curv = 2.0 * a * t + b
+    slope, curv = jax.jvp(
+        lambda t: hermite_slope(t, z0, m0, z1, m1), (t,), (jnp.ones_like(t),)
+    )
     t = jnp.clip(t - slope / jnp.where(curv * s > 0, curv, jnp.inf), 0.0, 1.0)
     value = s * _hermite(t, z0, m0, z1, m1)
     value = jnp.minimum(value, jnp.minimum(s * z0, s * z1))

@@ -7,6 +7,29 @@ from scipy.integrate import solve_ivp
 import neuralcollapse_jax as nc
 
 
+def neuron_rates(X, y, active, th):
+    """`(dw/dt, dv/dt)` of one neuron (`th = (w, v)`) under the sum exponential loss
+    with labels `y` in {-1, +1}, the pairs of `active` (0 or 1 each) on their active
+    side: one smooth piece of the flow, in NumPy."""
+    w, v = th[:-1], th[-1]
+    h = (X @ w) * active
+    r = np.exp(-y * v * h)
+    return v * X.T @ (y * r * active), np.sum(y * r * h)
+
+
+def neuron_field(X, y, active, held=None):
+    """`neuron_rates` as a SciPy right-hand side; with `held` (a sample index), the
+    part of `dw/dt` along `x_held` projected out (that pair held on its kink)."""
+
+    def f(t, th):
+        a, dv = neuron_rates(X, y, active, th)
+        if held is not None:
+            a = a - X[held] * (X[held] @ a) / (X[held] @ X[held])
+        return np.concatenate([a, [dv]])
+
+    return f
+
+
 def crossing_problem():
     """One neuron, exponential loss, two positive points at an acute angle: `x_1` is
     active and pulls `w` towards itself, so `z_2 = <x_2, w>` rises through 0 and keeps
@@ -16,13 +39,7 @@ def crossing_problem():
     th0 = np.array([0.6, -0.45, 0.5])  # w, v; z = (0.6, -0.2)
 
     def piece(active):
-        def f(t, th):
-            z = X @ th[:2]
-            h = np.where(active, z, 0.0)
-            r = np.exp(-th[2] * h)
-            return np.concatenate([X.T @ (r * th[2] * active), [np.sum(r * h)]])
-
-        return f
+        return neuron_field(X, np.ones(2), active)
 
     tight = dict(method="DOP853", rtol=1e-13, atol=1e-15)
     event = lambda t, th: (X @ th[:2])[1]  # noqa: E731

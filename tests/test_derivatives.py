@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from problems import crossing_problem, scipy_flow
+from problems import crossing_problem, neuron_field, scipy_flow
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq, minimize_scalar
 from scipy.special import expi
@@ -374,19 +374,6 @@ def test_transversality_of_the_crossing_is_reported(angle):
     assert float(np.asarray(tr.final.W)[:, 0] @ X[1]) > 0  # it crossed
 
 
-def _exp_field(X, y, active):
-    """The flow of one neuron (`w`, `v`) under the exponential loss with the pairs of
-    `active` on their active side (a smooth piece), for SciPy."""
-
-    def f(t, th):
-        w, v = th[:-1], th[-1]
-        h = (X @ w) * active
-        r = np.exp(-y * v * h)
-        return np.concatenate([v * X.T @ (y * r * active), [np.sum(y * r * h)]])
-
-    return f
-
-
 @pytest.mark.parametrize("separate", [False, True])
 def test_simultaneous_crossings_are_reported(separate):
     """One neuron, exponential loss: `x_1` active pulls the neuron towards itself, and
@@ -420,7 +407,7 @@ def test_simultaneous_crossings_are_reported(separate):
             events.append(ev)
         t_start = times[-1] if times else 0.0
         sol = solve_ivp(
-            _exp_field(X, y, active), (t_start, 10.0), th, events=events, **tight
+            neuron_field(X, y, active), (t_start, 10.0), th, events=events, **tight
         )
         hit = [i for i, te in enumerate(sol.t_events) if len(te)][0]
         times.append(sol.t_events[hit][0])
@@ -442,7 +429,7 @@ def test_touch_without_crossing_is_reported(alpha):
     y = np.array([1.0, -1.0, 1.0])
     w0 = np.array([-1.0963585, -1.28510646]) + alpha * X[2] / (X[2] @ X[2])
     sol = solve_ivp(
-        _exp_field(X, y, np.array([1.0, 1.0, 0.0])),
+        neuron_field(X, y, np.array([1.0, 1.0, 0.0])),
         (0.0, 1.0),
         np.r_[w0, 0.5],
         method="DOP853",

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from problems import crossing_problem
+from problems import crossing_problem, neuron_field, neuron_rates
 from scipy.integrate import solve_ivp
 
 import neuralcollapse_jax as nc
@@ -146,39 +146,33 @@ def test_an_exit_matches_the_piecewise_filippov_flow():
     th0 = np.array([-0.54595479, 0.85812052, 1.1782234])
     tight = dict(method="DOP853", rtol=1e-13, atol=1e-15, dense_output=True)
 
-    def weights(th, active):
-        w, v = th[:2], th[2]
-        h = (X @ w) * active
-        r = np.exp(-y * v * h)
-        return v * X.T @ (y * r * active), np.sum(y * r * h)
-
-    def field(active, held=False):
-        def f(t, th):
-            a, dv = weights(th, active)
-            if held:
-                a = a - X[0] * (X[0] @ a) / (X[0] @ X[0])
-            return np.concatenate([a, [dv]])
-
-        return f
+    inactive = np.array([0.0, 1.0, 1.0])  # x_1 held or on its inactive side
 
     def eta(t, th):
-        a, _ = weights(th, np.array([0.0, 1.0, 1.0]))
+        a, _ = neuron_rates(X, y, inactive, th)
         return -(X[0] @ a) / (th[2] * y[0] * (X[0] @ X[0]))
 
     kink = lambda t, th: X[0] @ th[:2]  # noqa: E731
     kink.terminal = eta.terminal = True
     assert np.all(X @ th0[:2] > 0)
-    first = solve_ivp(field(np.ones(3)), (0.0, 3.0), th0, events=kink, **tight)
+    first = solve_ivp(neuron_field(X, y, np.ones(3)), (0.0, 3.0), th0, events=kink, **tight)
     t_in = first.t_events[0][0]
     assert 0 < eta(t_in, first.y_events[0][0]) < 1  # both sides attract: it slides
-    inactive = np.array([0.0, 1.0, 1.0])
     held = solve_ivp(
-        field(inactive, held=True), (t_in, 3.0), first.y_events[0][0], events=eta, **tight
+        neuron_field(X, y, inactive, held=0),
+        (t_in, 3.0),
+        first.y_events[0][0],
+        events=eta,
+        **tight,
     )
     t_out = held.t_events[0][0]
     others = [lambda t, th, k=k: X[k] @ th[:2] for k in range(3)]
     after = solve_ivp(
-        field(inactive), (t_out, 3.0), held.y_events[0][0], events=others, **tight
+        neuron_field(X, y, inactive),
+        (t_out, 3.0),
+        held.y_events[0][0],
+        events=others,
+        **tight,
     )
     assert all(len(te) == 0 for te in after.t_events)  # nothing else switches
     np.testing.assert_allclose([t_in, t_out], [0.44615, 1.31972], atol=1e-5)
