@@ -21,7 +21,13 @@ import numpy as np
 import optimistix as optx
 
 from ._autodiff import with_tangent
-from ._crossing import BUDGET, CrossingController, EventController, transversal_approach
+from ._crossing import (
+    BUDGET,
+    EVENT_BUDGET,
+    CrossingController,
+    EventController,
+    transversal_approach,
+)
 from ._dataset import Dataset
 from ._field import term_loss
 from ._model import TwoLayerReLU
@@ -119,10 +125,12 @@ class SlidingReLU(AbstractTableauSolver):
       controller). `"none"`: left to the error control, as in a plain solver.
     - `crossing_window`: with `"land"` or `"start"`, crossings predicted within this
       fraction of a step are started at its beginning.
-    - `crossing_budget`: with `"land"`, the summed estimated error of the crossings a
-      step may contain, as a fraction of its tolerance
-      (`CrossingController(budget=...)`). Default `BUDGET` (0.5); larger values take
-      fewer steps at a larger error (see the docs page *Sliding*).
+    - `crossing_budget`: with `"land"` or `"locate"`, the summed estimated error of the
+      crossings (and, with `"locate"`, entries and exits) a step may contain, as a
+      fraction of its tolerance (`CrossingController(budget=...)`,
+      `EventController(budget=...)`). Default `None`: `BUDGET` (0.5) with `"land"`,
+      `EVENT_BUDGET` (0.1) with `"locate"`; larger values take fewer steps at a larger
+      error (see the docs pages *Sliding* and *Benchmarks*).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -133,7 +141,7 @@ class SlidingReLU(AbstractTableauSolver):
     kink_error: str = eqx.field(static=True, default="smooth")
     crossings: str = eqx.field(static=True, default="land")
     crossing_window: float = eqx.field(static=True, default=0.05)
-    crossing_budget: float = eqx.field(static=True, default=BUDGET)
+    crossing_budget: float | None = eqx.field(static=True, default=None)
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -162,7 +170,7 @@ class SlidingReLU(AbstractTableauSolver):
             raise ValueError(
                 f"crossing_window must lie in (0, 1), got {self.crossing_window}"
             )
-        if not self.crossing_budget > 0:
+        if self.crossing_budget is not None and not self.crossing_budget > 0:
             raise ValueError(
                 f"crossing_budget must be positive, got {self.crossing_budget}"
             )
@@ -183,13 +191,18 @@ class SlidingReLU(AbstractTableauSolver):
         norm)`, wrapped in a `CrossingController` with the same window when
         `crossings="land"`."""
         pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
+        budget = self.crossing_budget
         if self.crossings == "locate":
             return EventController(
-                pid, window=self.crossing_window, budget=self.crossing_budget
+                pid,
+                window=self.crossing_window,
+                budget=EVENT_BUDGET if budget is None else budget,
             )
         if self.crossings == "land":
             return CrossingController(
-                pid, window=self.crossing_window, budget=self.crossing_budget
+                pid,
+                window=self.crossing_window,
+                budget=BUDGET if budget is None else budget,
             )
         return pid
 
