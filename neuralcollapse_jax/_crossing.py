@@ -39,11 +39,9 @@ from ._loss import AbstractLoss
 # all (a threshold per crossing either lets many small crossings add up inside one
 # step or lands on each of them; docs page *Sliding*).
 BUDGET = 0.5
-# Default `budget` of `EventController`: a fifth of `BUDGET`. Its costs are those of
-# located events, which the step just taken contains; on M300 at the default `rtol`
-# (1e-8) the budget 0.5 left 363 crossings inside steps and an error of 3.7e-6 at no
-# saving, 0.1 left 78 and 8.0e-7 with 1.6% fewer gradient evaluations, 0.02 left 23
-# and 9.0e-7 (docs page *Benchmarks*).
+# Default `budget` of `EventController`: its costs are those of events located in the
+# step just taken, and at half the tolerance the ones left inside steps decided the
+# error at the default `rtol` on MNIST (measurements on the docs page *Benchmarks*).
 EVENT_BUDGET = 0.1
 EXIT_OVERSHOOT = (
     1e-2  # retried steps end this fraction of the rest of the step past an exit

@@ -21,13 +21,7 @@ import numpy as np
 import optimistix as optx
 
 from ._autodiff import with_tangent
-from ._crossing import (
-    BUDGET,
-    EVENT_BUDGET,
-    CrossingController,
-    EventController,
-    transversal_approach,
-)
+from ._crossing import CrossingController, EventController, transversal_approach
 from ._dataset import Dataset
 from ._field import term_loss
 from ._model import TwoLayerReLU
@@ -191,19 +185,12 @@ class SlidingReLU(AbstractTableauSolver):
         norm)`, wrapped in a `CrossingController` with the same window when
         `crossings="land"`."""
         pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
-        budget = self.crossing_budget
+        # Unset: each controller's own default budget.
+        budget = {} if self.crossing_budget is None else {"budget": self.crossing_budget}
         if self.crossings == "locate":
-            return EventController(
-                pid,
-                window=self.crossing_window,
-                budget=EVENT_BUDGET if budget is None else budget,
-            )
+            return EventController(pid, window=self.crossing_window, **budget)
         if self.crossings == "land":
-            return CrossingController(
-                pid,
-                window=self.crossing_window,
-                budget=BUDGET if budget is None else budget,
-            )
+            return CrossingController(pid, window=self.crossing_window, **budget)
         return pid
 
     def evals_per_step(self) -> tuple[int, int]:
