@@ -51,6 +51,7 @@ from ._sliding_modes import (
     sliding_violations,
     slots_of,
     start_crossings,
+    started_second_order,
     unfinished_error,
     update_mode,
     with_derivatives,
@@ -387,7 +388,7 @@ class SlidingReLU(AbstractTableauSolver):
             shift = entry_correction if shift is None else shift + entry_correction
         if exit_correction is not None:
             shift = shift + exit_correction
-        W_start = y0.W
+        W_start, V_start = y0.W, y0.V
         restarted = jnp.zeros((), bool)
         if locate:
             # The stages start from the shifted state: the far-side flow taken back to
@@ -400,12 +401,19 @@ class SlidingReLU(AbstractTableauSolver):
             # is evaluated again there (one gradient evaluation, only in steps that
             # start an event; counted in `grad_evals`).
             restarted = jnp.any(started.mask) | jnp.any(began) | jnp.any(neurons)
+            # The derivative of the started crossings' shift to first order in `tau
+            # dt` (zero in value).
+            dW2, dV2 = started_second_order(
+                started, before, y0.W, y0.V, data, mode, loss, leak, zdot0, dt
+            )
+            shift = shift + dW2
+            V_start = y0.V + dV2
             W_start = y0.W + shift
             first = jax.lax.cond(
                 restarted,
                 lambda: evaluate(
                     W_start,
-                    y0.V,
+                    V_start,
                     data,
                     mode,
                     loss,
@@ -457,7 +465,7 @@ class SlidingReLU(AbstractTableauSolver):
             return (Ws, Vs), (dt * f.dW, dt * f.dV), f
 
         ks, (W1, V1), _ = explicit_stages(
-            tab, (W_start, y0.V), (dt * first.dW, dt * first.dV), stage
+            tab, (W_start, V_start), (dt * first.dW, dt * first.dV), stage
         )
         # First same as last: the last stage is at y1 = y0 + sum_s b_s k_s.
         last = fields[-1]
@@ -595,7 +603,7 @@ class SlidingReLU(AbstractTableauSolver):
         # The near-side parts of started crossings and entries are added to y1 alone;
         # they happen at the very start of the step (within `tau dt`), so the dense
         # output gets them from its start: shifting y0 keeps it exact at both ends.
-        y0_dense = y0 if shift is None else TwoLayerReLU(y0.W + shift, y0.V, leak)
+        y0_dense = y0 if shift is None else TwoLayerReLU(y0.W + shift, V_start, leak)
         dense_info = dict(y0=y0_dense, y1=y1, k=k_stack)
         changed = (counters["entries"] + counters["exits"]) > 0
         # Pairs held in this step, in all and per neuron: from the slots either branch
