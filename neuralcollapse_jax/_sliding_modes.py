@@ -204,11 +204,18 @@ def evaluate(
         positive = jnp.where(force[0], force[1], positive)
     H = jnp.where(positive, Z, leak * Z)
     slope = jnp.where(positive, 1.0, leak).astype(Z.dtype)
+    return of_hidden(H, slope, Z, V, data, mode, loss)
 
+
+def of_hidden(
+    H: Array, slope: Array, Z: Array, V: Array, data: Dataset, mode: Mode, loss
+) -> Field:
+    """The field from the hidden activations `H` and the `w`-slopes `slope` (the
+    part of `evaluate` after the activation pattern is decided)."""
     R = loss.residual(H @ V.T, data)
     C = R @ V
     dV = R.T @ H
-    A = x.T @ jnp.where(mode.mask, 0.0, C * slope)
+    A = data.x.T @ jnp.where(mode.mask, 0.0, C * slope)
     dW = project(A, mode.xs, mode.ginv)
     return Field(dW=dW, dV=dV, Z=Z, C=C, A=A)
 
@@ -598,13 +605,12 @@ def started_second_order(
         mode.ginv,
     )
 
-    def fn(s, W, V, x, y, fdW, fdV, zdot, coef, mask, near, held, xs, ginv):
-        return jax.lax.cond(
-            jnp.any(mask),
-            terms,
-            lambda *_: (jnp.zeros_like(W), jnp.zeros_like(V)),
-            s, W, V, x, y, fdW, fdV, zdot, coef, mask, near, held, xs, ginv,
-        )
+    def fn(s, W, V, *rest):
+        def none(*_):
+            return jnp.zeros_like(W), jnp.zeros_like(V)
+
+        mask = rest[6]
+        return jax.lax.cond(jnp.any(mask), terms, none, s, W, V, *rest)
 
     def terms(s, W, V, x, y, fdW, fdV, zdot, coef, mask, near, held, xs, ginv):
         d = Dataset(x, y, num_classes)
@@ -632,18 +638,15 @@ def started_second_order(
         positive = Z > 0
         slope = jnp.where(positive != mask, 1.0, leak).astype(Z.dtype)
 
-        def of_hidden(H):
-            R = loss.residual(H @ V.T, d)
-            C = R @ V
-            A = x.T @ jnp.where(held, 0.0, C * slope)
-            return project(A, xs, ginv), R.T @ H
-
         hidden = jnp.where(mask, -sigma * zdot * half, 0.0)
-        _, (hW, hV) = jax.jvp(of_hidden, (jnp.where(positive, Z, leak * Z),), (hidden,))
-        return dW - far.dW + hW, hV - far.dV
+        _, h = jax.jvp(
+            lambda H: of_hidden(H, slope, Z, V, d, m, loss),
+            (jnp.where(positive, Z, leak * Z),),
+            (hidden,),
+        )
+        return dW - far.dW + h.dW, h.dV - far.dV
 
-    zero = (jnp.zeros_like(W), jnp.zeros_like(V))
-    return with_tangent(zero, fn, diff, const)
+    return with_tangent((jnp.zeros_like(W), jnp.zeros_like(V)), fn, diff, const)
 
 
 def unfinished_error(started: Started, z1: Array, mode: Mode, x: Array, dt: Array) -> Array:
