@@ -3,10 +3,12 @@ a reverse-mode gradient at most 3x a forward solve, memory bounded by checkpoint
 
 For each problem, in one run: the forward solve (`gradient_flow` at the defaults,
 compiled), the reverse-mode gradient of the final loss with respect to the initial
-`W` and `V` (`jax.grad`, the default `RecursiveCheckpointAdjoint`, and with a fixed
-number of checkpoints), and the forward-mode derivative along one direction
-(`jax.jvp` with `adjoint=diffrax.ForwardMode()`); wall times of compiled calls
-(best of three under 10 s), their ratio to the forward solve, and the steps taken.
+`W` and `V` (`jax.grad` at the defaults, `ForwardOrReverse`; Diffrax's
+`RecursiveCheckpointAdjoint`, the baseline it wraps; and with a fixed number of
+checkpoints), and the forward-mode derivative along one direction (`jax.jvp` at the
+defaults, which pick `diffrax.ForwardMode()`, and `jax.jvp` of the jitted solve, where
+`ForwardOrReverse` runs it); wall times of compiled calls (best of three under 10 s),
+their ratio to the forward solve, and the steps taken.
 
 Problems:
 
@@ -66,24 +68,24 @@ def measure(name, data, model, T, loss):
 
     forward = jax.jit(lambda m: solve(m).loss[-1])
     grad = jax.jit(jax.grad(lambda m: solve(m).loss[-1]))
+    grad_rca = jax.jit(
+        jax.grad(lambda m: solve(m, diffrax.RecursiveCheckpointAdjoint()).loss[-1])
+    )
     grad_ck = jax.jit(
-        jax.grad(
-            lambda m: solve(m, diffrax.RecursiveCheckpointAdjoint(checkpoints=64)).loss[-1]
-        )
+        jax.grad(lambda m: solve(m, nc.ForwardOrReverse(checkpoints=64)).loss[-1])
     )
     direction = jax.tree.map(jnp.ones_like, model)
-    jvp = jax.jit(
-        lambda m: jax.jvp(
-            lambda m: solve(m, diffrax.ForwardMode()).loss[-1], (m,), (direction,)
-        )
-    )
+    jvp = jax.jit(lambda m: jax.jvp(lambda m: solve(m).loss[-1], (m,), (direction,)))
+    jvp_of_jit = lambda m: jax.jvp(forward, (m,), (direction,))  # noqa: E731
     steps = int(solve(model).stats["num_steps"])
     _, _, t_fwd = timed(lambda: forward(model))
     rows = [("forward solve", t_fwd)]
     for label, fn in (
-        ("reverse (grad), default adjoint", grad),
+        ("reverse (grad), default (ForwardOrReverse)", grad),
+        ("reverse (grad), RecursiveCheckpointAdjoint", grad_rca),
         ("reverse (grad), 64 checkpoints", grad_ck),
-        ("forward mode (jvp), ForwardMode", jvp),
+        ("forward mode (jvp), default (ForwardMode)", jvp),
+        ("forward mode, jvp of the jitted solve (ForwardOrReverse)", jvp_of_jit),
     ):
         _, _, t = timed(lambda fn=fn: fn(model))
         rows.append((label, t))

@@ -4,6 +4,7 @@ from . import datasets as datasets
 from . import deep as deep
 from . import metrics as metrics
 from . import theory as theory
+from ._adjoint import ForwardOrReverse as ForwardOrReverse
 from ._config import DataConfig as DataConfig
 from ._config import FlowConfig as FlowConfig
 from ._config import ModelConfig as ModelConfig

@@ -13,6 +13,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
+from ._adjoint import ForwardOrReverse
 from ._dataset import Dataset
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
@@ -161,11 +162,11 @@ def gradient_flow(
       is integrated in the full space, and `True` raises there. `False`: the full
       space. Full-rank data change nothing.
     - `adjoint`: how Diffrax differentiates the solve (default `default_adjoint`:
-      `diffrax.RecursiveCheckpointAdjoint()` for `jax.grad`/`jax.vjp`, or
+      `ForwardOrReverse()`, under which `jax.grad`/`jax.vjp` and `jax.jvp`/`jax.jacfwd`
+      both work, also under an outer `jax.jit` or `jax.vmap`, or
       `diffrax.ForwardMode()` when `jax.jvp`/`jax.jacfwd` is applied directly around
-      the call). Pass `RecursiveCheckpointAdjoint(checkpoints=...)` to bound the
-      memory of reverse mode, and `diffrax.ForwardMode()` for forward mode under an
-      outer `jax.jit`; `diffrax.DirectAdjoint()` does both, at a higher cost.
+      the call). Pass `ForwardOrReverse(checkpoints=...)` to bound the memory of
+      reverse mode.
       Derivatives carry the jump terms of the kink events with the default solver
       (docs page *Differentiating the flow*).
 
@@ -349,16 +350,13 @@ def _solve(
 
 
 def default_adjoint(*inputs) -> diffrax.AbstractAdjoint:
-    """The adjoint `gradient_flow` uses by default: Diffrax's
-    `diffrax.ForwardMode()` when a leaf of `inputs` is being differentiated in forward
-    mode (a JVP tracer: `jax.jvp`, `jax.jacfwd` around the call), else
-    `RecursiveCheckpointAdjoint()` (reverse mode, `jax.grad`/`jax.vjp`, which cannot
-    run forward mode).
-
-    Only forward mode applied directly around the call is seen: under an outer
-    `jax.jit` (or `jax.vmap` inside the `jax.jvp`) the inputs are other tracers, and
-    forward mode needs `adjoint=diffrax.ForwardMode()` passed explicitly."""
+    """The adjoint `gradient_flow` uses by default: `diffrax.ForwardMode()` when a
+    leaf of `inputs` is being differentiated in forward mode directly around the call
+    (a JVP tracer: `jax.jvp`, `jax.jacfwd`), else `ForwardOrReverse()`, under which
+    reverse mode (`jax.grad`, `jax.vjp`) costs what Diffrax's
+    `RecursiveCheckpointAdjoint` costs and forward mode works too, for transforms
+    that an outer `jax.jit` or `jax.vmap` hides from the call."""
     jvp_tracer = jax.interpreters.ad.JVPTracer
     if any(isinstance(leaf, jvp_tracer) for leaf in jax.tree.leaves(inputs)):
         return diffrax.ForwardMode()
-    return diffrax.RecursiveCheckpointAdjoint()
+    return ForwardOrReverse()

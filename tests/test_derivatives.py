@@ -162,6 +162,47 @@ def test_forward_mode_equals_reverse_mode():
     assert float(forward_default) == pytest.approx(reverse, rel=1e-9)
     jac = jax.jacfwd(J, argnums=1)(*args)
     np.testing.assert_allclose(np.asarray(jac), np.asarray(g[1]), rtol=1e-9)
+    # Under an outer `jax.jit` the call does not see the JVP: the default adjoint
+    # (`ForwardOrReverse`) differentiates it all the same.
+    _, forward_jit = jax.jvp(jax.jit(J), args, tangents)
+    assert float(forward_jit) == pytest.approx(reverse, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_forward_mode_under_an_outer_jit_at_the_defaults():
+    """`jax.jacfwd(jax.jit(J))` hides the forward-mode transform from
+    `gradient_flow`; the default adjoint (`ForwardOrReverse`) still differentiates
+    it, to rounding of the reverse-mode gradient, also under `jax.vmap`. Its reverse
+    mode is `RecursiveCheckpointAdjoint`'s, to rounding."""
+    data, model, _, _ = crossing_problem()
+    dW, dV, dX, uW, uV = _directions(model, data.x)
+    args = (model.W, model.V, jnp.asarray(data.x))
+    tangents = tuple(jnp.asarray(a) for a in (dW, dV, dX))
+    J = _objective(data, 2.0, uW, uV, "exponential")
+    J_rca = _objective(
+        data, 2.0, uW, uV, "exponential", adjoint=diffrax.RecursiveCheckpointAdjoint()
+    )
+    g_rca = jax.grad(J_rca, argnums=(0, 1, 2))(*args)
+    g = jax.grad(J, argnums=(0, 1, 2))(*args)
+    for a, b in zip(g, g_rca):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    jac = jax.jacfwd(jax.jit(J), argnums=(0, 2))(*args)
+    np.testing.assert_allclose(np.asarray(jac[0]), np.asarray(g[0]), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(jac[1]), np.asarray(g[2]), rtol=1e-9)
+
+    # Batched: one directional derivative per init scale, against single calls.
+    J_scaled = jax.jit(lambda W, scale: J(scale * W, args[1], args[2]))
+
+    def directional(scale):
+        return jax.jvp(lambda W: J_scaled(W, scale), (args[0],), (tangents[0],))[1]
+
+    scales = jnp.array([0.5, 2.0])
+    batched = jax.vmap(directional)(scales)
+    single = [float(directional(s)) for s in scales]
+    np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-9)
+    # A derivative of the derivative is not supported: it raises.
+    with pytest.raises((TypeError, NotImplementedError)):
+        jax.hessian(lambda V: J(args[0], V, args[2]))(args[1])
 
 
 @pytest.mark.slow

@@ -1,0 +1,140 @@
+"""The default adjoint of `gradient_flow`: reverse and forward mode from one solve."""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jax.interpreters import ad
+
+
+class ForwardOrReverse(diffrax.AbstractAdjoint):
+    """A Diffrax adjoint under which both reverse mode (`jax.grad`, `jax.vjp`) and
+    forward mode (`jax.jvp`, `jax.jacfwd`) work, whatever `jax.jit` or `jax.vmap`
+    stands between the transform and the solve.
+
+    Diffrax's `RecursiveCheckpointAdjoint` is a custom VJP, which JAX cannot
+    differentiate in forward mode; `ForwardMode` is a plain loop, which JAX cannot
+    transpose; and JAX has no rule that is both a custom JVP and a custom VJP. Neither
+    Diffrax nor JAX offers the combination, so it is built here: the solve is a custom
+    JVP whose tangent is a linear primitive (Equinox's primitive helpers, as Lineax
+    builds its linear solve) that evaluates as `ForwardMode`'s JVP and transposes to
+    `RecursiveCheckpointAdjoint`'s VJP, from residuals that the primal solve stores.
+
+    Reverse mode therefore costs what `RecursiveCheckpointAdjoint` costs. Forward
+    mode costs one solve more than `ForwardMode` (the solve that stores the
+    residuals also gives the primal); `gradient_flow` passes `ForwardMode` itself when
+    it sees the forward-mode transform directly around the call.
+
+    Second derivatives (a derivative of this derivative) are not supported: they
+    raise.
+
+    **Arguments:**
+
+    - `checkpoints`: as for `diffrax.RecursiveCheckpointAdjoint` (default `None`:
+      Diffrax's choice from `max_steps`).
+    """
+
+    checkpoints: int | None = None
+
+    def loop(self, **kwargs):
+        # Closures (save functions, norms) become pytrees, so that every array they
+        # hold is an explicit input of the custom rule, not a constant of it.
+        kwargs = eqxi.closure_to_pytree(kwargs)
+        diff, rest = eqx.partition(kwargs, eqx.is_inexact_array)
+        nondiff, static = eqx.partition(rest, eqx.is_array)
+        reverse = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
+        out_static = []
+
+        def run(adjoint, diff, nondiff):
+            """The inexact and the other arrays of the final state."""
+            state = adjoint.loop(**eqx.combine(diff, nondiff, static))
+            dynamic, state_static = eqx.partition(state, eqx.is_array)
+            out_static[:] = [state_static]
+            return eqx.partition(dynamic, eqx.is_inexact_array)
+
+        @eqx.filter_custom_jvp
+        def solve(diff, nondiff):
+            return run(reverse, diff, nondiff)
+
+        @solve.def_jvp
+        def solve_jvp(primals, tangents):
+            diff, nondiff = primals
+            # Only the inputs with a tangent are differentiated (those with a
+            # symbolic zero, such as the data when only the weights are, are not).
+            perturbed = jtu.tree_map(
+                lambda t: t is not None, tangents[0], is_leaf=lambda x: x is None
+            )
+            pert, unpert = eqx.partition(diff, perturbed)
+            t_pert = eqx.filter(tangents[0], perturbed)
+            inexact, vjp_fn, other = jax.vjp(
+                lambda p: run(reverse, eqx.combine(p, unpert), nondiff),
+                pert,
+                has_aux=True,
+            )
+            avals = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), inexact)
+            t_inexact = eqxi.filter_primitive_bind(
+                _tangent_p, run, avals, pert, (unpert, nondiff), t_pert, vjp_fn
+            )
+            return (inexact, other), (t_inexact, jtu.tree_map(lambda _: None, other))
+
+        inexact, other = solve(diff, nondiff)
+        return eqx.combine(inexact, other, out_static[0])
+
+
+def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):
+    del avals, vjp_fn
+    unpert, nondiff = const
+    _, (t_inexact, _) = jax.jvp(
+        lambda p: run(diffrax.ForwardMode(), eqx.combine(p, unpert), nondiff),
+        (pert,),
+        (t_pert,),
+    )
+    return t_inexact
+
+
+def _tangent_abstract_eval(run, avals, pert, const, t_pert, vjp_fn):
+    return jtu.tree_map(lambda x: jax.core.ShapedArray(x.shape, x.dtype), avals)
+
+
+def _tangent_jvp(primals, tangents):
+    raise NotImplementedError(
+        "gradient_flow: a derivative of a derivative through the flow is not "
+        "supported (the default adjoint differentiates once, in either mode)"
+    )
+
+
+def _tangent_transpose(inputs, cts_out):
+    run, avals, pert, const, t_pert, vjp_fn = inputs
+    (ct_pert,) = vjp_fn(cts_out)
+    none = lambda tree: jtu.tree_map(lambda _: None, tree)  # noqa: E731
+    return (none(run), none(avals), none(pert), none(const), ct_pert, none(vjp_fn))
+
+
+def _literals_as_arrays(transpose):
+    """JAX passes the inputs that are literals of the jaxpr (Python scalars, JAX's
+    typed scalars) to a transpose rule as such, and Equinox's wrapper counts only
+    arrays as inputs: they go back to arrays first."""
+
+    def wrapper(cts_out, *dynamic, **params):
+        dynamic = [
+            x if eqx.is_array(x) or isinstance(x, ad.UndefinedPrimal) else jnp.asarray(x)
+            for x in dynamic
+        ]
+        return transpose(cts_out, *dynamic, **params)
+
+    return wrapper
+
+
+_tangent_p = eqxi.create_vprim(
+    "gradient_flow_tangent",
+    eqxi.filter_primitive_def(_tangent_impl),
+    eqxi.filter_primitive_def(_tangent_abstract_eval),
+    eqxi.filter_primitive_jvp(_tangent_jvp),
+    _literals_as_arrays(
+        eqxi.filter_primitive_transpose(materialise_zeros=True)(_tangent_transpose)
+    ),
+)
