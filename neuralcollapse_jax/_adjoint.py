@@ -64,12 +64,13 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
         def solve_jvp(primals, tangents):
             diff, nondiff = primals
             # Only the inputs with a tangent are differentiated (those with a
-            # symbolic zero, such as the data when only the weights are, are not).
+            # symbolic zero, `None`, such as the data when only the weights are, are
+            # not); the tangents are already `None` wherever `pert` is.
+            t_pert = tangents[0]
             perturbed = jtu.tree_map(
-                lambda t: t is not None, tangents[0], is_leaf=lambda x: x is None
+                lambda t: t is not None, t_pert, is_leaf=lambda x: x is None
             )
             pert, unpert = eqx.partition(diff, perturbed)
-            t_pert = eqx.filter(tangents[0], perturbed)
             inexact, vjp_fn, other = jax.vjp(
                 lambda p: run(reverse, eqx.combine(p, unpert), nondiff),
                 pert,
