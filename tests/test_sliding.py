@@ -653,3 +653,33 @@ def test_a_repeated_sample_slides_once():
         for lr in (2e-3, 5e-4)
     ]
     assert errors[1] < 2e-3 and errors[1] < 0.5 * errors[0], errors
+
+
+def test_sliding_projection_with_dependent_samples():
+    """The projection of the sliding field against an SVD (NumPy): with a repeated
+    sample and a sample in the span of two others among a neuron's slots, it is the
+    orthogonal projection onto the complement of their span, to rounding, and the
+    dependent slots get no weight of their own."""
+    from neuralcollapse_jax._sliding_modes import masked_inverse, project
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 9))
+    dependent = 0.3 * x[0] - 1.7 * x[1]
+    xs = np.stack(
+        [
+            np.stack([x[0], x[1], x[0], x[2]]),  # slot 2 repeats slot 0
+            np.stack([x[0], x[1], dependent, x[3]]),  # slot 2 in the span of 0 and 1
+            np.stack([x[2], x[3], np.zeros(9), np.zeros(9)]),  # two empty slots
+        ]
+    )
+    used = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    G = np.einsum("jmd,jkd->jmk", xs, xs)
+    ginv = np.asarray(masked_inverse(jnp.asarray(G), jnp.asarray(used)))
+    assert np.all(ginv[:2, 2, :] == 0) and np.all(ginv[:2, :, 2] == 0)
+    A = rng.normal(size=(9, 3))
+    got = np.asarray(project(jnp.asarray(A), jnp.asarray(xs), jnp.asarray(ginv)))
+    for j in range(3):
+        U, s, _ = np.linalg.svd(xs[j][used[j]].T, full_matrices=False)
+        U = U[:, s > 1e-10 * s[0]]
+        want = A[:, j] - U @ (U.T @ A[:, j])
+        assert np.linalg.norm(got[:, j] - want) < 1e-13 * np.linalg.norm(A[:, j])
