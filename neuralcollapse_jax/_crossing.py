@@ -333,9 +333,11 @@ class EventController(_WrappedPID):
         keep = keep & ~retry_now
 
         # Events predicted in the next step from the exact velocity at its start.
+        # Sliding pairs are on their kink, where `z` and its velocity are rounding
+        # (their exits are decided at the start of a step), and not predicted.
         Z, zdot, C = located.Z, located.zdot, located.C
         near = Z > 0
-        toward = jnp.where(near, zdot < 0, zdot > 0)
+        toward = jnp.where(near, zdot < 0, zdot > 0) & (located.sliding == 0)
         # The root of the quadratic Taylor model of z nearest the linear one (none if
         # the pair turns back first): second order in the time to the event, so that
         # steps end close enough before it for the solver to start it.
