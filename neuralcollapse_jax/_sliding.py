@@ -574,14 +574,11 @@ class SlidingReLU(AbstractTableauSolver):
             # Degenerate points where the flow has no derivative, reported: two events
             # of one neuron at the same instant, and pairs that touch their kink and
             # turn back without crossing (closest approach on the step's interpolant).
-            # A pair that left sliding at the step's start and is started on the side
-            # of its exit is not an event (as above): several pairs of one neuron can
-            # leave together.
             at = jnp.where(
                 event,
                 t0 + theta * dt,
                 jnp.where(
-                    started.mask & ~old,
+                    started.mask,
                     t0 + started.tau * dt,
                     jnp.where(began, t0 + tau_in * dt, jnp.inf),
                 ),

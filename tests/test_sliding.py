@@ -585,7 +585,10 @@ def test_pairs_short_of_a_slot_stay_regular():
     few, enough = runs[1].stats, runs[32].stats
     assert int(few["sliding_overflow"]) > 0
     assert int(enough["sliding_overflow"]) == 0
-    assert int(enough["sliding_max_pairs"]) > int(few["sliding_max_pairs"])
+    # The slots bound the pairs of one neuron (the total depends on which entries
+    # the crossing control catches at this loose tolerance).
+    assert int(few["sliding_max_per_neuron"]) == 1
+    assert int(enough["sliding_max_per_neuron"]) > 1
     a, b = _flat(runs[1].final), _flat(runs[32].final)
     assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
 
