@@ -322,7 +322,9 @@ def test_gradient_through_sliding_matches_finite_differences_of_the_flow():
 
     coarse, fine = fd(1e-6), fd(1e-7)
     assert abs(coarse - fine) <= 1e-5 * abs(fine)
-    assert abs(ad - fine) <= 1e-4 * abs(fine)
+    # Measured 1.2e-8 (2.9e-5 before the exact projection on the sliding set, whose
+    # three samples are one point).
+    assert abs(ad - fine) <= 1e-6 * abs(fine)
 
 
 @pytest.mark.slow
@@ -354,6 +356,42 @@ def test_gradient_on_mnist_with_entries_and_exits_matches_finite_differences():
         coarse, fine = fd(1e-5), fd(1e-6)
         assert abs(coarse - fine) <= 5e-5 * abs(fine), (coarse, fine)
         assert abs(ad - fine) <= 1e-4 * abs(fine), (ad, fine)
+
+
+@pytest.mark.slow
+def test_gradient_on_mnist_width_10_matches_most_finite_differences():
+    """MNIST digits (4 each of 0, 1, 2, width 10, T = 2: 12 entries into sliding, 8
+    exits): the gradient at the defaults along the initial parameters, against central
+    differences of the flow at rtol 1e-12 at four steps. The reference flow passes
+    near degenerate points (`min_touch` 8e-4, two exits of one neuron at one instant),
+    where a perturbation can change a discrete decision and move `J` by about 1e-7 of
+    itself: a difference whose two runs fall on either side of such a change is off
+    (measured: one of four, by 1.7e-3). Most of the four agree to 1e-5 (measured:
+    three, to 7e-7), and the gradient is within 1e-4 of their median (measured 3e-7;
+    it was 2.9e-4 before the exact sliding projection)."""
+    data = nc.datasets.mnist(per_class=4)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), 784, 10, 3, 1e-2)
+    T = 2.0
+    stats = nc.gradient_flow(model, data, t1=T, saveat=[T]).stats
+    assert int(stats["sliding_entries"]) >= 10 and int(stats["sliding_exits"]) >= 5
+    dW, dV, _, uW, uV = _directions(model, data.x)
+    x = jnp.asarray(data.x)
+    g = jax.jit(jax.grad(_objective(data, T, uW, uV, "cross_entropy"), argnums=(0, 1)))(
+        model.W, model.V, x
+    )
+    ad = float(jnp.sum(g[0] * dW) + jnp.sum(g[1] * dV))
+    J_ref = jax.jit(_objective(data, T, uW, uV, "cross_entropy", rtol=1e-12))
+
+    def fd(e):
+        plus = J_ref(model.W + e * dW, model.V + e * dV, x)
+        minus = J_ref(model.W - e * dW, model.V - e * dV, x)
+        return float(plus - minus) / (2 * e)
+
+    fds = np.array([fd(e) for e in (4e-6, 2e-6, 1e-6, 5e-7)])
+    mid = float(np.median(fds))
+    agree = np.abs(fds - mid) <= 1e-5 * abs(mid)
+    assert agree.sum() >= 3, fds
+    assert abs(ad - mid) <= 1e-4 * abs(mid), (ad, fds)
 
 
 @pytest.mark.slow
