@@ -450,7 +450,7 @@ def test_repeated_samples_slide_as_smoothly_as_single_ones():
 
 
 def test_error_follows_the_tolerance_to_1e_11_at_high_order():
-    """The orthogonally separable benchmark problem (62 crossings, 3 entries into
+    """The orthogonally separable benchmark problem (about 60 crossings, 3 entries into
     sliding on a neuron whose three samples are one point, 3 exits; `T = 30`): against
     the same solver at `rtol 1e-13`, the error at every save time stays within 5x
     `rtol` from `1e-7` to `1e-11`, and between `1e-9` and `1e-11` it falls with the
