@@ -130,8 +130,8 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
 
 def spd_inverse(A: Float[Array, "h m m"]) -> tuple[Array, Array]:
     """Inverses of a batch of symmetric positive semidefinite matrices, by Gauss-Jordan
-    sweeps on the diagonal pivots (no pivoting is needed for SPD matrices), and which
-    pivots were swept.
+    sweeps on the diagonal pivots in order (no row exchanges: a positive pivot stays
+    positive, and a dependent one is skipped), and which pivots were swept.
 
     A pivot that has fallen to `DEPENDENT * eps` of its diagonal entry (the
     row's sample lies in the span of the rows swept before it, to rounding) is not
