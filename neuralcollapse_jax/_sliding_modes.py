@@ -732,7 +732,12 @@ def hermite_roots(
         side_new = jnp.where(left, 1, -1).astype(side.dtype)
         return a_new, b_new, fa_new, fb_new, side_new
 
-    a, b, fa, fb, _ = jax.lax.fori_loop(0, iterations, body, (a, b, fa, fb, side))
+    # Unrolled: the iterations are elementwise, and XLA fuses them into a few kernels
+    # (as a loop, each iteration's dozen small kernels cost a fifth of a step, twice
+    # over in reverse mode, on a small separable problem).
+    a, b, fa, fb, _ = jax.lax.fori_loop(
+        0, iterations, body, (a, b, fa, fb, side), unroll=True
+    )
     denom = fb - fa
     return jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), a)
 
@@ -753,7 +758,9 @@ def event_roots(
     A step holds a handful of events among its `n h` pairs, and the root iteration
     on all of them took a tenth of a step on MNIST: the event pairs are gathered
     (up to `size`, else all pairs are iterated), solved and scattered back. The
-    same elementwise iteration either way."""
+    same elementwise iteration either way. The roots have no derivative here (see
+    `event_times`)."""
+    z0, z1, m0, m1 = jax.lax.stop_gradient((z0, z1, m0, m1))
     size = min(size, event.size)
     count = jnp.sum(event)
 
@@ -847,26 +854,46 @@ def event_times(z0: Array, z1: Array, m0: Array, m1: Array, theta: Array) -> Arr
     return theta - (step - jax.lax.stop_gradient(step))
 
 
-def event_gap(times: Float[Array, "n h"], last: Float[Array, " h"]) -> tuple[Array, Array]:
+def event_gap(
+    times: Float[Array, "n h"], last: Float[Array, " h"], size: int = 32
+) -> tuple[Array, Array]:
     """`(gap, last)`: the smallest time between two events of one neuron among this
     step's events (`times`, `inf` where a pair has none) and the neuron's latest event
     before the step (`last`, `-inf` when none), and each neuron's latest event after
     it. Events of different neurons do not interact at first order (a crossing
     switches one term of its own neuron's equation); two events of one neuron at the
-    same instant have no derivative (their order decides it). One sort of the `n x h`
-    times per neuron, only in steps with events."""
+    same instant have no derivative (their order decides it). Only in steps with
+    events: a step holds a handful, which are gathered (up to `size`) and compared
+    pairwise; with more, one sort of the `n x h` times per neuron (a sort of every
+    step's times took a twelfth of a step on 300 MNIST digits)."""
+    finite = jnp.isfinite(times)
+    count = jnp.sum(finite)
+    size = min(size, times.size)
+    latest = jnp.max(jnp.where(finite, times, -jnp.inf), axis=0)
 
-    def gaps():
+    def sparse():
+        i, j = jnp.nonzero(finite, size=size, fill_value=0)
+        valid = jnp.arange(size) < count
+        t = jnp.where(valid, times[i, j], jnp.inf)
+        same = (j[:, None] == j[None, :]) & valid[:, None] & valid[None, :]
+        same = same & ~jnp.eye(size, dtype=bool)
+        d = jnp.where(same, jnp.abs(t[:, None] - t[None, :]), jnp.inf)
+        to_last = jnp.where(valid & jnp.isfinite(last[j]), jnp.abs(t - last[j]), jnp.inf)
+        return jnp.minimum(jnp.min(d), jnp.min(to_last))
+
+    def dense():
         t = jnp.sort(jnp.concatenate([last[None, :], times]), axis=0)
         d = t[1:] - t[:-1]
         d = jnp.where(jnp.isfinite(t[1:]) & jnp.isfinite(t[:-1]), d, jnp.inf)
-        latest = jnp.max(jnp.where(jnp.isfinite(times), times, -jnp.inf), axis=0)
-        return jnp.min(d), jnp.maximum(last, latest)
+        return jnp.min(d)
 
     def none():
-        return jnp.full((), jnp.inf, times.dtype), last
+        return jnp.full((), jnp.inf, times.dtype)
 
-    return jax.lax.cond(jnp.any(jnp.isfinite(times)), gaps, none)
+    gap = jax.lax.switch(
+        jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2)), [none, sparse, dense]
+    )
+    return gap, jnp.maximum(last, latest)
 
 
 def closest_approach(

@@ -53,7 +53,16 @@ def _scipy_margin(x):
     )
     assert res.success, res.message
     assert res.x.shape == (d,)
-    return 1.0 / np.linalg.norm(res.x), res.x / np.linalg.norm(res.x)
+    # Polished on SLSQP's active set: the least-norm `u` with `x_A u = 1`, checked to be
+    # the optimum (feasible, multipliers positive). SLSQP alone stops at about 1e-9
+    # (SciPy 1.16 and later), too coarse for central differences at 1e-5.
+    active = x @ res.x - 1.0 < 1e-6
+    xa = x[active]
+    lam = np.linalg.solve(xa @ xa.T, np.ones(len(xa)))
+    u = xa.T @ lam
+    assert np.all(lam > 0) and np.all(x @ u >= 1.0 - 1e-12)
+    assert np.linalg.norm(u - res.x) < 1e-6 * np.linalg.norm(u)
+    return 1.0 / np.linalg.norm(u), u / np.linalg.norm(u)
 
 
 def test_class_max_margins_kkt_and_scipy(data):
