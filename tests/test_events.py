@@ -424,8 +424,9 @@ def test_error_follows_the_tolerance_with_crossings_and_sliding():
     assert n8 < 3 * n5, out
 
 
-def test_repeated_samples_slide_as_smoothly_as_single_ones():
-    """Every sample twice: the sum loss doubles, so the flow is the one on the samples
+@pytest.mark.parametrize("leak", [0.0, 0.02])
+def test_repeated_samples_slide_as_smoothly_as_single_ones(leak):
+    """Every sample twice (ReLU and leaky ReLU): the sum loss doubles, so the flow is the one on the samples
     once at twice the time, exactly, whatever the solver does with the copies. Here a
     neuron slides on two equal samples (a singular Gram matrix of its sliding set).
     The default solver follows the single-sample flow to the tolerance, with about its
@@ -440,7 +441,7 @@ def test_repeated_samples_slide_as_smoothly_as_single_ones():
     assert len(keep) == 6
     once = nc.Dataset(x[keep], y[keep], 3)
     twice = nc.Dataset(np.concatenate([x[keep]] * 2), np.concatenate([y[keep]] * 2), 3)
-    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1e-2)
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1e-2, leak=leak)
     a = nc.gradient_flow(model, once, t1=2.0, saveat=[2.0], rtol=1e-11)
     b = nc.gradient_flow(model, twice, t1=1.0, saveat=[1.0], rtol=1e-11)
     assert int(a.status) == int(b.status) == nc.Status.SUCCESS
