@@ -426,9 +426,10 @@ def test_error_follows_the_tolerance_with_crossings_and_sliding():
 
 @pytest.mark.parametrize("leak", [0.0, 0.02])
 def test_repeated_samples_slide_as_smoothly_as_single_ones(leak):
-    """Every sample twice (ReLU and leaky ReLU): the sum loss doubles, so the flow is the one on the samples
-    once at twice the time, exactly, whatever the solver does with the copies. Here a
-    neuron slides on two equal samples (a singular Gram matrix of its sliding set).
+    """Every sample twice (ReLU and leaky ReLU): the sum loss doubles, so the flow is
+    the one on the samples once at twice the time, exactly, whatever the solver does
+    with the copies. Here a neuron slides on two equal samples (a singular Gram matrix
+    of its sliding set; with `leak = 0.02` one pair enters, with `0.1` none would).
     The default solver follows the single-sample flow to the tolerance, with about its
     steps. (Sweeping the dependent pivot of the Gram matrix, or adding a ridge to make
     it sweepable, amplified rounding to 1e-4 of the sliding neuron's field: 9,280
