@@ -35,7 +35,10 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
     **Arguments:**
 
     - `checkpoints`: as for `diffrax.RecursiveCheckpointAdjoint` (default `None`:
-      Diffrax's choice from `max_steps`).
+      Diffrax's choice from `max_steps`). `checkpoints` equal to `gradient_flow`'s
+      `max_steps` stores every step: the backward pass then never recomputes forward
+      and skips what the steps compute for the primal only (the least work), at the
+      memory of `max_steps` solver states, allocated up front.
     """
 
     checkpoints: int | None = None
