@@ -268,7 +268,8 @@ def _solve(
     # Inside the loop XLA turns a save loop of one time (`saveat=[t1]`) into selects,
     # which evaluate the save function at every step (13% of a step on 300 MNIST
     # digits, and replayed and transposed again by reverse mode).
-    in_loop = (lambda t, y, args: y) if save_params else fn
+    # (Diffrax's default `SubSaveAt.fn` saves the state.)
+    in_loop = diffrax.SubSaveAt(ts=ts) if save_params else diffrax.SubSaveAt(ts=ts, fn=fn)
     norm = optx.rms_norm
     if lift is not None:
         # Diffrax's RMS norm, over the full parameter count: the part outside the row
@@ -286,7 +287,7 @@ def _solve(
     solver_stats = getattr(solver, "stats", None)
     controller_stats = getattr(controller, "stats", None)
     saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=ts, fn=in_loop), diffrax.SubSaveAt(t1=True)],
+        subs=[in_loop, diffrax.SubSaveAt(t1=True)],
         solver_state=solver_stats is not None,
         controller_state=controller_stats is not None,
     )

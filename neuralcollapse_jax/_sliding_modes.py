@@ -870,7 +870,6 @@ def event_gap(
     finite = jnp.isfinite(times)
     count = jnp.sum(finite)
     size = min(size, times.size)
-    latest = jnp.max(jnp.where(finite, times, -jnp.inf), axis=0)
 
     def sparse():
         i, j = jnp.nonzero(finite, size=size, fill_value=0)
@@ -880,21 +879,21 @@ def event_gap(
         same = same & ~jnp.eye(size, dtype=bool)
         d = jnp.where(same, jnp.abs(t[:, None] - t[None, :]), jnp.inf)
         to_last = jnp.where(valid & jnp.isfinite(last[j]), jnp.abs(t - last[j]), jnp.inf)
-        return jnp.minimum(jnp.min(d), jnp.min(to_last))
+        latest = last.at[j].max(jnp.where(valid, t, -jnp.inf))
+        return jnp.minimum(jnp.min(d), jnp.min(to_last)), latest
 
     def dense():
         t = jnp.sort(jnp.concatenate([last[None, :], times]), axis=0)
         d = t[1:] - t[:-1]
         d = jnp.where(jnp.isfinite(t[1:]) & jnp.isfinite(t[:-1]), d, jnp.inf)
-        return jnp.min(d)
+        latest = jnp.max(jnp.where(finite, times, -jnp.inf), axis=0)
+        return jnp.min(d), jnp.maximum(last, latest)
 
     def none():
-        return jnp.full((), jnp.inf, times.dtype)
+        return jnp.full((), jnp.inf, times.dtype), last
 
-    gap = jax.lax.switch(
-        jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2)), [none, sparse, dense]
-    )
-    return gap, jnp.maximum(last, latest)
+    branch = jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2))
+    return jax.lax.switch(branch, [none, sparse, dense])
 
 
 def closest_approach(
