@@ -57,7 +57,15 @@ def reduce_to_row_space(
     Q = row_space_basis(data) if basis is None else basis
     if Q.shape[1] == data.dim:
         return model, data, None
-    W_r = Q.T @ model.W
-    lift = RowSpace(Q=Q, W_perp=model.W - Q @ W_r, data=data)
-    reduced = Dataset(data.x @ Q, data.y, data.num_classes)
+    W_r, W_perp, x_r = _reduce(model.W, data.x, Q)
+    lift = RowSpace(Q=Q, W_perp=W_perp, data=data)
+    reduced = Dataset(x_r, data.y, data.num_classes)
     return TwoLayerReLU(W_r, model.V, model.leak), reduced, lift
+
+
+@jax.jit
+def _reduce(W: Array, x: Array, Q: Array) -> tuple[Array, Array, Array]:
+    """`Q^T W`, `W - Q Q^T W` and `x Q`, in one compiled call (operation by operation,
+    each would compile on its own on a first call)."""
+    W_r = Q.T @ W
+    return W_r, W - Q @ W_r, x @ Q

@@ -89,9 +89,13 @@ def alignment_horizon(
     mean-loss flow is the sum-loss flow slowed down `n` times."""
     if loss not in ALIGNMENT_LOSSES:
         return None
-    eps = theory.effective_eps(model)
-    horizon = float(theory.alignment_horizon(data, model.width, eps))
+    horizon = float(_lemma2_horizon(model, data))
     return horizon * data.num_samples if reduction == "mean" else horizon
+
+
+@eqx.filter_jit
+def _lemma2_horizon(model: TwoLayerReLU, data: Dataset):
+    return theory.alignment_horizon(data, model.width, theory.effective_eps(model))
 
 
 def report(

@@ -737,7 +737,9 @@ def summary(model: TwoLayerReLU, data: Dataset) -> dict[str, Array]:
     **Raises:** `ValueError` if the classifier has neither `K` rows nor one row with
     `K = 2`.
     """
-    _self_dual_target(model.out_dim, data.num_classes, model.W.dtype)  # shape check
+    # The shape check, traced only (evaluated, it would compile on a first call).
+    out_dim, k, dtype = model.out_dim, data.num_classes, model.W.dtype
+    jax.eval_shape(lambda: _self_dual_target(out_dim, k, dtype))
     return _summary_jit(model, data)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,7 @@ def iclr_t1(data: Dataset, zeta: float, xi: float) -> float:
     return 16.0 * math.log(n) / (min(zeta, xi) * math.sqrt(mu) * xmin)
 
 
+@functools.partial(jax.jit, static_argnames="persistent")
 def separation_time(
     ts: Float[ArrayLike, " T"],
     separated: Bool[ArrayLike, " T"],
@@ -128,12 +131,18 @@ def trajectory_separation_time(
     elif "activation" in rec:
         sep = rec["activation"]["separated"]
     elif traj.models is not None and data is not None:
-        sep = jax.vmap(
-            lambda W, V: metrics.is_separated(TwoLayerReLU(W, V, traj.models.leak), data)
-        )(traj.models.W, traj.models.V)
+        sep = _separated_along(traj.models, data)
     else:
         raise ValueError(
             "the trajectory has no 'separated' or 'activation' record and no saved models "
             "(pass data with save_params=True, or record metrics.recorder('separated'))"
         )
     return separation_time(traj.ts, sep, persistent)
+
+
+@eqx.filter_jit
+def _separated_along(models: TwoLayerReLU, data: Dataset) -> Bool[Array, " T"]:
+    """`metrics.is_separated` of each of a batch of models (one compiled call)."""
+    return jax.vmap(
+        lambda W, V: metrics.is_separated(TwoLayerReLU(W, V, models.leak), data)
+    )(models.W, models.V)
