@@ -154,8 +154,8 @@ def build_problem(cfg: RunConfig):
 @eqx.filter_jit
 def _at_end(model, data, loss, reduction, record):
     """The loss and the recorded diagnostics of the final model, in one compiled call
-    (run operation by operation, each operation compiles on its own on a first call:
-    about 2 s of the default run's 24 s on a 2-core CPU)."""
+    (run operation by operation, each operation would compile on its own on a first
+    call; see the docs page *Benchmarks*, *Start-up*)."""
     values = {name: fn(model, data) for name, fn in record.items()}
     return loss_value(model, data, loss, reduction), values
 

@@ -45,8 +45,8 @@ def default_atol(model: TwoLayerReLU, rtol: ArrayLike) -> Array:
 
 
 # The start-up quantities are small programs of their own (compiled once per shape):
-# run operation by operation, each of their operations compiled separately on a first
-# call, about 0.6 s of a default call's start on a 2-core CPU.
+# run operation by operation, each of their operations would compile separately on a
+# first call (docs page *Benchmarks*, *Start-up*).
 @jax.jit
 def _atol(W: Array, V: Array, rtol: Array) -> Array:
     """`rtol` times the root mean square entry of `(W, V)`."""
