@@ -31,6 +31,9 @@ Problems:
   `rtol 1e-11` and against gradient descent Richardson-extrapolated over learning
   rates 1e-5, 5e-6, 2.5e-6 (run in the row space of the data). The compiling call of
   each solver runs to `T / 1000`.
+- `tableaus`: the default solver with its `Tsit5` tableau against the same solver
+  with `Bosh3`, at the default `rtol 1e-8`, on the four problems above, against the
+  default solver at `rtol 1e-11`.
 - `defaults`: the call with every default (`solver`, `rtol`) on both problems and on
   the default `ncjax run` problem (`ncjax` alone: that one only; target at most 3,000
   steps, under 10% rejected).
@@ -395,6 +398,50 @@ def m300_table(out_dir: str) -> None:
     print(f"\nplot: {path}")
 
 
+def tableaus() -> None:
+    """The default solver's tableau (`Tsit5`) against `Bosh3` in the same solver
+    (`SlidingReLU(crossings="locate", inner=...)`), at the default `rtol 1e-8`, on the
+    four problems, against the default solver at `rtol 1e-11`. Wall times of
+    compiled calls (each solver compiled first on a short horizon), one run each."""
+    print("\n## The events solver's tableau: Tsit5 (default) against Bosh3, rtol 1e-8\n")
+    table_header(
+        [
+            "problem",
+            "tableau",
+            "max rel. error vs rtol 1e-11",
+            "grad evals",
+            "steps (rejected)",
+            "crossings started",
+            "wall s (compiled)",
+            "ms per step",
+        ]
+    )
+    for name, problem in (
+        ("orthogonally separable", ortho_problem),
+        ("`ncjax run` problem", ncjax_run_problem),
+        ("MNIST-60", m60_problem),
+        ("M300", m300_problem),
+    ):
+        data, model, t1, ts = problem()
+        _, ref, _ = run(data, model, t1, ts, 1e-11, new_solver(1e-11), 400_000)
+        for label, inner in (("Tsit5", diffrax.Tsit5()), ("Bosh3", diffrax.Bosh3())):
+            solver = nc.SlidingReLU(inner=inner, crossings="locate")
+            run(data, model, t1 / 1000, np.asarray(ts) / 1000, 1e-8, solver, 400_000)
+            traj, theta, wall = run(data, model, t1, ts, 1e-8, solver, 400_000)
+            s = traj.stats_summary()
+            row = [
+                name,
+                label,
+                f"{max_rel(theta, ref):.2e}",
+                str(s["grad_evals"]),
+                f"{s['num_steps']} ({s['num_rejected_steps']})",
+                str(s["crossings_started"]),
+                f"{wall:.1f}",
+                f"{1000 * wall / s['num_steps']:.2f}",
+            ]
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a minute or two")
@@ -402,7 +449,8 @@ def main() -> None:
         "--problems",
         default="ortho,m60,defaults",
         help="of ortho, m60, defaults, ncjax, m300 (the M300 targets, about 7 "
-        "minutes), m300-table (the M300 accuracy-cost table and plot, about an hour)",
+        "minutes), m300-table (the M300 accuracy-cost table and plot, about an hour), "
+        "tableaus (Tsit5 against Bosh3 in the default solver, about 10 minutes)",
     )
     parser.add_argument("--out", default=".", help="folder for the m300-table plot")
     args = parser.parse_args()
@@ -452,6 +500,8 @@ def main() -> None:
         m300_targets(1e-11)
     if "m300-table" in problems:
         m300_table(args.out)
+    if "tableaus" in problems:
+        tableaus()
     if "defaults" in problems or "ncjax" in problems:
         # Issue target: at most 3,000 steps, under 10% of them rejected.
         default_call("the default `ncjax run` problem", ncjax_run_problem)
