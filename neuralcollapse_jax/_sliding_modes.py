@@ -355,7 +355,7 @@ def update_mode(
     # The set is a discrete decision: taken on values with their derivatives stopped
     # (a `while_loop` cannot be reverse-differentiated, and the set has no derivative);
     # the inverse of the chosen set is then formed outside the loop, differentiably.
-    G_d, q_d, cs_d, c_d, slope_d = jax.lax.stop_gradient((G, q_full, cs * slope, cs, slope))
+    G_d, q_d, c_d, slope_d = jax.lax.stop_gradient((G, q_full, cs, slope))
 
     def check(used, side, ginv):
         # A sliding pair that a round drops counts in the next rounds on the side it
@@ -363,14 +363,14 @@ def update_mode(
         # the side the rounding of its `z_ij = 0` puts it: counted on the wrong side,
         # a pair leaving to the active side moved its neighbours' weights by the whole
         # of its term and dropped them too (on MNIST, a weight of 0.64 read as 1.23).
-        w = jnp.where(used, cs_d, c_d * (slope_d - side))
+        w = c_d * (slope_d - jnp.where(used, 0.0, side))
         q = q_d - jnp.einsum("jmk,jk->jm", G_d, w)
         eta = -jnp.einsum("jmk,jk->jm", ginv, q)
         kept = used & _in_box(eta, c_d, leak, tol)
+        # (A dropped pair with `c < 0` has its weight outside `[leak, 1]`.)
         s = eta / jnp.where(c_d < 0, c_d, -1.0)
         gone = used & ~kept & was & (c_d < 0)
-        side = jnp.where(gone & (s > 1.0 + tol), 1.0, side)
-        side = jnp.where(gone & (s < leak - tol), leak, side)
+        side = jnp.where(gone, jnp.where(s > 1.0, 1.0, leak), side)
         return kept, side
 
     # Up to `iterations` rounds of (inverse, check), stopping at a fixed point: the
