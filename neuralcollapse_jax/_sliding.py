@@ -286,8 +286,11 @@ class SlidingReLU(AbstractTableauSolver):
             # Which sliding pairs are past their upper bound (they leave to the
             # active side), under the set they slid in.
             old_mode = Mode(mask=old, xs=xs_old, ginv=state.ginv)
-            _, hi_old = sliding_violations(old_mode, state.idx, state.field, leak, self.tol)
+            lo_old, hi_old = sliding_violations(
+                old_mode, state.idx, state.field, leak, self.tol
+            )
             above_start = pairs_of(state.idx, hi_old > 0, data.x.shape[0])
+            out_start = pairs_of(state.idx, (lo_old > 0) | (hi_old > 0), data.x.shape[0])
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
         cand = jax.lax.cond(
@@ -297,28 +300,42 @@ class SlidingReLU(AbstractTableauSolver):
         )
 
         def update(_):
-            idx, mode, first, counters = update_mode(
+            idx, mode, first, counters, above = update_mode(
                 state, old, cand, data.x, leak, self.iterations, self.tol
             )
-            return idx, mode, first, {k: v.astype(jnp.int32) for k, v in counters.items()}
+            counters = {k: v.astype(jnp.int32) for k, v in counters.items()}
+            return idx, mode, first, counters, above
 
         def keep(_):
             mode = Mode(mask=old, xs=xs_old, ginv=state.ginv)
             zero = jnp.zeros((), jnp.int32)
             counters = dict(entries=zero, exits=zero, overflow=zero)
-            return state.idx, mode, state.field, counters
+            return state.idx, mode, state.field, counters, jnp.zeros_like(old)
 
         # A real branch on one device (the update is skipped in most steps); under
         # `vmap` both sides run and the result is selected.
-        idx, mode, first, counters = jax.lax.cond(
+        idx, mode, first, counters, above_update = jax.lax.cond(
             mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
         )
+        if locate:
+            # The side of each exit at the start: for a pair out of its box under the
+            # set it slid in, the bound it passed (an exit located in the last step);
+            # for one that an entry puts out of its box, the side the check gave it
+            # (on MNIST, an entry pushed a neighbour's weight past 1: counted on the
+            # inactive side, it crossed back at once, and the steps after it took the
+            # wrong field).
+            above_start = jnp.where(out_start, above_start, above_update)
         tab = self.inner.tableau
         dtype = y0.W.dtype
         started = None
         entry_correction = None
         zdot0 = None
         if locate:
+            # Pairs that left sliding at the step's start, on the side of their exit
+            # before anything uses the new field (the velocities, the entries'
+            # near-side part): the update counted them by the rounding of their z.
+            exiting_start = old & ~mode.mask
+            first = exit_sides(first, mode, exiting_start, above_start, data.x, leak)
             # Velocities of z under the step's sliding set: the stored ones when the
             # set did not change.
             zdot0 = jax.lax.cond(
@@ -365,7 +382,10 @@ class SlidingReLU(AbstractTableauSolver):
                 # crossing) go to the side of their exit.
                 exiting = old & ~mode.mask
                 force = (exiting, above_start | above_at)
-                first = exit_sides(first, mode, exiting, force[1], data.x, leak)
+                # (Those that left at the start are on their side already.)
+                first = exit_sides(
+                    first, mode, exiting & ~exiting_start, force[1], data.x, leak
+                )
                 # An exit at a started crossing: the step's start is shifted by
                 # `tau dt (f_before - f_after)` in all (the crossing's part is in
                 # `started.correction`), whose derivative in the state is the jump

@@ -318,7 +318,10 @@ def update_mode(
     on the `m x m` Gram matrices of the slots; no `n x n` matrix is formed.
 
     Returns the new slot indices, the mode, the first stage under that mode (from the
-    stored evaluation: no new gradient evaluation), and counters.
+    stored evaluation: no new gradient evaluation), counters, and the pairs that left
+    sliding to the active side (weight past 1 in the round that dropped them; an
+    `n x h` mask). The first stage counts a pair that left by the rounding of its
+    `z_ij`; `exit_sides` puts it on the side of its exit.
     """
     f = state.field
     n, h = f.Z.shape
@@ -387,7 +390,7 @@ def update_mode(
         return ~done & (k < iterations)
 
     start = (jnp.zeros((), jnp.int32), slot, slope_d, jnp.zeros((), bool))
-    _, used, _, _ = jax.lax.while_loop(more, body, start)
+    _, used, side, _ = jax.lax.while_loop(more, body, start)
     ginv = masked_inverse(G, used)
     new_idx = jnp.where(used, idx, -1)
     mask = slot_mask(new_idx, n)
@@ -397,7 +400,8 @@ def update_mode(
     entries = jnp.sum(used & ~was)
     exits = jnp.sum(old) - jnp.sum(used & was)
     counters = dict(entries=entries, exits=exits, overflow=overflow)
-    return new_idx, mode, first, counters
+    above = pairs_of(idx, slot & was & ~used & (c_d < 0) & (side == 1.0), n)
+    return new_idx, mode, first, counters, above
 
 
 def slots_of(idx: Int[Array, "h m"], x: Array) -> Array:
@@ -1088,7 +1092,7 @@ def exits_at_started_crossings(
         flip = first.A - before.A
         pseudo = eqx.tree_at(lambda s: (s.idx, s.field), state, (idx, first))
         no = jnp.zeros_like(mode.mask)
-        new_idx, new_mode, after, counters = update_mode(
+        new_idx, new_mode, after, counters, dropped_above = update_mode(
             pseudo, mode.mask, no, x, leak, iterations, tol
         )
         # The near side under the new set: the far-side field less the flip.
@@ -1104,7 +1108,14 @@ def exits_at_started_crossings(
             near, new_mode, x, dt, leak, window, zdot, only=started.mask
         )
         exits = counters["exits"].astype(jnp.int32)
-        above = pairs_of(idx, out & (hi > 0), first.Z.shape[0])
+        # The side of each exit: for the pairs out of their box on the far-side
+        # field, the bound they passed; for neighbours the new set drops with them,
+        # the side the check gave them.
+        above = jnp.where(
+            pairs_of(idx, out, first.Z.shape[0]),
+            pairs_of(idx, out & (hi > 0), first.Z.shape[0]),
+            dropped_above,
+        )
         neurons = jnp.any(out, axis=1)
         return new_idx, new_mode, new_first, new_started, exits, neurons, above
 
