@@ -447,7 +447,11 @@ def test_repeated_samples_slide_as_smoothly_as_single_ones(leak):
     b = nc.gradient_flow(model, twice, t1=1.0, saveat=[1.0], rtol=1e-11)
     assert int(a.status) == int(b.status) == nc.Status.SUCCESS
     assert int(a.stats["sliding_entries"]) >= 1
-    assert int(b.stats["sliding_entries"]) == 2 * int(a.stats["sliding_entries"])
+    # The copy of an entering sample enters with it, or stays outside the set on the
+    # kink (its Gram matrix with the set is singular; which, rounding decides): its
+    # term is projected out either way. More entries would be chattering.
+    n_a, n_b = int(a.stats["sliding_entries"]), int(b.stats["sliding_entries"])
+    assert n_a <= n_b <= 2 * n_a, (n_a, n_b)
     err = np.linalg.norm(_flat(a.final) - _flat(b.final)) / np.linalg.norm(_flat(a.final))
     assert err < 1e-10, err
     steps_a, steps_b = int(a.stats["num_steps"]), int(b.stats["num_steps"])
@@ -573,3 +577,70 @@ def test_a_neighbour_put_past_its_bound_by_an_entry_leaves_to_its_side():
         err = np.linalg.norm(runs[rtol] - ref) / np.linalg.norm(ref)
         # Measured 1.5e-11 and 1.4e-12 (saved at 0.24 from a run to 0.26).
         assert err < 100 * rtol, (rtol, err)
+
+
+def test_a_crossing_of_the_stages_alone_is_an_event():
+    """`stage_crossings`: a pair on the same side of its kink at both ends of a step
+    but on the other side at inner stages is an event at the time the first such
+    stage puts it, costing `|dt| |sum_s b_s| jump` (the far-side field those stages
+    gave `y1`); pairs that cross at the ends, or at no stage, are not."""
+    from types import SimpleNamespace
+
+    from neuralcollapse_jax._sliding import stage_crossings
+
+    tab = diffrax.Tsit5().tableau
+    c, b = np.asarray(tab.c), np.asarray(tab.b_sol)
+    n_fields = len(c) + 1  # the first stage, then one per entry of c (the last at y1)
+    # pair 0: crosses at the inner stage at c = 1 only (as on MNIST), back at y1;
+    # pair 1: crosses at the ends (an event of the interpolant, not of this check);
+    # pair 2: never crosses; pair 3: like pair 0 but excluded by `quiet`.
+    z0 = np.array([1.0, 1.0, 1.0, 1.0])
+    stage_z = []
+    for s in range(n_fields):
+        t = 0.0 if s == 0 else c[s - 1]
+        inner = 0 < s < n_fields - 1
+        z_cross = -0.02 if (inner and t >= 0.99) else 0.01 if s == n_fields - 1 else 1 - t
+        stage_z.append(np.array([z_cross, 1.0 - 2.0 * t, 1.0 + t, z_cross]))
+    stage_z[0] = z0
+    fields = [SimpleNamespace(Z=jnp.asarray(z)[:, None]) for z in stage_z]
+    quiet = jnp.asarray([True, True, True, False])[:, None]
+    jump = jnp.full((4, 1), 3.0)
+    theta, cost = stage_crossings(fields, tab, quiet, jump, -0.5, jnp.ones((4, 1)))
+    first = int(np.argmax(c >= 0.99))  # index in c of the first crossing stage
+    expected = c[first] * 1.0 / (1.0 + 0.02)
+    np.testing.assert_allclose(float(theta[0, 0]), expected, rtol=1e-14)
+    inner_weight = sum(b[s] for s in range(1, n_fields - 1) if c[s - 1] >= 0.99)
+    np.testing.assert_allclose(float(cost[0, 0]), 0.5 * 3.0 * abs(inner_weight), rtol=1e-14)
+    assert inner_weight > 2.0  # Tsit5: b = 2.32 at its inner stage at c = 1
+    assert np.all(np.isinf(np.asarray(theta[1:, 0])))
+    assert np.all(np.asarray(cost[1:, 0]) == 0.0)
+
+
+@pytest.mark.slow
+def test_a_step_ending_just_past_a_crossing_is_not_left_off_by_its_stages():
+    """MNIST-60 (20 digits each of 0, 1, 2, 50 neurons, init `1e-3`) at `rtol 1e-7`:
+    near `t = 0.00261` a step ended 1% past the crossing of pair (38, 36), which was
+    predicted late (after a step that started another crossing of that neuron, whose
+    interpolant of `z` took the velocity before it). Tsit5's inner stage at `c = 1`
+    crossed, `y1` did not: `y1` was off by `2.3 dt` times the jump (8.9e-8 relative
+    from there on), unseen by the error estimate and by the events, and amplified
+    100 times by `t = 0.1` (1.1e-5). Against a run at `rtol 1e-12`, the run at `1e-7`
+    keeps to its tolerance through that step."""
+    data = datasets.mnist(per_class=20)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
+    ts = [0.0026, 0.0027]
+    runs = {}
+    for rtol in (1e-7, 1e-12):
+        traj = nc.gradient_flow(model, data, t1=0.0027, saveat=ts, rtol=rtol)
+        assert int(traj.status) == nc.Status.SUCCESS
+        runs[rtol] = np.concatenate(
+            [
+                np.asarray(traj.models.W).reshape(len(ts), -1),
+                np.asarray(traj.models.V).reshape(len(ts), -1),
+            ],
+            axis=1,
+        )
+    ref = runs[1e-12]
+    err = np.linalg.norm(runs[1e-7] - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err[0] < 1e-10, err  # before the crossing: both far below the tolerance
+    assert err[1] < 1e-8, err
