@@ -228,8 +228,10 @@ def test_balance_is_conserved_through_events():
         size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
         drifts.append((np.abs(balance - balance[0]) / size).max())
     # Measured 1.9e-7 and 2.2e-9 (86x over two decades of rtol) when written; on
-    # 2026-12-03 (and already the day before) 1.5e-7 and 7.2e-9 (21x), the drift at
-    # 1e-8 made between t = 0.3 and 0.7 in neuron 10 (not located). Before the stages
+    # 2026-12-03 (and already the day before) 1.5e-7 and 7.2e-9 (21x). At 1e-8 that
+    # is the dense output's: between t = 0.3 and 0.7 (steps of 0.01 to 0.06) the
+    # drift at save times inside steps swings by +-8e-9 in neuron 10, while at the
+    # step ends it stays under 2.5e-9. Before the stages
     # of a step that starts an event began from the shifted state, the drift at
     # rtol 1e-8 was 5.8e-8 to 3e-7 (one such step moved `v_j` by 1.3e-7).
     assert drifts[1] < 1e-8, drifts
