@@ -599,13 +599,10 @@ class SlidingReLU(AbstractTableauSolver):
             # its stage at `c = 1` crossed, y1 did not, and y1 was off by `2.3 dt`
             # times the jump, unseen by the error estimate and by the events). An
             # event like the others, at the time the first such stage puts it.
+            # |x_i| |w_j|: the scale of z_ij (rounding, touches).
+            z_scale = x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :]
             flip_theta, flip_cost = stage_crossings(
-                fields,
-                tab,
-                ~mode.mask & ~old & ~started.mask & ~event,
-                jump,
-                dt,
-                x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :],
+                fields, tab, ~mode.mask & ~old & ~started.mask & ~event, jump, dt, z_scale
             )
             y_error = Located(
                 model=y_error,
@@ -660,7 +657,7 @@ class SlidingReLU(AbstractTableauSolver):
                     dt * zdot_start,
                     dt * zdot1,
                     quiet,
-                    x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :],
+                    z_scale,
                 )
             )
         k_stack = TwoLayerReLU(

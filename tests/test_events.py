@@ -19,6 +19,13 @@ def _flat(model):
     return np.concatenate([np.ravel(model.W), np.ravel(model.V)])
 
 
+def _saved(traj):
+    """The parameters at the save times, one flat row per save time."""
+    T = len(traj.ts)
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    return np.concatenate([W.reshape(T, -1), V.reshape(T, -1)], axis=1)
+
+
 def _locate(inner=None):
     return SlidingReLU(
         inner=diffrax.Tsit5() if inner is None else inner, crossings="locate"
@@ -65,13 +72,7 @@ def _errors(model, data, exact, T, ts, rtols, solver, loss="exponential"):
             model, data, t1=T, saveat=ts, loss=loss, rtol=rtol, solver=solver
         )
         assert int(traj.status) == nc.Status.SUCCESS
-        th = np.concatenate(
-            [
-                np.asarray(traj.models.W).reshape(len(ts), -1),
-                np.asarray(traj.models.V).reshape(len(ts), -1),
-            ],
-            axis=1,
-        )
+        th = _saved(traj)
         e = np.max(np.linalg.norm(th - refs, axis=1) / np.linalg.norm(refs, axis=1))
         out.append((e, int(traj.stats["grad_evals"]), traj.stats))
     return out
@@ -278,13 +279,7 @@ def test_agrees_with_scipy_where_nothing_slides():
     assert int(traj.stats["sliding_max_pairs"]) == 0
     assert int(traj.stats["crossings_located"]) + int(traj.stats["crossings_started"]) >= 2
     ref = _scipy_exponential(model, X, ts)
-    th = np.concatenate(
-        [
-            np.asarray(traj.models.W).reshape(len(ts), -1),
-            np.asarray(traj.models.V).reshape(len(ts), -1),
-        ],
-        axis=1,
-    )
+    th = _saved(traj)
     err = np.linalg.norm(th - ref, axis=1) / np.linalg.norm(ref, axis=1)
     assert err.max() < 1e-7, err
 
@@ -406,13 +401,7 @@ def test_error_follows_the_tolerance_with_crossings_and_sliding():
             max_steps=max_steps,
         )
         assert int(traj.status) == nc.Status.SUCCESS
-        th = np.concatenate(
-            [
-                np.asarray(traj.models.W).reshape(len(ts), -1),
-                np.asarray(traj.models.V).reshape(len(ts), -1),
-            ],
-            axis=1,
-        )
+        th = _saved(traj)
         return th, traj.stats
 
     ref, _ = run(1e-11, 200_000)
@@ -540,13 +529,7 @@ def test_a_pair_leaving_to_the_active_side_does_not_take_its_neighbours():
     for rtol in (1e-10, 1e-11, 1e-12):
         traj = nc.gradient_flow(model, data, t1=30.0, saveat=ts, rtol=rtol)
         assert int(traj.status) == nc.Status.SUCCESS
-        runs[rtol] = np.concatenate(
-            [
-                np.asarray(traj.models.W).reshape(len(ts), -1),
-                np.asarray(traj.models.V).reshape(len(ts), -1),
-            ],
-            axis=1,
-        )
+        runs[rtol] = _saved(traj)
         s = traj.stats_summary()
         counts.add((s["sliding_entries"], s["sliding_exits"]))
     ref = runs[1e-12]
@@ -637,13 +620,7 @@ def test_a_step_ending_just_past_a_crossing_is_not_left_off_by_its_stages():
     for rtol in (1e-7, 1e-12):
         traj = nc.gradient_flow(model, data, t1=0.0027, saveat=ts, rtol=rtol)
         assert int(traj.status) == nc.Status.SUCCESS
-        runs[rtol] = np.concatenate(
-            [
-                np.asarray(traj.models.W).reshape(len(ts), -1),
-                np.asarray(traj.models.V).reshape(len(ts), -1),
-            ],
-            axis=1,
-        )
+        runs[rtol] = _saved(traj)
     ref = runs[1e-12]
     err = np.linalg.norm(runs[1e-7] - ref, axis=1) / np.linalg.norm(ref, axis=1)
     assert err[0] < 1e-10, err  # before the crossing: both far below the tolerance
