@@ -48,11 +48,14 @@ is timed including its compilation.
 
     python benchmarks/bench_events.py            # full
     python benchmarks/bench_events.py --quick    # a minute or two
+    python benchmarks/bench_events.py --problems m300-table --gd-cache CACHE_DIR
+        # keeps the gradient-descent references (most of the table's time) for reruns
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -110,16 +113,37 @@ def max_rel(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(num / den))
 
 
+# Folder where `gd_reference` keeps its descent runs (`--gd-cache`); None: recompute.
+GD_CACHE = None
+
+
+def _gd_key(data, model, ts, step, row_space) -> str:
+    """A name for one descent run: a hash of everything it depends on."""
+    digest = hashlib.sha256()
+    for a in (data.x, data.y, model.W, model.V, ts):
+        digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    digest.update(repr((float(step), bool(row_space), str(np.asarray(ts).dtype))).encode())
+    return f"gd_{digest.hexdigest()[:20]}.npy"
+
+
 def gd_reference(data, model, ts, lr, row_space=False):
     """Gradient descent at `lr`, `lr / 2`, `lr / 4`, saved at the save times, and its
     Richardson extrapolations: second order `(8 g(l/4) - 6 g(l/2) + g(l)) / 3` and
     first order `2 g(l/4) - g(l/2)`. With `row_space`, descent runs in the row space
     of the data (the same iterates: every gradient lies in it), which is cheaper on
-    MNIST subsets."""
+    MNIST subsets. With `GD_CACHE` set, each run is read from that folder if it is
+    there and written to it otherwise."""
     runs = []
     for k in (1, 2, 4):
         step = lr / k
         save = np.rint(ts / step).astype(np.int64)
+        cached = None
+        if GD_CACHE is not None:
+            cached = os.path.join(GD_CACHE, _gd_key(data, model, ts, step, row_space))
+            if os.path.exists(cached):
+                runs.append(np.load(cached))
+                print(f"  GD lr {step:.3g}: read from the cache", file=sys.stderr)
+                continue
         t = time.perf_counter()
         traj = nc.gradient_descent(
             model,
@@ -130,6 +154,9 @@ def gd_reference(data, model, ts, lr, row_space=False):
             row_space=row_space,
         )
         runs.append(params(traj))
+        if cached is not None:
+            os.makedirs(GD_CACHE, exist_ok=True)
+            np.save(cached, runs[-1])
         print(
             f"  GD lr {step:.3g}: {int(save[-1])} steps, {time.perf_counter() - t:.1f} s",
             file=sys.stderr,
@@ -453,7 +480,15 @@ def main() -> None:
         "tableaus (Tsit5 against Bosh3 in the default solver, about 10 minutes)",
     )
     parser.add_argument("--out", default=".", help="folder for the m300-table plot")
+    parser.add_argument(
+        "--gd-cache",
+        default=None,
+        help="folder that keeps the gradient-descent reference runs between calls "
+        "(they take most of the m300-table's time); default: recompute them",
+    )
     args = parser.parse_args()
+    global GD_CACHE
+    GD_CACHE = args.gd_cache
     print("# bench_events" + (" --quick" if args.quick else ""))
     print("device: " + device_line())
     problems = args.problems.split(",")

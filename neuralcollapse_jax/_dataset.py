@@ -33,7 +33,9 @@ class Dataset(eqx.Module):
         # Shapes are static even under tracing; values are checked where concrete (a
         # traced `x`, as when differentiating with respect to the data, still gets its
         # labels checked and `num_classes` inferred from them).
-        x_shape, y_shape = jnp.shape(x), jnp.shape(y)
+        # (`np.shape` reads `.shape` where there is one, tracers included, and takes
+        # nested lists, which `jnp.shape` is deprecating.)
+        x_shape, y_shape = np.shape(x), np.shape(y)
         if len(x_shape) != 2:
             raise ValueError(f"x must have shape (n, D), got shape {x_shape}")
         if len(y_shape) != 1:

@@ -153,7 +153,7 @@ class SlidingReLU(AbstractTableauSolver):
       crossings (and, with `"locate"`, entries and exits) a step may contain, as a
       fraction of its tolerance (`CrossingController(budget=...)`,
       `EventController(budget=...)`). Default `None`: `BUDGET` (0.5) with `"land"`,
-      `EVENT_BUDGET` (0.1) with `"locate"`; larger values take fewer steps at a larger
+      `EVENT_BUDGET` (0.01) with `"locate"`; larger values take fewer steps at a larger
       error (see the docs pages *Sliding* and *Benchmarks*).
     """
 

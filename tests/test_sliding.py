@@ -520,7 +520,7 @@ def test_crossing_control_bad_input():
     assert SlidingReLU(crossing_budget=0.2).controller(1e-6, 1e-9).budget == 0.2
     # Each crossing control has its own default budget.
     assert SlidingReLU().controller(1e-6, 1e-9).budget == 0.5
-    assert SlidingReLU(crossings="locate").controller(1e-6, 1e-9).budget == 0.1
+    assert SlidingReLU(crossings="locate").controller(1e-6, 1e-9).budget == 0.01
     assert (
         SlidingReLU(crossings="locate", crossing_budget=0.3).controller(1e-6, 1e-9).budget
         == 0.3
