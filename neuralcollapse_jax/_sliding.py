@@ -545,8 +545,10 @@ class SlidingReLU(AbstractTableauSolver):
             Z0, Z1 = state.field.Z, last.Z
             # Pairs that slid at the step's start and left (at its start or at a
             # started crossing) leave their kink from it at zero speed: the sign of
-            # their z there is rounding, not an event.
-            event = ~mode.mask & ~old & ~started.mask & ((Z0 > 0) != (Z1 > 0))
+            # their z there is rounding, not an event. `free`: the pairs that can
+            # have an event inside the step (not sliding, not just left, not started).
+            free = ~mode.mask & ~old & ~started.mask
+            event = free & ((Z0 > 0) != (Z1 > 0))
             # Slopes of the cubic interpolant of z over the step, on the event pairs.
             m0 = dt * jnp.where(event, zdot_start, 0.0)
             m1 = dt * jnp.where(event, zdot1, 0.0)
@@ -602,7 +604,7 @@ class SlidingReLU(AbstractTableauSolver):
             # |x_i| |w_j|: the scale of z_ij (rounding, touches).
             z_scale = x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :]
             flip_theta, flip_cost = stage_crossings(
-                fields, tab, ~mode.mask & ~old & ~started.mask & ~event, jump, dt, z_scale
+                fields, tab, free & ~event, jump, dt, z_scale
             )
             y_error = Located(
                 model=y_error,
@@ -649,7 +651,7 @@ class SlidingReLU(AbstractTableauSolver):
                 ),
             )
             step_gap, last_event = event_gap(jax.lax.stop_gradient(at), state.last_event)
-            quiet = ~mode.mask & ~old & ~started.mask & ~event & ~began
+            quiet = free & ~event & ~began
             step_touch = jax.lax.stop_gradient(
                 closest_approach(
                     Z0,

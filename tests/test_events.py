@@ -32,8 +32,9 @@ def _locate(inner=None):
     )
 
 
-def _step_ends(solver, model, data, T, rtol, loss="exponential"):
-    """The end times of the accepted steps of a solve with the solver's controller."""
+def _steps(solver, model, data, T, rtol, atol, loss, max_steps):
+    """The end times of the accepted steps of a solve with the solver's controller and
+    the states there, `(ts, W, V)`."""
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(nc.vector_field(loss, "sum")),
         solver,
@@ -42,12 +43,19 @@ def _step_ends(solver, model, data, T, rtol, loss="exponential"):
         None,
         model,
         args=data,
-        stepsize_controller=solver.controller(rtol, rtol * 1e-2),
+        stepsize_controller=solver.controller(rtol, atol),
         saveat=diffrax.SaveAt(steps=True),
-        max_steps=10_000,
+        max_steps=max_steps,
     )
+    assert sol.result == diffrax.RESULTS.successful
     ts = np.asarray(sol.ts)
-    return ts[np.isfinite(ts)]
+    ok = np.isfinite(ts)
+    return ts[ok], np.asarray(sol.ys.W)[ok], np.asarray(sol.ys.V)[ok]
+
+
+def _step_ends(solver, model, data, T, rtol, loss="exponential"):
+    """The end times of the accepted steps of a solve with the solver's controller."""
+    return _steps(solver, model, data, T, rtol, rtol * 1e-2, loss, 10_000)[0]
 
 
 def test_a_crossing_is_located_to_the_tolerance():
@@ -225,22 +233,10 @@ def test_balance_is_conserved_through_events():
     at_ends, at_saves = [], []
     for rtol in (1e-6, 1e-8):
         solver = _locate()
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(nc.vector_field("cross_entropy", "sum")),
-            solver,
-            0.0,
-            30.0,
-            None,
-            model,
-            args=data,
-            stepsize_controller=solver.controller(rtol, nc.default_atol(model, rtol)),
-            saveat=diffrax.SaveAt(steps=True),
-            max_steps=20_000,
-        )
-        assert sol.result == diffrax.RESULTS.successful
-        ok = np.isfinite(np.asarray(sol.ts))
-        assert ok.sum() > 100
-        at_ends.append(drift(np.asarray(sol.ys.W)[ok], np.asarray(sol.ys.V)[ok], b0))
+        atol = nc.default_atol(model, rtol)
+        ends, W, V = _steps(solver, model, data, 30.0, rtol, atol, "cross_entropy", 20_000)
+        assert len(ends) > 100
+        at_ends.append(drift(W, V, b0))
         traj = nc.gradient_flow(model, data, t1=30.0, saveat=ts, rtol=rtol, solver=solver)
         assert int(traj.status) == nc.Status.SUCCESS
         assert int(traj.stats["sliding_entries"]) > 0
