@@ -4,11 +4,14 @@ a reverse-mode gradient at most 3x a forward solve, memory bounded by checkpoint
 For each problem, in one run: the forward solve (`gradient_flow` at the defaults,
 compiled), the reverse-mode gradient of the final loss with respect to the initial
 `W` and `V` (`jax.grad` at the defaults, `ForwardOrReverse`; Diffrax's
-`RecursiveCheckpointAdjoint`, the baseline it wraps; and with a fixed number of
-checkpoints), and the forward-mode derivative along one direction (`jax.jvp` at the
-defaults, which pick `diffrax.ForwardMode()`, and `jax.jvp` of the jitted solve, where
+`RecursiveCheckpointAdjoint`, the baseline it wraps; and with 64 and 8 checkpoints),
+and the forward-mode derivative along one direction (`jax.jvp` at the defaults, which
+pick `diffrax.ForwardMode()`, and `jax.jvp` of the jitted solve, where
 `ForwardOrReverse` runs it); wall times of compiled calls (best of three under 10 s),
-their ratio to the forward solve, and the steps taken.
+their ratio to the forward solve, the steps taken, and the temporary memory of each
+compiled call (XLA's `memory_analysis`: what a call allocates besides its inputs and
+outputs; in reverse mode mostly the checkpoints, about `checkpoints` times one solver
+state, with Diffrax's default `floor(sqrt(2 max_steps))`, 447 at `max_steps` 100,000).
 
 Two reference tables follow, for what the 3x target asks of a reverse mode:
 
@@ -75,6 +78,13 @@ def m60():
     return "MNIST-60 (h 50)", data, model, 0.02, "cross_entropy"
 
 
+def compiled_memory_mb(fn, *args) -> float:
+    """Temporary memory of the compiled `fn(*args)` in MB (XLA's `memory_analysis`,
+    no run): the buffers a call allocates besides its inputs and outputs, which for a
+    reverse-mode solve are mostly the stored checkpoints."""
+    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 1e6
+
+
 def measure(name, data, model, T, loss):
     def solve(m, adjoint=None):
         return nc.gradient_flow(m, data, t1=T, saveat=[T], loss=loss, adjoint=adjoint)
@@ -84,26 +94,32 @@ def measure(name, data, model, T, loss):
     grad_rca = jax.jit(
         jax.grad(lambda m: solve(m, diffrax.RecursiveCheckpointAdjoint()).loss[-1])
     )
-    grad_ck = jax.jit(
-        jax.grad(lambda m: solve(m, nc.ForwardOrReverse(checkpoints=64)).loss[-1])
-    )
+
+    def grad_ck(k):
+        return jax.jit(
+            jax.grad(lambda m: solve(m, nc.ForwardOrReverse(checkpoints=k)).loss[-1])
+        )
+
     direction = jax.tree.map(jnp.ones_like, model)
     jvp = jax.jit(lambda m: jax.jvp(lambda m: solve(m).loss[-1], (m,), (direction,)))
-    jvp_of_jit = lambda m: jax.jvp(forward, (m,), (direction,))  # noqa: E731
+    jvp_of_jit = jax.jit(lambda m: jax.jvp(forward, (m,), (direction,)))
     steps = int(solve(model).stats["num_steps"])
     _, _, t_fwd = timed(lambda: forward(model))
-    rows = [("forward solve", t_fwd)]
+    rows = [("forward solve", t_fwd, compiled_memory_mb(forward, model))]
     for label, fn in (
         ("reverse (grad), default (ForwardOrReverse)", grad),
         ("reverse (grad), RecursiveCheckpointAdjoint", grad_rca),
-        ("reverse (grad), 64 checkpoints", grad_ck),
+        ("reverse (grad), 64 checkpoints", grad_ck(64)),
+        ("reverse (grad), 8 checkpoints", grad_ck(8)),
         ("forward mode (jvp), default (ForwardMode)", jvp),
         ("forward mode, jvp of the jitted solve (ForwardOrReverse)", jvp_of_jit),
     ):
         _, _, t = timed(lambda fn=fn: fn(model))
-        rows.append((label, t))
-    for label, t in rows:
-        print(f"| {name} | {T} | {steps} | {label} | {t:.3f} | {t / t_fwd:.2f}x |")
+        rows.append((label, t, compiled_memory_mb(fn, model)))
+    for label, t, mb in rows:
+        print(
+            f"| {name} | {T} | {steps} | {label} | {t:.3f} | {t / t_fwd:.2f}x | {mb:.2f} |"
+        )
 
 
 def plain(name, data, model, T, loss):
@@ -189,7 +205,17 @@ def main() -> None:
     print("# bench_grad" + (" --quick" if args.quick else ""))
     print("device: " + device_line())
     print()
-    table_header(["problem", "T", "steps", "what", "wall s (compiled)", "vs forward"])
+    table_header(
+        [
+            "problem",
+            "T",
+            "steps",
+            "what",
+            "wall s (compiled)",
+            "vs forward",
+            "temporary memory MB (compiled)",
+        ]
+    )
     problems = [crossing, ortho] + ([] if args.quick else [m60])
     for problem in problems:
         measure(*problem())

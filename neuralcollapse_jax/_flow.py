@@ -21,7 +21,7 @@ from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
 from ._progress import LogTimeProgressMeter
 from ._rk import UnrolledERK
-from ._row_space import RowSpace, reduce_to_row_space, row_space_basis
+from ._row_space import RowSpace, basis_of, reduce_to_row_space
 from ._solvers import evals_per_step, resolve_solver
 from ._times import log_times
 from ._trajectory import Status, Trajectory
@@ -242,14 +242,14 @@ def gradient_flow(
 ROW_SPACE_RATIO = 0.5
 
 
-def row_space_default(data: Dataset) -> Array | None:
+def row_space_default(data: Dataset) -> np.ndarray | None:
     """The row space basis `gradient_flow(..., row_space=None)` integrates in: that of
-    `data.x` (`row_space_basis`) when its rank is at most `ROW_SPACE_RATIO` times the
-    dimension, else `None` (the full space), and `None` for data traced under
-    `jit`/`vmap` (the rank decides array shapes)."""
+    `data.x` (`row_space_basis`, as a NumPy array) when its rank is at most
+    `ROW_SPACE_RATIO` times the dimension, else `None` (the full space), and `None` for
+    data traced under `jit`/`vmap` (the rank decides array shapes)."""
     if isinstance(data.x, jax.core.Tracer):
         return None
-    Q = row_space_basis(data)
+    Q = basis_of(data)
     return Q if Q.shape[1] <= ROW_SPACE_RATIO * data.dim else None
 
 

@@ -37,6 +37,13 @@ def row_space_basis(data: Dataset) -> Float[Array, "D r"]:
     `matrix_rank` threshold, with the data's floating-point `eps`). The data must be
     concrete (not traced under `jit`/`vmap`): `r` decides array shapes.
     """
+    return jnp.asarray(basis_of(data))
+
+
+def basis_of(data: Dataset) -> np.ndarray:
+    """`row_space_basis` as a NumPy array (in the data's dtype): under a trace, a
+    NumPy array stays a constant that NumPy can multiply (a JAX array made there is a
+    tracer)."""
     if isinstance(data.x, jax.core.Tracer):
         raise ValueError(
             "row_space=True needs concrete data: the rank decides array shapes, so it "
@@ -45,27 +52,39 @@ def row_space_basis(data: Dataset) -> Float[Array, "D r"]:
     _, s, vt = np.linalg.svd(np.asarray(data.x, dtype=np.float64), full_matrices=False)
     eps = jnp.finfo(data.x.dtype).eps
     r = int(np.sum(s > max(data.x.shape) * eps * (s[0] if s.size else 0.0)))
-    return jnp.asarray(vt[:r].T, dtype=data.x.dtype)
+    return np.asarray(vt[:r].T, dtype=data.x.dtype)
 
 
 def reduce_to_row_space(
-    model: TwoLayerReLU, data: Dataset, basis: Array | None = None
+    model: TwoLayerReLU, data: Dataset, basis: Array | np.ndarray | None = None
 ) -> tuple[TwoLayerReLU, Dataset, RowSpace | None]:
     """The model and data in the row space of `data.x` (`basis`, default
     `row_space_basis(data)`), and the `RowSpace` that lifts the reduced model back
     (`None`, with the inputs unchanged, for full-rank data)."""
-    Q = row_space_basis(data) if basis is None else basis
-    if Q.shape[1] == data.dim:
+    basis = basis_of(data) if basis is None else basis
+    if basis.shape[1] == data.dim:
         return model, data, None
-    W_r, W_perp, x_r = _reduce(model.W, data.x, Q)
+    Q = jnp.asarray(basis, dtype=data.x.dtype)
+    W_r, W_perp = _reduce(model.W, Q)
     lift = RowSpace(Q=Q, W_perp=W_perp, data=data)
-    reduced = Dataset(x_r, data.y, data.num_classes)
+    reduced = Dataset(_data_in_basis(data.x, basis), data.y, data.num_classes)
     return TwoLayerReLU(W_r, model.V, model.leak), reduced, lift
 
 
 @jax.jit
-def _reduce(W: Array, x: Array, Q: Array) -> tuple[Array, Array, Array]:
-    """`Q^T W`, `W - Q Q^T W` and `x Q`, in one compiled call (operation by operation,
-    each would compile on its own on a first call)."""
+def _reduce(W: Array, Q: Array) -> tuple[Array, Array]:
+    """`Q^T W` and `W - Q Q^T W`, in one compiled call (operation by operation, each
+    would compile on its own on a first call)."""
     W_r = Q.T @ W
-    return W_r, W - Q @ W_r, x @ Q
+    return W_r, W - Q @ W_r
+
+
+def _data_in_basis(x: Array, Q: Array | np.ndarray) -> Array:
+    """`x Q`. For concrete data and a NumPy `Q` (`basis_of`; the usual case, data
+    closed over by a jitted function), formed here, once, in NumPy: inside the traced
+    call it is a product of two constants, which XLA folds at every compilation (about
+    2 s for 300 MNIST digits, with an error-level log line about slow constant
+    folding)."""
+    if isinstance(x, jax.core.Tracer) or not isinstance(Q, np.ndarray):
+        return x @ jnp.asarray(Q, dtype=x.dtype)
+    return jnp.asarray(np.asarray(x) @ Q, dtype=x.dtype)

@@ -382,6 +382,41 @@ def test_row_space_default_reduces_only_low_rank_concrete_data():
     np.testing.assert_allclose(traced(low).loss, full.loss, rtol=1e-7)
 
 
+def _eqns(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+@pytest.mark.slow
+def test_row_space_data_are_reduced_once_not_in_the_traced_call():
+    """Data closed over by a jitted call are reduced to the row space in NumPy, once:
+    the traced call holds no product of the data with the basis (two constants, which
+    XLA would fold at every compilation: about 2 s for 300 MNIST digits), and gives
+    the eager call's numbers."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 30))  # rank 4
+    data = nc.Dataset(x, jnp.arange(12) % 3, 3)
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 30, 6, 3, 1e-2)
+    kw = dict(t1=0.5, saveat=[0.5])
+    jaxpr = jax.make_jaxpr(lambda m: nc.gradient_flow(m, data, **kw).loss)(model)
+    products = [
+        [tuple(v.aval.shape) for v in e.invars]
+        for e in _eqns(jaxpr.jaxpr)
+        if e.primitive.name == "dot_general"
+    ]
+    assert products  # (the check below sees the products of the call)
+    assert [(12, 30), (30, 4)] not in products
+    jitted = jax.jit(lambda m: nc.gradient_flow(m, data, **kw).models.W)(model)
+    eager = nc.gradient_flow(model, data, **kw).models.W
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=0)
+
+
 @pytest.mark.slow
 def test_row_space_full_rank_and_traced_data():
     """Full-rank data: nothing changes, bit for bit. Traced data: a clear error."""
