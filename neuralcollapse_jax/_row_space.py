@@ -82,8 +82,8 @@ def _reduce(W: Array, Q: Array) -> tuple[Array, Array]:
 def _data_in_basis(x: Array, Q: Array | np.ndarray) -> Array:
     """`x Q`. For concrete data and a NumPy `Q` (`basis_of`; the usual case, data
     closed over by a jitted function), formed here, once, in NumPy: inside the traced
-    call it is a product of two constants, which XLA folds at every compilation (about
-    2 s for 300 MNIST digits, with an error-level log line about slow constant
+    call it is a product of two constants, which XLA folds at every compilation (over a
+    second for 300 MNIST digits, with an error-level log line about slow constant
     folding)."""
     if isinstance(x, jax.core.Tracer) or not isinstance(Q, np.ndarray):
         return x @ jnp.asarray(Q, dtype=x.dtype)

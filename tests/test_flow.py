@@ -397,7 +397,7 @@ def _eqns(jaxpr):
 def test_row_space_data_are_reduced_once_not_in_the_traced_call():
     """Data closed over by a jitted call are reduced to the row space in NumPy, once:
     the traced call holds no product of the data with the basis (two constants, which
-    XLA would fold at every compilation: about 2 s for 300 MNIST digits), and gives
+    XLA would fold at every compilation: over a second for 300 MNIST digits), and gives
     the eager call's numbers."""
     k1, k2 = jax.random.split(jax.random.key(3))
     x = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 30))  # rank 4
