@@ -56,18 +56,24 @@ def basis_of(data: Dataset) -> np.ndarray:
 
 
 def reduce_to_row_space(
-    model: TwoLayerReLU, data: Dataset, basis: Array | np.ndarray | None = None
+    model: TwoLayerReLU, data: Dataset, basis: np.ndarray | None = None
 ) -> tuple[TwoLayerReLU, Dataset, RowSpace | None]:
     """The model and data in the row space of `data.x` (`basis`, default
-    `row_space_basis(data)`), and the `RowSpace` that lifts the reduced model back
-    (`None`, with the inputs unchanged, for full-rank data)."""
+    `basis_of(data)`), and the `RowSpace` that lifts the reduced model back (`None`,
+    with the inputs unchanged, for full-rank data). The data are concrete (`basis_of`
+    requires it)."""
     basis = basis_of(data) if basis is None else basis
     if basis.shape[1] == data.dim:
         return model, data, None
-    Q = jnp.asarray(basis, dtype=data.x.dtype)
+    Q = jnp.asarray(basis)
     W_r, W_perp = _reduce(model.W, Q)
     lift = RowSpace(Q=Q, W_perp=W_perp, data=data)
-    reduced = Dataset(_data_in_basis(data.x, basis), data.y, data.num_classes)
+    # `x Q` in NumPy, once: formed in JAX under a trace (data closed over by a jitted
+    # function), it is a product of two constants, which XLA folds at every
+    # compilation (over a second for 300 MNIST digits, with an error-level log line
+    # about slow constant folding).
+    x_r = jnp.asarray(np.asarray(data.x) @ basis, dtype=data.x.dtype)
+    reduced = Dataset(x_r, data.y, data.num_classes)
     return TwoLayerReLU(W_r, model.V, model.leak), reduced, lift
 
 
@@ -77,14 +83,3 @@ def _reduce(W: Array, Q: Array) -> tuple[Array, Array]:
     would compile on its own on a first call)."""
     W_r = Q.T @ W
     return W_r, W - Q @ W_r
-
-
-def _data_in_basis(x: Array, Q: Array | np.ndarray) -> Array:
-    """`x Q`. For concrete data and a NumPy `Q` (`basis_of`; the usual case, data
-    closed over by a jitted function), formed here, once, in NumPy: inside the traced
-    call it is a product of two constants, which XLA folds at every compilation (over a
-    second for 300 MNIST digits, with an error-level log line about slow constant
-    folding)."""
-    if isinstance(x, jax.core.Tracer) or not isinstance(Q, np.ndarray):
-        return x @ jnp.asarray(Q, dtype=x.dtype)
-    return jnp.asarray(np.asarray(x) @ Q, dtype=x.dtype)

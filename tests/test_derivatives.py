@@ -187,9 +187,8 @@ def test_checkpoints_bound_the_memory_of_reverse_mode():
             "exponential",
             adjoint=nc.ForwardOrReverse(checkpoints=checkpoints),
         )
-        fn = jax.jit(jax.grad(J, argnums=(0, 1)))
-        memory = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-        return fn(*args), memory
+        fn = jax.jit(jax.grad(J, argnums=(0, 1))).lower(*args).compile()
+        return fn(*args), fn.memory_analysis().temp_size_in_bytes
 
     grads, memory = zip(*(gradient(k) for k in (4, 64, 1024)))
     assert memory[0] < memory[1] < memory[2]
