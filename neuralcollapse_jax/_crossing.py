@@ -65,6 +65,51 @@ def transversal_approach(
     return near, toward & jnp.where(near, zdot - jump < 0, zdot + jump > 0)
 
 
+JOINT_PAIRS = 64  # crossings starting together whose joint far side is checked
+
+
+def jointly_turned_back(
+    starting: Array,
+    near: Array,
+    zdot: Array,
+    C: Array,
+    x: Array,
+    leak: float,
+    size: int = JOINT_PAIRS,
+) -> Array:
+    """The pairs among `starting` (transversal crossings one at a time, which would
+    start together) that their neuron's other starting pairs turn back: with every
+    starting pair of the neuron switched to its far side, the pair's velocity
+    `zdot_ij - sum_k (1 -+ leak) c_kj <x_i, x_k>` (without a projection, like
+    `transversal_approach`) points back to its kink. Pairs on one ray (duplicate
+    samples) cross together, and one at a time each can be transversal while
+    together they slide: started as crossings, they came back at once, in every
+    step, and the solve made no progress. Checked for up to `size` starting pairs
+    (gathered, `O(size^2 D)`; nothing in steps with fewer than two); with more, the
+    one-at-a-time check stands. The solver then makes them candidates to enter
+    sliding together.
+    """
+    n, h = starting.shape
+    size = min(size, starting.size)
+    count = jnp.sum(starting, dtype=jnp.int32)
+    coef = jnp.where(starting, jnp.where(near, 1.0 - leak, leak - 1.0) * C, 0.0)
+
+    def check():
+        i, j = jnp.nonzero(starting, size=size, fill_value=0)
+        valid = jnp.arange(size) < count
+        xi = x[i]
+        same = (j[:, None] == j[None, :]) & valid[:, None] & valid[None, :]
+        gram = jnp.where(same, xi @ xi.T, 0.0)
+        far = zdot[i, j] - gram @ coef[i, j]
+        back = valid & jnp.where(near[i, j], far >= 0, far <= 0)
+        return jnp.zeros((n, h), bool).at[jnp.where(valid, i, n), j].set(back, mode="drop")
+
+    def none():
+        return jnp.zeros((n, h), bool)
+
+    return jax.lax.stop_gradient(jax.lax.cond((count >= 2) & (count <= size), check, none))
+
+
 class CrossingState(eqx.Module):
     """State of `CrossingController`: the PID's, `Z = X W` at the current state (so
     that each step costs one product with the data), the steps shortened, and the

@@ -21,7 +21,12 @@ import numpy as np
 import optimistix as optx
 
 from ._autodiff import with_tangent
-from ._crossing import CrossingController, EventController, transversal_approach
+from ._crossing import (
+    CrossingController,
+    EventController,
+    jointly_turned_back,
+    transversal_approach,
+)
 from ._dataset import Dataset
 from ._field import term_loss
 from ._model import TwoLayerReLU
@@ -297,7 +302,7 @@ class SlidingReLU(AbstractTableauSolver):
         xs_old = slots_of(state.idx, data.x)
         old, cand = candidates(state)
         dt = t1 - t0
-        approach = None
+        approach = together = None
         if locate:
             # Entries started at the beginning of the step: pairs that reach their kink
             # within `window` of it (at the exact velocity `zdot`, kept from the last
@@ -307,6 +312,17 @@ class SlidingReLU(AbstractTableauSolver):
             near, toward = transversal_approach(f.Z, state.zdot, f.C, data.x, leak)
             reach = jnp.where(near, state.zdot < 0, state.zdot > 0)
             tau_in = -f.Z / (jnp.where(reach, state.zdot, 1.0) * nonzero(dt))
+            # Crossings that would start together but turn each other back are
+            # candidates to slide together, not crossings.
+            together = jointly_turned_back(
+                toward & (tau_in < self.crossing_window) & ~old,
+                near,
+                state.zdot,
+                f.C,
+                data.x,
+                leak,
+            )
+            toward = toward & ~together
             approach = reach & ~toward & (tau_in < self.crossing_window) & ~old & (f.C < 0)
             tau_in = jnp.where(approach, tau_in, 0.0)
             cand = cand | approach
@@ -322,9 +338,17 @@ class SlidingReLU(AbstractTableauSolver):
             out_start = pairs_of(state.idx, (lo_old > 0) | (hi_old > 0), data.x.shape[0])
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
+        # (The condition is for a pair entering alone: pairs that turn each other
+        # back enter together, and the active-set check decides them.)
         cand = jax.lax.cond(
             jnp.any(cand),
-            lambda: cand & could_enter(state.field, data.x, leak, self.tol, zdot_old),
+            lambda: (
+                cand
+                & (
+                    could_enter(state.field, data.x, leak, self.tol, zdot_old)
+                    | (False if together is None else together)
+                )
+            ),
             lambda: cand,
         )
 

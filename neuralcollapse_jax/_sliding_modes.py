@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._autodiff import with_tangent
-from ._crossing import transversal_approach
+from ._crossing import jointly_turned_back, transversal_approach
 from ._dataset import Dataset
 from ._loss import AbstractLoss
 
@@ -118,6 +118,14 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     `project` is onto the span of all of them, exactly, and the dependent pair's
     sliding weight `eta` is 0 (its neighbours in the span carry the weight they
     share). See `spd_inverse`.
+
+    Copies of one sample in a neuron's set (equal rows, to rounding) then share
+    their weight equally: the inverse `M` becomes `P M P`, with `P` the average over
+    each group of copies. `P X_S = X_S`, so the projection is the same, exactly; but
+    with the whole weight on one copy, that copy left the set (weight past 1) while
+    the group's weight was still inside its box, the copies held it on its kink, and
+    its side went by rounding: the copies' weights jumped by its whole term at every
+    step, an exit the solver retried thousands of times.
     """
     outer = used[:, :, None] & used[:, None, :]
     m = G.shape[-1]
@@ -125,7 +133,14 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     Gm = jnp.where(outer, G, 0.0) + jnp.where(used[:, :, None], 0.0, 1.0) * eye[None]
     inv, independent = spd_inverse(Gm)
     keep = independent & used
-    return jnp.where(keep[:, :, None] & keep[:, None, :], inv, 0.0)
+    inv = jnp.where(keep[:, :, None] & keep[:, None, :], inv, 0.0)
+    # |x_a - x_b|^2 = G_aa + G_bb - 2 G_ab, against the rounding of the Gram matrix.
+    d = jnp.diagonal(G, axis1=-2, axis2=-1)
+    apart = d[:, :, None] + d[:, None, :] - 2.0 * G
+    scale = DEPENDENT * jnp.finfo(G.dtype).eps * (d[:, :, None] + d[:, None, :])
+    copies = jax.lax.stop_gradient(outer & (apart <= scale))
+    P = copies.astype(G.dtype) / jnp.maximum(jnp.sum(copies, axis=-1, keepdims=True), 1)
+    return jnp.einsum("jab,jbc,jcd->jad", P, inv, P)
 
 
 def spd_inverse(A: Float[Array, "h m m"]) -> tuple[Array, Array]:
@@ -567,6 +582,7 @@ def start_crossings(
         toward, -first.Z / (jnp.where(toward, zdot, 1.0) * nonzero(dt)), jnp.inf
     )
     mask = toward & (tau < window) & ~mode.mask
+    mask = mask & ~jointly_turned_back(mask, near, zdot, first.C, x, leak)
     if only is not None:
         mask = mask & only
     tau = jnp.where(mask, tau, 0.0)

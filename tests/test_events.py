@@ -469,6 +469,132 @@ def test_repeated_samples_slide_as_smoothly_as_single_ones(leak):
     assert steps_b < 1.5 * steps_a, (steps_a, steps_b)
 
 
+def test_copies_crossing_together_slide_instead_of_stalling():
+    """Every sample three times, at init scale 1: the flow is the one on the samples
+    once at three times the time, exactly. Three copies reach their kink together;
+    one at a time each would cross (its own jump is smaller than its velocity), but
+    together they turn each other back and slide. Classified one at a time, they
+    were started as crossings in every step and came back at once: the default call
+    stopped at `max_steps` (5,000 here), 17% off the single-sample flow at `T = 1`.
+    Now it follows the single-sample flow to the tolerance, with about its steps."""
+    d = datasets.orthogonally_separable(jax.random.PRNGKey(0), 3, 5, 10, 0.5, 0.2)
+    x, y = np.asarray(d.x), np.asarray(d.y)
+    _, keep = np.unique(np.round(x, 12), axis=0, return_index=True)
+    keep = np.sort(keep)
+    once = nc.Dataset(x[keep], y[keep], 3)
+    thrice = nc.Dataset(np.concatenate([x[keep]] * 3), np.concatenate([y[keep]] * 3), 3)
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1.0)
+    a = nc.gradient_flow(model, once, t1=3.0, saveat=[3.0], max_steps=5000)
+    b = nc.gradient_flow(model, thrice, t1=1.0, saveat=[1.0], max_steps=5000)
+    assert int(a.status) == int(b.status) == nc.Status.SUCCESS
+    assert int(b.stats["sliding_entries"]) >= 1
+    err = np.linalg.norm(_flat(a.final) - _flat(b.final)) / np.linalg.norm(_flat(a.final))
+    # Measured: 2.9e-10 at the default rtol 1e-8, in 97 steps against 92.
+    assert err < 1e-8, err
+    assert int(b.stats["num_steps"]) < 1.5 * int(a.stats["num_steps"])
+
+
+def test_copies_leave_sliding_together():
+    """The orthogonally separable set whose points come in copies (three and two per
+    class), at init scale 1, to `T = 2`: copies of a sliding pair slide together and
+    share its weight. With the whole weight on one copy, that copy left the set while
+    the group was still inside its box, its copies held it on its kink, and the
+    solver retried the ensuing exits thousands of times (22,350 steps); before pairs
+    that turn each other back were made to slide together, the default call stalled
+    at `t = 0.13`. Checked against gradient descent as its step shrinks."""
+    data = datasets.orthogonally_separable(jax.random.PRNGKey(0), 3, 5, 10, 0.5, 0.2)
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1.0)
+    T = 2.0
+    traj = nc.gradient_flow(model, data, t1=T, saveat=[T])
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["sliding_entries"]) >= 1
+    # Measured: 86 steps.
+    assert int(traj.stats["num_steps"]) < 500
+    flow = _flat(traj.final)
+
+    @jax.jit
+    def descent(lr, steps):
+        def body(_, m):
+            g = nc.gradient(m, data, "cross_entropy")
+            return jax.tree.map(lambda a, b: a - lr * b, m, g)
+
+        return jax.lax.fori_loop(0, steps, body, model)
+
+    dists = [
+        np.linalg.norm(_flat(descent(lr, int(round(T / lr)))) - flow) / np.linalg.norm(flow)
+        for lr in (1e-5, 2.5e-6)
+    ]
+    # Measured: 4.4e-6 and 1.05e-6 (first order; the Richardson limit of four such
+    # steps lies 3.9e-7 from the flow, within its own accuracy of 4.5e-7).
+    assert dists[1] < 1.5e-6, dists
+    assert dists[1] < dists[0] / 3, dists
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leak", [0.0, 0.1])
+@pytest.mark.parametrize(
+    "classes, per_class, dim, key, scale", [(3, 5, 10, 1, 1.0), (4, 4, 12, 2, 3.0)]
+)
+def test_default_call_finishes_on_data_with_copies(
+    classes, per_class, dim, key, scale, leak
+):
+    """Orthogonally separable sets whose points come in copies, at large init scales:
+    the four calls of a sweep of 48 (4 sets, 2 keys, scales 0.1 to 3, ReLU and leaky)
+    that stopped at `max_steps` before copies slid and left sliding together. The
+    default call now finishes in a few hundred steps, and `|w_j|^2 - |v_j|^2` stays
+    constant through the events to the tolerance."""
+    data = datasets.orthogonally_separable(
+        jax.random.PRNGKey(0), classes, per_class, dim, 0.5, 0.2
+    )
+    model = nc.TwoLayerReLU.init(
+        jax.random.PRNGKey(key), dim, 10, classes, scale, leak=leak
+    )
+    ts = np.linspace(0.0, 20.0, 11)
+    traj = nc.gradient_flow(model, data, t1=20.0, saveat=ts, max_steps=20_000)
+    assert int(traj.status) == nc.Status.SUCCESS
+    # Measured: 121 to 140 steps; the balance drifts by 1.7e-9 to 4.0e-9.
+    assert int(traj.stats["num_steps"]) < 1000
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
+    size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+    assert np.abs(balance - balance[0]).max() / size.max() < 2e-8
+
+
+def test_jointly_turned_back_closed_form():
+    """Pairs of one neuron that would start crossing together: each one alone is
+    transversal (its velocity outlasts its own jump), the far-side velocity with the
+    others switched is worked out by hand."""
+    from neuralcollapse_jax._crossing import jointly_turned_back, transversal_approach
+
+    e = np.eye(3)
+    # Samples 0 and 1 on one ray, sample 2 orthogonal to them; neuron 0 has all three
+    # just below their kinks, moving up; neuron 1 only sample 2.
+    x = jnp.asarray(np.stack([e[0], e[0], e[1]]))
+    Z = jnp.asarray([[-1e-12, 1.0], [-1e-12, 1.0], [-1e-12, -1e-12]])
+    zdot = jnp.asarray([[0.5, 0.0], [0.5, 0.0], [0.5, 0.5]])
+    C = jnp.asarray([[-0.3, 0.0], [-0.3, 0.0], [-0.3, -0.3]])
+    near, toward = transversal_approach(Z, zdot, C, x, 0.0)
+    # Alone each crosses: 0.5 - 0.3 > 0 on the active side.
+    assert np.array_equal(np.asarray(toward), [[True, False], [True, False], [True, True]])
+    back = np.asarray(jointly_turned_back(toward, near, zdot, C, x, 0.0))
+    # Together samples 0 and 1 have 0.5 - 0.3 - 0.3 < 0: turned back; sample 2 is
+    # orthogonal to them and alone on neuron 1: crosses.
+    assert np.array_equal(back, [[True, False], [True, False], [False, False]])
+    # With a leak the jumps shrink by (1 - leak): 0.5 - 2 * 0.3 * 0.2 > 0 crosses.
+    near, toward = transversal_approach(Z, zdot, C, x, 0.8)
+    assert not np.any(np.asarray(jointly_turned_back(toward, near, zdot, C, x, 0.8)))
+    # Active pairs moving down: the far side loses the jump of both.
+    back = jointly_turned_back(
+        jnp.asarray([[True], [True], [False]]),
+        jnp.asarray([[True], [True], [True]]),
+        jnp.asarray([[-0.5], [-0.5], [0.0]]),
+        jnp.asarray([[-0.3], [-0.3], [0.0]]),
+        x,
+        0.0,
+    )
+    assert np.array_equal(np.asarray(back), [[True], [True], [False]])
+
+
 def test_error_follows_the_tolerance_to_1e_11_at_high_order():
     """The orthogonally separable benchmark problem (about 60 crossings, 3 entries into
     sliding on a neuron whose three samples are one point, 3 exits; `T = 30`): against

@@ -661,8 +661,9 @@ def test_a_repeated_sample_slides_once():
 def test_sliding_projection_with_dependent_samples():
     """The projection of the sliding field against an SVD (NumPy): with a repeated
     sample and a sample in the span of two others among a neuron's slots, it is the
-    orthogonal projection onto the complement of their span, to rounding, and the
-    dependent slots get no weight of their own."""
+    orthogonal projection onto the complement of their span, to rounding. A sample
+    in the span of others gets no weight of its own; copies of one sample share
+    theirs equally."""
     from neuralcollapse_jax._sliding_modes import masked_inverse, project
 
     rng = np.random.default_rng(0)
@@ -678,7 +679,18 @@ def test_sliding_projection_with_dependent_samples():
     used = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
     G = np.einsum("jmd,jkd->jmk", xs, xs)
     ginv = np.asarray(masked_inverse(jnp.asarray(G), jnp.asarray(used)))
-    assert np.all(ginv[:2, 2, :] == 0) and np.all(ginv[:2, :, 2] == 0)
+    # Slot 2 of neuron 1 lies in the span of slots 0 and 1: no weight.
+    assert np.all(ginv[1, 2, :] == 0) and np.all(ginv[1, :, 2] == 0)
+    # Slot 2 of neuron 0 copies slot 0: they share its weight, for any field.
+    q = rng.normal(size=4)
+    q[2] = q[0]  # (a copy has the same <x, a_j>)
+    eta = ginv[0] @ q
+    assert abs(eta[2] - eta[0]) < 1e-13 * np.abs(eta).max()
+    # With the whole weight on slot 0 (a dependent pivot skipped), the same total.
+    G0 = G[0][np.ix_([0, 1, 3], [0, 1, 3])]
+    eta0 = np.linalg.solve(G0, q[[0, 1, 3]])
+    np.testing.assert_allclose(eta[0] + eta[2], eta0[0], rtol=1e-12)
+    np.testing.assert_allclose(eta[[1, 3]], eta0[1:], rtol=1e-12)
     A = rng.normal(size=(9, 3))
     got = np.asarray(project(jnp.asarray(A), jnp.asarray(xs), jnp.asarray(ginv)))
     for j in range(3):
