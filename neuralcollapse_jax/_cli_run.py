@@ -24,7 +24,7 @@ from ._config import (
     solver_name,
     to_yaml,
 )
-from ._flow import gradient_flow, log_times
+from ._flow import gradient_flow, log_times, status_reported
 from ._loss import check_loss
 from ._loss import loss as loss_value
 from ._model import TwoLayerReLU
@@ -198,18 +198,19 @@ def run(args: argparse.Namespace) -> int:
         "data": cfg.data.generator,
     }
     start = time.perf_counter()
-    traj = gradient_flow(
-        model,
-        data,
-        t1=flow.t1,
-        saveat=ts,
-        loss=flow.loss,
-        reduction=flow.reduction,
-        max_steps=flow.max_steps,
-        progress=bool(progress),
-        solver=solver,
-        **tolerances,
-    )
+    with status_reported():  # (in the summary and the exit code, below)
+        traj = gradient_flow(
+            model,
+            data,
+            t1=flow.t1,
+            saveat=ts,
+            loss=flow.loss,
+            reduction=flow.reduction,
+            max_steps=flow.max_steps,
+            progress=bool(progress),
+            solver=solver,
+            **tolerances,
+        )
     jax.block_until_ready(traj)
     wall = time.perf_counter() - start
     status = int(traj.status)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import diffrax
@@ -136,7 +139,9 @@ def gradient_flow(
     on an attracting kink slide on it; elsewhere the papers' field, `relu'(0) = 0`),
     the limit of gradient descent as its step shrinks; `solver="regular"` integrates
     the regular field itself. Integration uses Diffrax with an adaptive step and never
-    raises on solver failure: the outcome is in `Trajectory.status`.
+    raises on solver failure: the outcome is in `Trajectory.status`, and a call outside
+    `jax.jit` and `jax.vmap` also warns (`RuntimeWarning`) when the horizon was not
+    reached.
 
     Works under `jax.jit` and `jax.vmap` (batch over models, init scales, seeds, data of
     equal shape, `t1`, tolerances and save times: all are traced, nothing recompiles
@@ -213,7 +218,7 @@ def gradient_flow(
     basis = row_space_default(data) if row_space is None else None
     if row_space or basis is not None:
         model, data, lift = reduce_to_row_space(model, data, basis)
-    return _solve(
+    traj = _solve(
         model,
         data,
         t1,
@@ -231,6 +236,44 @@ def gradient_flow(
         dt0=dt0,
         adjoint=default_adjoint(model, data, t1, ts) if adjoint is None else adjoint,
     )
+    _warn_unless_reached(traj.status)
+    return traj
+
+
+# Set (per thread: the sweep solves runs in worker threads) by callers that report
+# the status themselves.
+_STATUS_REPORTED = contextvars.ContextVar("gradient_flow_status_reported", default=False)
+
+
+@contextlib.contextmanager
+def status_reported() -> Iterator[None]:
+    """Within this context `gradient_flow` does not warn about a failed run: for
+    callers that record or print `Trajectory.status` themselves (`sweep`, `ncjax
+    run`). A context variable, not a warnings filter, which is global to the process
+    and which the sweep's worker threads would restore under each other."""
+    token = _STATUS_REPORTED.set(True)
+    try:
+        yield
+    finally:
+        _STATUS_REPORTED.reset(token)
+
+
+def _warn_unless_reached(status) -> None:
+    """A `RuntimeWarning` when a concrete (not traced) status is not a success: the
+    save times past the failure hold `inf`, which a caller who does not read the
+    status would otherwise take for numbers."""
+    if _STATUS_REPORTED.get() or isinstance(status, jax.core.Tracer):
+        return
+    if np.ndim(status) != 0:
+        return
+    code = int(status)
+    if code != Status.SUCCESS:
+        warnings.warn(
+            f"gradient_flow: {Status.message(code)} (Trajectory.status = {code}); "
+            "save times past the failure hold inf",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 # `row_space=None` reduces when the rank is at most this fraction of the dimension.

@@ -2,6 +2,7 @@
 conservation law, jit/vmap, status reporting, and input validation."""
 
 import logging
+import warnings
 
 import diffrax
 import jax
@@ -189,8 +190,16 @@ def test_records_and_memory_light_saving(small_problem):
 
 def test_max_steps_is_reported_not_raised(small_problem):
     model = nc.TwoLayerReLU.init(jax.random.key(7), 12, 8, 3, 1e-3)
-    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, max_steps=5)
+    with pytest.warns(RuntimeWarning, match="max_steps reached"):
+        traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS, max_steps=5)
     assert int(traj.status) == nc.Status.MAX_STEPS
+    # Traced (under jit or vmap) there is no warning: the status is the report.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        jitted = jax.jit(
+            lambda m: nc.gradient_flow(m, small_problem, t1=T1, saveat=TS, max_steps=5)
+        )(model)
+    assert int(jitted.status) == nc.Status.MAX_STEPS
     assert "max_steps" in traj.message()
     assert not bool(traj.ok)
     assert np.isinf(np.asarray(traj.loss[-1]))  # unsaved times are marked

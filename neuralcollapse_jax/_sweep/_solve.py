@@ -23,7 +23,7 @@ import numpy as np
 from .. import metrics
 from .._dataset import Dataset
 from .._field import vector_field
-from .._flow import default_atol, gradient_flow
+from .._flow import default_atol, gradient_flow, status_reported
 from .._loss import loss as loss_value
 from .._model import TwoLayerReLU
 from .._solvers import resolve_solver
@@ -120,7 +120,13 @@ def _outputs(traj, final: dict) -> dict:
 
 
 def _flow(model, data, p: dict, atol, spec: dict, record: dict, solver):
-    """The `gradient_flow` call of one run (the sequential and the batched paths)."""
+    """The `gradient_flow` call of one run (the sequential and the batched paths).
+    Failed runs are recorded by their status, not warned about."""
+    with status_reported():
+        return _gradient_flow(model, data, p, atol, spec, record, solver)
+
+
+def _gradient_flow(model, data, p: dict, atol, spec: dict, record: dict, solver):
     return gradient_flow(
         model,
         data,
