@@ -89,16 +89,17 @@ def test_one_neuron_slides_with_closed_form():
     assert int(traj.stats["sliding_entries"]) == 1
     assert int(traj.stats["sliding_exits"]) == 0
     # the regular field (relu'(0) = 0) chatters here: it needs orders of magnitude more
-    regular = nc.gradient_flow(
-        model,
-        _two_points(),
-        t1=0.5,
-        saveat=np.array([0.0, 0.5]),
-        loss="exponential",
-        rtol=1e-8,
-        solver="regular",
-        max_steps=2000,
-    )
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        regular = nc.gradient_flow(
+            model,
+            _two_points(),
+            t1=0.5,
+            saveat=np.array([0.0, 0.5]),
+            loss="exponential",
+            rtol=1e-8,
+            solver="regular",
+            max_steps=2000,
+        )
     assert int(regular.status) == nc.Status.MAX_STEPS
 
 
