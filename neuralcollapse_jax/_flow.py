@@ -262,9 +262,7 @@ def _warn_unless_reached(status) -> None:
     """A `RuntimeWarning` when a concrete (not traced) status is not a success: the
     save times past the failure hold `inf`, which a caller who does not read the
     status would otherwise take for numbers."""
-    if _STATUS_REPORTED.get() or isinstance(status, jax.core.Tracer):
-        return
-    if np.ndim(status) != 0:
+    if _STATUS_REPORTED.get() or isinstance(status, jax.core.Tracer) or np.ndim(status):
         return
     code = int(status)
     if code != Status.SUCCESS:

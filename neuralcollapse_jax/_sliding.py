@@ -336,21 +336,16 @@ class SlidingReLU(AbstractTableauSolver):
             )
             above_start = pairs_of(state.idx, hi_old > 0, data.x.shape[0])
             out_start = pairs_of(state.idx, (lo_old > 0) | (hi_old > 0), data.x.shape[0])
+
         # Only candidates that pass a necessary condition go on to the active-set
         # check (one matrix product, and only in steps with candidates).
         # (The condition is for a pair entering alone: pairs that turn each other
         # back enter together, and the active-set check decides them.)
-        cand = jax.lax.cond(
-            jnp.any(cand),
-            lambda: (
-                cand
-                & (
-                    could_enter(state.field, data.x, leak, self.tol, zdot_old)
-                    | (False if together is None else together)
-                )
-            ),
-            lambda: cand,
-        )
+        def filtered():
+            ok = could_enter(state.field, data.x, leak, self.tol, zdot_old)
+            return cand & (ok if together is None else ok | together)
+
+        cand = jax.lax.cond(jnp.any(cand), filtered, lambda: cand)
 
         def update(_):
             idx, mode, first, counters, above = update_mode(

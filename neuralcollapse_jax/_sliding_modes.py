@@ -136,9 +136,10 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     inv = jnp.where(keep[:, :, None] & keep[:, None, :], inv, 0.0)
     # |x_a - x_b|^2 = G_aa + G_bb - 2 G_ab, against the rounding of the Gram matrix.
     d = jnp.diagonal(G, axis1=-2, axis2=-1)
-    apart = d[:, :, None] + d[:, None, :] - 2.0 * G
-    scale = DEPENDENT * jnp.finfo(G.dtype).eps * (d[:, :, None] + d[:, None, :])
-    copies = jax.lax.stop_gradient(outer & (apart <= scale))
+    both = d[:, :, None] + d[:, None, :]
+    copies = jax.lax.stop_gradient(
+        outer & (both - 2.0 * G <= DEPENDENT * jnp.finfo(G.dtype).eps * both)
+    )
     P = copies.astype(G.dtype) / jnp.maximum(jnp.sum(copies, axis=-1, keepdims=True), 1)
     return jnp.einsum("jab,jbc,jcd->jad", P, inv, P)
 

@@ -123,24 +123,20 @@ def _flow(model, data, p: dict, atol, spec: dict, record: dict, solver):
     """The `gradient_flow` call of one run (the sequential and the batched paths).
     Failed runs are recorded by their status, not warned about."""
     with status_reported():
-        return _gradient_flow(model, data, p, atol, spec, record, solver)
-
-
-def _gradient_flow(model, data, p: dict, atol, spec: dict, record: dict, solver):
-    return gradient_flow(
-        model,
-        data,
-        t1=p["t1"],
-        saveat=p["ts"],
-        loss=spec["loss"],
-        reduction=spec["reduction"],
-        rtol=p["rtol"],
-        atol=atol,
-        max_steps=spec["max_steps"],
-        solver=solver,
-        record=record,
-        save_params=False,
-    )
+        return gradient_flow(
+            model,
+            data,
+            t1=p["t1"],
+            saveat=p["ts"],
+            loss=spec["loss"],
+            reduction=spec["reduction"],
+            rtol=p["rtol"],
+            atol=atol,
+            max_steps=spec["max_steps"],
+            solver=solver,
+            record=record,
+            save_params=False,
+        )
 
 
 def solve_run(
