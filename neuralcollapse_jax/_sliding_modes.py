@@ -59,6 +59,8 @@ class Mode(eqx.Module):
     mask: Bool[Array, "n h"]  # (i, j) slides
     xs: Float[Array, "h m D"]  # X_{S_j}, zero rows for empty slots
     ginv: Float[Array, "h m m"]  # G_j^{-1} on the used slots, zero elsewhere
+    # slots on one line through the origin (`collinear`); None: weights not tied
+    lines: Float[Array, "h m m"] | None = None
 
 
 class SlidingState(eqx.Module):
@@ -70,6 +72,7 @@ class SlidingState(eqx.Module):
 
     idx: Int[Array, "h m"]  # sliding sample indices per neuron, -1 = empty slot
     ginv: Float[Array, "h m m"]  # inverse Gram matrices of the slots of `idx`
+    lines: Float[Array, "h m m"]  # their slots on one line (`collinear`)
     field: Field  # at the current state, with the sliding set `idx` (FSAL)
     positive: Bool[Array, "n h"]  # z_ij > 0 at the start of the last accepted step
     entries: Int[Array, ""]
@@ -115,17 +118,10 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     are zeroed. A used slot whose sample depends linearly on the earlier used slots of
     its neuron (a repeated sample, or one within rounding of their span) gets a zero
     row and column: the inverse is that of the independent slots, so the projection
-    `project` is onto the span of all of them, exactly, and the dependent pair's
-    sliding weight `eta` is 0 (its neighbours in the span carry the weight they
-    share). See `spd_inverse`.
-
-    Copies of one sample in a neuron's set (equal rows, to rounding) then share
-    their weight equally: the inverse `M` becomes `P M P`, with `P` the average over
-    each group of copies. `P X_S = X_S`, so the projection is the same, exactly; but
-    with the whole weight on one copy, that copy left the set (weight past 1) while
-    the group's weight was still inside its box, the copies held it on its kink, and
-    its side went by rounding: the copies' weights jumped by its whole term at every
-    step, an exit the solver retried thousands of times.
+    `project` is onto the span of all of them, exactly, and the coefficient `eta` it
+    gives the dependent pair is 0. The box tests of the sliding weights do not read
+    that split for samples on one line (copies, a sample and its negative): they tie
+    those weights as the flow does (`tied_weights`). See `spd_inverse`.
     """
     outer = used[:, :, None] & used[:, None, :]
     m = G.shape[-1]
@@ -133,15 +129,7 @@ def masked_inverse(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
     Gm = jnp.where(outer, G, 0.0) + jnp.where(used[:, :, None], 0.0, 1.0) * eye[None]
     inv, independent = spd_inverse(Gm)
     keep = independent & used
-    inv = jnp.where(keep[:, :, None] & keep[:, None, :], inv, 0.0)
-    # |x_a - x_b|^2 = G_aa + G_bb - 2 G_ab, against the rounding of the Gram matrix.
-    d = jnp.diagonal(G, axis1=-2, axis2=-1)
-    both = d[:, :, None] + d[:, None, :]
-    copies = jax.lax.stop_gradient(
-        outer & (both - 2.0 * G <= DEPENDENT * jnp.finfo(G.dtype).eps * both)
-    )
-    P = copies.astype(G.dtype) / jnp.maximum(jnp.sum(copies, axis=-1, keepdims=True), 1)
-    return jnp.einsum("jab,jbc,jcd->jad", P, inv, P)
+    return jnp.where(keep[:, :, None] & keep[:, None, :], inv, 0.0)
 
 
 def spd_inverse(A: Float[Array, "h m m"]) -> tuple[Array, Array]:
@@ -186,6 +174,65 @@ def spd_inverse(A: Float[Array, "h m m"]) -> tuple[Array, Array]:
     start = (A, jnp.zeros(A.shape[:-1], bool))
     out, swept = jax.lax.fori_loop(0, m, sweep, start)
     return -out, swept
+
+
+def collinear(G: Float[Array, "h m m"], used: Bool[Array, "h m"]) -> Array:
+    """Each neuron's used slots that lie on one line through the origin, from their
+    Gram matrix: `L[j, r, b] = kappa` where `x_b = kappa x_r` and `r` is the first
+    used slot on that line (`L[j, b, b] = 1` for a slot alone on its line), else 0.
+
+    Two samples are on one line when `G_rr G_bb - G_rb^2` (the squared area they
+    span) is within `DEPENDENT * eps` of `G_rr G_bb`.
+    """
+    m = G.shape[-1]
+    d = jnp.diagonal(G, axis1=-2, axis2=-1)
+    outer = used[:, :, None] & used[:, None, :]
+    dd = d[:, :, None] * d[:, None, :]
+    line = outer & (dd - G * G <= DEPENDENT * jnp.finfo(G.dtype).eps * dd)
+    first = jnp.argmax(line, axis=1)  # h x m: the first slot on each slot's line
+    rep = (jnp.arange(m)[None, :, None] == first[:, None, :]) & used[:, None, :]
+    rep = jax.lax.stop_gradient(rep)
+    return jnp.where(rep, G / jnp.where(d > 0, d, 1.0)[:, :, None], 0.0)
+
+
+def tied_weights(eta: Array, cs: Array, lines: Array | None, leak: float) -> Array:
+    """The coefficients `eta` of the sliding pairs (`h x m`, with `s = eta / c` the
+    sliding weights) with the weights of samples on one line tied as the flow ties
+    them.
+
+    The projection fixes only the sum of `eta x` over the slots; where samples are
+    dependent, `eta` is one solution among many, and whether the pairs stay in their
+    box `[leak, 1]` depends on which. For samples on one line (`x_b = kappa_b x_r`)
+    the pairs' `z` are proportional, so only two regions meet at their common kink
+    and the Filippov weights are those of one convex combination of them: `s_b = s_r`
+    where `kappa_b > 0` (copies, scaled copies) and `s_b = 1 + leak - s_r` where
+    `kappa_b < 0` (a sample and its negative). The line's total `sum kappa_b eta_b`
+    is kept, which fixes `s_r`. A pair alone on its line keeps its `eta`.
+
+    (With the split of the pivoted inverse, which gives a dependent pair `eta = 0`,
+    one copy carried its group's whole weight and left the set while the group was
+    inside its box (thousands of retried exits on data with copies), and a sample and
+    its negative sliding on one neuron got weight 0 on the negative, so the other's
+    weight left its box though a split inside it existed: the pairs left and
+    re-entered sliding at every step, and on the orthogonally separable set of the
+    docs with every sample's negative added the default call stopped at `max_steps`
+    near `t = 0.3`.)
+    """
+    if lines is None:
+        return eta
+    total = jnp.einsum("jrb,jb->jr", lines, eta)
+    den = jnp.einsum("jrb,jb->jr", jnp.abs(lines), cs)
+    off = (1.0 + leak) * jnp.einsum("jrb,jb->jr", jnp.minimum(lines, 0.0), cs)
+    ok = den != 0
+    s_r = jnp.where(ok, (total - off) / jnp.where(ok, den, 1.0), 0.0)
+    pos = (lines > 0).astype(eta.dtype)
+    neg = (lines < 0).astype(eta.dtype)
+    s = jnp.einsum("jrb,jr->jb", pos, s_r) + jnp.einsum("jrb,jr->jb", neg, 1.0 + leak - s_r)
+    # Tied: on a line with other used slots (a slot alone keeps its `eta` to the bit).
+    on = (lines != 0).astype(eta.dtype)
+    shared = ok & (jnp.sum(on, axis=-1) > 1)
+    tied = jnp.einsum("jrb,jr->jb", on, shared.astype(eta.dtype))
+    return jnp.where(tied > 0, cs * s, eta)
 
 
 SMALL_SLOTS = 2**18  # slot samples (`h m D` numbers) always allowed: 2 MB in float64
@@ -268,6 +315,7 @@ def empty_mode(n: int, h: int, m: int, D: int, dtype) -> Mode:
         mask=jnp.zeros((n, h), bool),
         xs=jnp.zeros((h, m, D), dtype),
         ginv=jnp.zeros((h, m, m), dtype),
+        lines=jnp.zeros((h, m, m), dtype),
     )
 
 
@@ -384,7 +432,9 @@ def update_mode(
         # of its term and dropped them too (on MNIST, a weight of 0.64 read as 1.23).
         w = c_d * (slope_d - jnp.where(used, 0.0, side))
         q = q_d - jnp.einsum("jmk,jk->jm", G_d, w)
-        eta = -jnp.einsum("jmk,jk->jm", ginv, q)
+        eta = tied_weights(
+            -jnp.einsum("jmk,jk->jm", ginv, q), c_d, collinear(G_d, used), leak
+        )
         kept = used & _in_box(eta, c_d, leak, tol)
         # (A dropped pair with `c < 0` has its weight outside `[leak, 1]`.)
         s = eta / jnp.where(c_d < 0, c_d, -1.0)
@@ -410,7 +460,12 @@ def update_mode(
     ginv = masked_inverse(G, used)
     new_idx = jnp.where(used, idx, -1)
     mask = slot_mask(new_idx, n)
-    mode = Mode(mask=mask, xs=jnp.where(used[..., None], xs, 0.0), ginv=ginv)
+    mode = Mode(
+        mask=mask,
+        xs=jnp.where(used[..., None], xs, 0.0),
+        ginv=ginv,
+        lines=collinear(G, used),
+    )
     A = a_full - jnp.einsum("jmd,jm->dj", mode.xs, jnp.where(used, cs * slope, 0.0))
     first = Field(dW=project(A, mode.xs, ginv), dV=f.dV, Z=f.Z, C=f.C, A=A)
     entries = jnp.sum(used & ~was)
@@ -441,6 +496,7 @@ def mode_holds(
     cs = jnp.take_along_axis(f.C.T, jnp.maximum(state.idx, 0), axis=1)
     # `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set check.
     eta = -jnp.einsum("jmk,jk->jm", state.ginv, jnp.einsum("jmd,dj->jm", xs, f.A))
+    eta = tied_weights(eta, cs, state.lines, leak)
     return ~jnp.any(cand) & jnp.all(_in_box(eta, cs, leak, tol) | ~used)
 
 
@@ -1067,6 +1123,7 @@ def sliding_violations(mode: Mode, idx: Array, f: Field, leak: float, tol: float
     safe = jnp.maximum(idx, 0)
     eta = -jnp.einsum("jmk,jk->jm", mode.ginv, jnp.einsum("jmd,dj->jm", mode.xs, f.A))
     cs = jnp.take_along_axis(f.C.T, safe, axis=1)
+    eta = tied_weights(eta, cs, mode.lines, leak)
     return eta - (leak - tol) * cs, (1.0 + tol) * cs - eta
 
 

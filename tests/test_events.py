@@ -550,6 +550,96 @@ def test_default_call_finishes_on_data_with_copies(
     assert np.abs(balance - balance[0]).max() / size.max() < 2e-8
 
 
+@pytest.mark.parametrize("other_label", [False, True])
+def test_negated_samples_slide_with_tied_weights(other_label):
+    """The orthogonally separable set with every sample's negative added (with its
+    label, or the next class's), init scale `1e-2`, to `T = 2`. A sample and its
+    negative reach their kinks on a neuron together and slide together, with weights
+    tied by the flow (`s + s' = 1`): weighed one pair at a time, the default call
+    stopped at `max_steps` near `t = 0.3`, entering and leaving sliding in every step.
+    Checked against gradient descent as its step shrinks, and through the balance
+    `|w_j|^2 - |v_j|^2`."""
+    base = datasets.orthogonally_separable(jax.random.PRNGKey(0), 3, 5, 10, 0.5, 0.2)
+    x, y = np.asarray(base.x), np.asarray(base.y)
+    data = nc.Dataset(
+        np.concatenate([x, -x]), np.concatenate([y, (y + 1) % 3 if other_label else y]), 3
+    )
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 10, 10, 3, 1e-2)
+    T = 2.0
+    traj = nc.gradient_flow(model, data, t1=T, saveat=np.linspace(0.0, T, 5))
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["sliding_entries"]) >= 10
+    # Measured: 203 (same label) and 211 steps.
+    assert int(traj.stats["num_steps"]) < 1000
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
+    size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+    assert np.abs(balance - balance[0]).max() / size.max() < 1e-7
+    flow = _flat(traj.final)
+    lrs = (1e-4, 2.5e-5, 6.25e-6)
+    descent = [_descent(model, data, lr, int(round(T / lr)), "cross_entropy") for lr in lrs]
+    dists = [np.linalg.norm(gd - flow) / np.linalg.norm(flow) for gd in descent]
+    # Measured: 4.8e-4, 1.2e-4, 3.0e-5 (same label: first order) and 4.8e-5, 1.7e-5,
+    # 4.1e-6 (other label; 9.9e-7 at lr 1.6e-6).
+    assert dists[2] < dists[0] / 6, dists
+    assert dists[2] < (5e-5 if not other_label else 6e-6), dists
+
+
+def test_started_crossing_that_turns_back_is_not_entered_off_its_kink():
+    """Four samples of one class on a line through the origin (two copies and their
+    negatives, labelled as the next class) cross a neuron's kink together in a started
+    crossing, and their far-side flow turns back towards the kink within the step.
+    The next step read them as having changed sides within the step (they were
+    counted on the near side) and put the turning pairs in sliding `2.8e-4` off the
+    kink, where they were held: `|w_j|^2 - |v_j|^2` then drifted by 2.0e-7 of its
+    size by `t = 0.5` (8.9e-6 off the flow at `rtol 1e-11`). Checked through that
+    conservation law."""
+    base = datasets.orthogonally_separable(jax.random.PRNGKey(0), 4, 4, 12, 0.5, 0.2)
+    x, y = np.asarray(base.x), np.asarray(base.y)
+    data = nc.Dataset(np.concatenate([x, -x]), np.concatenate([y, (y + 1) % 4]), 4)
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 12, 10, 4, 3.0, leak=0.1)
+    traj = nc.gradient_flow(model, data, t1=0.5, saveat=np.linspace(0.0, 0.5, 11))
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["crossings_started"]) >= 1
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
+    size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
+    # Measured: 8e-10 to t = 20.
+    assert np.abs(balance - balance[0]).max() / size.max() < 2e-8
+
+
+def test_tied_weights_closed_form():
+    """Weights of samples on one line, by hand: a sample, its copy, its negative and
+    twice its negative on one neuron (and one sample alone on a second neuron)."""
+    from neuralcollapse_jax._sliding_modes import collinear, tied_weights
+
+    u = np.array([0.6, 0.8, 0.0])
+    xs = np.zeros((2, 4, 3))
+    xs[0] = [u, u, -u, -2 * u]
+    xs[1, 0] = [0.0, 0.0, 1.0]
+    used = np.array([[True] * 4, [True, False, False, False]])
+    G = jnp.asarray(np.einsum("jmd,jkd->jmk", xs, xs))
+    lines = np.asarray(collinear(G, jnp.asarray(used)))
+    np.testing.assert_allclose(lines[0, 0], [1.0, 1.0, -1.0, -2.0], atol=1e-15)
+    assert not np.any(lines[0, 1:]) and np.array_equal(lines[1, 0] != 0, used[1])
+    cs = np.array([[-1.0, -0.5, -2.0, -1.0], [-3.0, 0.0, 0.0, 0.0]])
+    leak = 0.1
+    # Any `eta` with the line's total `eta_0 + eta_1 - eta_2 - 2 eta_3 = beta`.
+    beta = -1.7
+    eta = np.array([[beta, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]])
+    tied = np.asarray(tied_weights(jnp.asarray(eta), jnp.asarray(cs), lines, leak))
+    # s for the positive side, 1 + leak - s for the negative side:
+    # beta = s (c0 + c1) - (1 + leak - s) (c2 + 2 c3), solved for s.
+    c0, c1, c2, c3 = cs[0]
+    s = (beta + (1 + leak) * (c2 + 2 * c3)) / (c0 + c1 + c2 + 2 * c3)
+    expected = [c0 * s, c1 * s, c2 * (1 + leak - s), c3 * (1 + leak - s)]
+    np.testing.assert_allclose(tied[0], expected, rtol=1e-14)
+    total = tied[0] @ np.array([1.0, 1.0, -1.0, -2.0])
+    np.testing.assert_allclose(total, beta, rtol=1e-14)
+    # A sample alone on its line keeps its coefficient to the bit.
+    assert tied[1, 0] == eta[1, 0]
+
+
 def test_jointly_turned_back_closed_form():
     """Pairs of one neuron that would start crossing together: each one alone is
     transversal (its velocity outlasts its own jump), the far-side velocity with the

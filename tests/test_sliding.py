@@ -664,8 +664,13 @@ def test_sliding_projection_with_dependent_samples():
     sample and a sample in the span of two others among a neuron's slots, it is the
     orthogonal projection onto the complement of their span, to rounding. A sample
     in the span of others gets no weight of its own; copies of one sample share
-    theirs equally."""
-    from neuralcollapse_jax._sliding_modes import masked_inverse, project
+    theirs (`tied_weights`)."""
+    from neuralcollapse_jax._sliding_modes import (
+        collinear,
+        masked_inverse,
+        project,
+        tied_weights,
+    )
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 9))
@@ -680,18 +685,27 @@ def test_sliding_projection_with_dependent_samples():
     used = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
     G = np.einsum("jmd,jkd->jmk", xs, xs)
     ginv = np.asarray(masked_inverse(jnp.asarray(G), jnp.asarray(used)))
-    # Slot 2 of neuron 1 lies in the span of slots 0 and 1: no weight.
-    assert np.all(ginv[1, 2, :] == 0) and np.all(ginv[1, :, 2] == 0)
-    # Slot 2 of neuron 0 copies slot 0: they share its weight, for any field.
+    # Dependent slots (the copy, and the sample in the span of two others): no
+    # weight of their own in the inverse; the others get the inverse of their block.
+    for j in range(2):
+        assert np.all(ginv[j, 2, :] == 0) and np.all(ginv[j, :, 2] == 0)
     q = rng.normal(size=4)
     q[2] = q[0]  # (a copy has the same <x, a_j>)
     eta = ginv[0] @ q
-    assert abs(eta[2] - eta[0]) < 1e-13 * np.abs(eta).max()
-    # With the whole weight on slot 0 (a dependent pivot skipped), the same total.
     G0 = G[0][np.ix_([0, 1, 3], [0, 1, 3])]
     eta0 = np.linalg.solve(G0, q[[0, 1, 3]])
-    np.testing.assert_allclose(eta[0] + eta[2], eta0[0], rtol=1e-12)
-    np.testing.assert_allclose(eta[[1, 3]], eta0[1:], rtol=1e-12)
+    np.testing.assert_allclose(eta[[0, 1, 3]], eta0, rtol=1e-12)
+    # The box tests tie the copies' weights: the same weight `s = eta / c` on both,
+    # with the same total; the sample in a span (not on a line) is not tied.
+    cs = -rng.uniform(0.5, 1.5, size=(3, 4))
+    lines = collinear(jnp.asarray(G), jnp.asarray(used))
+    tied = np.asarray(
+        tied_weights(jnp.asarray(np.stack([eta, eta, eta])), jnp.asarray(cs), lines, 0.0)
+    )
+    np.testing.assert_allclose(tied[0, 0] / cs[0, 0], tied[0, 2] / cs[0, 2], rtol=1e-13)
+    np.testing.assert_allclose(tied[0, 0] + tied[0, 2], eta[0], rtol=1e-13)
+    np.testing.assert_array_equal(tied[0, [1, 3]], eta[[1, 3]])
+    np.testing.assert_array_equal(tied[1], eta)
     A = rng.normal(size=(9, 3))
     got = np.asarray(project(jnp.asarray(A), jnp.asarray(xs), jnp.asarray(ginv)))
     for j in range(3):
