@@ -18,7 +18,9 @@ from ._field import gradient as gradient
 from ._field import vector_field as vector_field
 from ._flow import DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS
 from ._flow import DEFAULT_RTOL as DEFAULT_RTOL
+from ._flow import DEFAULT_RTOL_FLOAT32 as DEFAULT_RTOL_FLOAT32
 from ._flow import default_atol as default_atol
+from ._flow import default_rtol as default_rtol
 from ._flow import gradient_flow as gradient_flow
 from ._loss import LOSS_NAMES as LOSS_NAMES
 from ._loss import AbstractLoss as AbstractLoss

@@ -21,6 +21,7 @@ from ._config import (
     build_data,
     load_config_file,
     out_dim,
+    resolve_rtol,
     solver_name,
     to_yaml,
 )
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     data, model = build_problem(cfg)
     flow = cfg.flow
     # The solver by name, as gradient_flow resolves it (for the summary and the report).
-    solver = solver_name(flow.solver, data, flow.rtol)
+    solver = solver_name(flow.solver, data, resolve_rtol(flow.rtol, cfg.dtype))
     tolerances: dict[str, Any] = {}  # unset: gradient_flow's defaults
     if flow.rtol is not None:
         tolerances["rtol"] = flow.rtol

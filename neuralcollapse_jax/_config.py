@@ -26,7 +26,7 @@ from . import datasets, metrics
 
 # The solver registry (names, the default rtol, and how `auto` and `sliding` are
 # resolved for a data set and an rtol): `ncjax run` and the sweep plan take it from here.
-from ._flow import DEFAULT_RTOL
+from ._flow import default_rtol
 from ._solvers import SOLVER_NAMES
 from ._solvers import auto_solver as auto_solver
 from ._solvers import solver_name as solver_name
@@ -552,9 +552,9 @@ class RunConfig:
         return out
 
 
-def resolve_rtol(rtol: float | None) -> float:
-    """`flow.rtol`, unset meaning `gradient_flow`'s default."""
-    return DEFAULT_RTOL if rtol is None else rtol
+def resolve_rtol(rtol: float | None, dtype: str = "float64") -> float:
+    """`flow.rtol`, unset meaning `gradient_flow`'s default for `dtype`."""
+    return default_rtol(np.dtype(dtype)) if rtol is None else rtol
 
 
 def build_data(p: Mapping[str, Any], key, dtype):

@@ -35,6 +35,15 @@ Recorder = Callable[[TwoLayerReLU, Dataset], Any]
 
 DEFAULT_RTOL = 1e-8
 DEFAULT_MAX_STEPS = 100_000
+# The default in float32, whose resolution (`eps` 1.2e-7) the float64 default is below:
+# a float32 call at `rtol 1e-8` stalls at `max_steps` on MNIST data.
+DEFAULT_RTOL_FLOAT32 = 1e-5
+
+
+def default_rtol(dtype) -> float:
+    """`gradient_flow`'s relative tolerance for parameters of `dtype`: `DEFAULT_RTOL`
+    (1e-8), or `DEFAULT_RTOL_FLOAT32` (1e-5) in float32 and narrower types."""
+    return DEFAULT_RTOL_FLOAT32 if jnp.finfo(dtype).bits <= 32 else DEFAULT_RTOL
 
 
 def default_atol(model: TwoLayerReLU, rtol: ArrayLike) -> Array:
@@ -122,7 +131,7 @@ def gradient_flow(
     saveat: ArrayLike | None = None,
     loss: str | AbstractLoss = "cross_entropy",
     reduction: str | None = None,
-    rtol: float | ArrayLike = DEFAULT_RTOL,
+    rtol: float | ArrayLike | None = None,
     atol: float | ArrayLike | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     solver: diffrax.AbstractSolver | str | None = None,
@@ -155,7 +164,8 @@ def gradient_flow(
     - `saveat`: increasing save times in `[0, t1]` (default `log_times(t1)`).
     - `loss`, `reduction`: a name in `LOSS_NAMES` and `"sum"` (default) or `"mean"`,
       or an `AbstractLoss` (see `as_loss`). Default: sum cross-entropy.
-    - `rtol`: relative tolerance of the step-size controller (default `1e-8`).
+    - `rtol`: relative tolerance of the step-size controller (default `1e-8`; `1e-5`
+      when the model is float32, see `default_rtol`).
     - `atol`: absolute tolerance; default `rtol * rms(theta(0))` (see `default_atol`),
       which keeps the error control meaningful for any init scale.
     - `max_steps`: step budget; running out gives `Status.MAX_STEPS`, not an exception.
@@ -203,6 +213,8 @@ def gradient_flow(
         saveat = log_times(float(np.asarray(t1)))
     loss = as_loss(loss, reduction)
     check_problem(model, data, loss)
+    if rtol is None:
+        rtol = default_rtol(model.W.dtype)
     check_flow_args(t1, saveat, rtol, atol, max_steps)
     solver = resolve_solver(solver, data, rtol)
     dtype = model.W.dtype

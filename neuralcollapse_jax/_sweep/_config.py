@@ -288,7 +288,7 @@ class SweepConfig:
                 p = dict(base)
                 p.update({k: v for k, v in run.items() if v is not None})
                 p.update(dict(zip(self.grid, combo)))
-                p["rtol"] = resolve_rtol(p["rtol"])
+                p["rtol"] = resolve_rtol(p["rtol"], self.dtype)
                 out.append(p)
         return out
 
