@@ -466,7 +466,7 @@ def test_default_solver_is_resolved_per_data_set():
 
 def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     """The sweep takes the solver names `gradient_flow` takes (and `default` for
-    `auto`), and an unset `rtol` is `gradient_flow`'s default."""
+    `auto`), and an unset `rtol` is `gradient_flow`'s default for the config's dtype."""
     config = dict(CONFIG_A, flow={"t1": 30.0})
     one = {**config, "grid": {"scale": [1e-3], "seed": [0]}}
     default = nc.sweep({**one, "flow": {"t1": 30.0, "solver": "default"}}, progress=False)
@@ -475,8 +475,11 @@ def test_solver_names_and_tolerance_defaults_are_gradient_flows():
     with pytest.raises(ValueError, match="flow.solver must be one of"):
         nc.SweepConfig({**config, "flow": {"solver": "rk4"}})
 
-    default = inspect.signature(nc.gradient_flow).parameters["rtol"].default
-    assert {p["rtol"] for p in nc.SweepConfig(config).run_params()} == {default}
+    # `gradient_flow(rtol=None)` takes `default_rtol` of the model's dtype.
+    assert inspect.signature(nc.gradient_flow).parameters["rtol"].default is None
+    for dtype, default in (("float64", 1e-8), ("float32", 1e-5)):
+        params = nc.SweepConfig({**config, "dtype": dtype}).run_params()
+        assert {p["rtol"] for p in params} == {default} == {nc.default_rtol(dtype)}
 
 
 @pytest.mark.parametrize(
