@@ -150,7 +150,9 @@ def gradient_flow(
     the regular field itself. Integration uses Diffrax with an adaptive step and never
     raises on solver failure: the outcome is in `Trajectory.status`, and a call outside
     `jax.jit` and `jax.vmap` also warns (`RuntimeWarning`) when the horizon was not
-    reached.
+    reached, and when samples lay on a kink held there by dependent samples sliding
+    on it (`stats["sliding_dependent"] > 0`: exactly degenerate data, where the flow
+    need not be unique; docs page *Sliding*).
 
     Works under `jax.jit` and `jax.vmap` (batch over models, init scales, seeds, data of
     equal shape, `t1`, tolerances and save times: all are traced, nothing recompiles
@@ -249,6 +251,7 @@ def gradient_flow(
         adjoint=default_adjoint(model, data, t1, ts) if adjoint is None else adjoint,
     )
     _warn_unless_reached(traj.status)
+    _warn_if_held(traj.stats)
     return traj
 
 
@@ -281,6 +284,27 @@ def _warn_unless_reached(status) -> None:
         warnings.warn(
             f"gradient_flow: {Status.message(code)} (Trajectory.status = {code}); "
             "save times past the failure hold inf",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_if_held(stats) -> None:
+    """A `RuntimeWarning` when a concrete (not traced) run met samples held on a
+    neuron's kink by the samples sliding there (`sliding_dependent`, see
+    `held_on_kink`): exactly degenerate data, where the flow need not be unique."""
+    held = stats.get("sliding_dependent")
+    if held is None or isinstance(held, jax.core.Tracer) or np.ndim(held):
+        return
+    if int(held) > 0:
+        warnings.warn(
+            f"gradient_flow: up to {int(held)} pairs lay on their kink only because "
+            "their sample depends linearly on the samples sliding there "
+            "(stats['sliding_dependent']): exactly degenerate data, such as lattice "
+            "points with a constant feature. Through such points the Filippov flow "
+            "need not be unique, the result can depend on the tolerance, and the "
+            "solver may take many steps; data in general position has none (docs "
+            "page Sliding)",
             RuntimeWarning,
             stacklevel=3,
         )

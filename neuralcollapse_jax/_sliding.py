@@ -47,6 +47,7 @@ from ._sliding_modes import (
     exit_events,
     exit_sides,
     exits_at_started_crossings,
+    held_on_kink,
     kink_correction,
     mode_holds,
     nonzero,
@@ -259,6 +260,7 @@ class SlidingReLU(AbstractTableauSolver):
             overflow=zero,
             max_pairs=zero,
             max_per_neuron=zero,
+            dependent=zero,
             mode_changes=zero,
             started=zero,
             zdot=zdot,
@@ -696,6 +698,7 @@ class SlidingReLU(AbstractTableauSolver):
         # Pairs held in this step, in all and per neuron: from the slots either branch
         # returned.
         per_neuron = jnp.sum(idx >= 0, axis=1).astype(jnp.int32)
+        held = held_on_kink(state.field.Z, y0.W, data.x, mode, idx, old, state.idx)
         # The side of each pair at the step's start, for the next step's candidates
         # (pairs whose side changed within a step): started crossings count on their
         # far side. Counted on the near side, a started crossing whose far-side flow
@@ -717,6 +720,7 @@ class SlidingReLU(AbstractTableauSolver):
             overflow=state.overflow + counters["overflow"].astype(jnp.int32),
             max_pairs=jnp.maximum(state.max_pairs, jnp.sum(per_neuron, dtype=jnp.int32)),
             max_per_neuron=jnp.maximum(state.max_per_neuron, jnp.max(per_neuron)),
+            dependent=jnp.maximum(state.dependent, held),
             mode_changes=state.mode_changes + changed.astype(jnp.int32),
             started=state.started
             + (0 if started is None else jnp.sum(started.mask, dtype=jnp.int32)),
@@ -743,14 +747,17 @@ class SlidingReLU(AbstractTableauSolver):
         """What the solver did, from its final state: `sliding_entries`,
         `sliding_exits` (cumulative), `sliding_pairs` (sliding at the end),
         `sliding_max_pairs`, `sliding_max_per_neuron` (the most slots one neuron used:
-        compare with `max_sliding`), `sliding_overflow` (pairs refused for lack of a
-        slot, summed over steps), `mode_changes` (accepted steps that changed the
-        set), `crossings_started` (transversal crossings started at the beginning
-        of a step, see `crossings`), `crossings_located` (sign changes of
-        non-sliding pairs located inside accepted steps, `crossings="locate"`) and
-        `entries_started` (entries into sliding started at the beginning of a step,
-        `crossings="locate"`) and `min_transversality` (over all located events, the
-        smallest speed of `z_ij` through its kink relative to
+        compare with `max_sliding`), `sliding_dependent` (the most pairs in one
+        accepted step held on their kink by the samples sliding there, on which
+        their sample depends linearly without being on one line with one of them:
+        0 on generic data; see `held_on_kink`), `sliding_overflow` (pairs
+        refused for lack of a slot, summed over steps), `mode_changes` (accepted
+        steps that changed the set), `crossings_started` (transversal crossings
+        started at the beginning of a step, see `crossings`), `crossings_located`
+        (sign changes of non-sliding pairs located inside accepted steps,
+        `crossings="locate"`) and `entries_started` (entries into sliding started
+        at the beginning of a step, `crossings="locate"`) and `min_transversality`
+        (over all located events, the smallest speed of `z_ij` through its kink relative to
         `||x_i|| ||dw_j/dt||`: near 0 a touch is tangential, where the flow has no
         derivative and the jump terms grow like its inverse; `inf` when no event was
         located, NaN unless `crossings="locate"`), `min_event_gap` (the smallest time
@@ -769,6 +776,7 @@ class SlidingReLU(AbstractTableauSolver):
             "sliding_pairs": jnp.sum(state.idx >= 0).astype(jnp.int32),
             "sliding_max_pairs": state.max_pairs,
             "sliding_max_per_neuron": state.max_per_neuron,
+            "sliding_dependent": state.dependent,
             "sliding_overflow": state.overflow,
             "mode_changes": state.mode_changes,
             "crossings_started": state.started,

@@ -80,6 +80,9 @@ class SlidingState(eqx.Module):
     overflow: Int[Array, ""]
     max_pairs: Int[Array, ""]
     max_per_neuron: Int[Array, ""]  # most sliding pairs of one neuron at a time
+    # most pairs in one step held on their kink by the sliding samples of their
+    # neuron (`held_on_kink`): 0 on generic data
+    dependent: Int[Array, ""]
     mode_changes: Int[Array, ""]  # accepted steps whose sliding set changed
     started: Int[Array, ""]  # crossings started at the beginning of a step
     zdot: Float[Array, "n h"]  # <x_i, dw_j/dt> at the current state (`"locate"` only)
@@ -233,6 +236,83 @@ def tied_weights(eta: Array, cs: Array, lines: Array | None, leak: float) -> Arr
     shared = ok & (jnp.sum(on, axis=-1) > 1)
     tied = jnp.einsum("jrb,jr->jb", on, shared.astype(eta.dtype))
     return jnp.where(tied > 0, cs * s, eta)
+
+
+# `|z_ij|` within this many `eps` of `||x_i|| ||w_j||` is zero to rounding (as for the
+# pairs on their kink at the start, `gradient_flow`).
+ON_KINK = 64
+# Held pairs outside the sliding set checked for lying on a line with a slot, per
+# step (a fixed size keeps the check `O(size m D)`; more are rare, and not counted).
+HELD_PAIRS = 16
+
+
+def held_on_kink(
+    Z: Array,
+    W: Array,
+    x: Array,
+    mode: Mode,
+    idx: Array,
+    old: Array,
+    old_idx: Array,
+) -> Array:
+    """How many pairs lie on their neuron's kink because their sample depends
+    linearly on the samples sliding there, without being on one line with one of
+    them. Counted: pairs outside the sliding set whose `z_ij` is zero to rounding
+    and whose sample lies in the span of the set's samples (not those that left the
+    set at this step, nor those on one line with a sample of the old or the new set;
+    at most `HELD_PAIRS` of them checked), and slots dependent on the earlier ones of
+    their neuron (a zero row of `ginv`) that are not tied on a line.
+
+    Generic data has none: a kink `<x, w_j> = 0` that holds `r` independent sliding
+    samples holds another sample only if it lies in their span. Exactly degenerate
+    data does (points of a lattice with a constant feature, where three samples lie
+    in a plane through the origin). The split of the sliding weights among such
+    samples is not fixed by the projection (the field is: it does not depend on the
+    split), the side of one outside the set is the rounding of its `z_ij = 0`, and
+    the Filippov flow through such a point need not be unique (on a 5 x 5 lattice
+    with a constant feature, gradient descent itself jumps between solutions as its
+    step shrinks). `gradient_flow` reports them (`sliding_dependent`) and warns.
+    Copies and negatives of a sliding sample are not counted: their weights are tied
+    (`tied_weights`).
+    """
+    Z, W, x, xs, ginv = jax.lax.stop_gradient((Z, W, x, mode.xs, mode.ginv))
+    eps = jnp.finfo(Z.dtype).eps
+    xn2 = jnp.sum(x * x, axis=1)
+    wn = jnp.linalg.norm(W, axis=0)
+    sliding = jnp.any(mode.mask, axis=0)
+    pinned = (
+        ~mode.mask
+        & ~old
+        & (jnp.abs(Z) <= ON_KINK * eps * jnp.sqrt(xn2)[:, None] * wn[None, :])
+        & (xn2 > 0)[:, None]
+        & sliding[None, :]
+    )
+    rows, cols = jnp.nonzero(pinned, size=HELD_PAIRS, fill_value=-1)
+    valid = rows >= 0
+    rows, cols = jnp.maximum(rows, 0), jnp.maximum(cols, 0)
+    xb = x[rows]
+    # The slots of the pair's neuron in the new set, then in the old one (a copy or
+    # negative of a pair that left at this step is on its kink too).
+    m = ginv.shape[-1]
+    old_rows = old_idx[cols]
+    old_xs = jnp.where((old_rows >= 0)[..., None], x[jnp.maximum(old_rows, 0)], 0.0)
+    xr = jnp.concatenate([xs[cols], old_xs], axis=1)
+    used = jnp.concatenate([idx[cols], old_rows], axis=1) >= 0
+    g = jnp.einsum("pmd,pd->pm", xr, xb)
+    # In the span of the new set (the part outside it within rounding: a pair that
+    # left sliding a step before, tangentially, is near its kink too, but free).
+    coef = jnp.einsum("pmk,pk->pm", ginv[cols], g[:, :m])
+    outside = xb - jnp.einsum("pmd,pm->pd", xr[:, :m], coef)
+    in_span = jnp.sum(outside * outside, axis=-1) <= DEPENDENT * eps * xn2[rows]
+    dd = xn2[rows][:, None] * jnp.sum(xr * xr, axis=-1)
+    on_line = used & (dd - g * g <= DEPENDENT * eps * dd)
+    count = jnp.sum(valid & in_span & ~jnp.any(on_line, axis=1), dtype=jnp.int32)
+    if mode.lines is not None:
+        ginv_diag = jnp.diagonal(mode.ginv, axis1=-2, axis2=-1)
+        line_diag = jnp.diagonal(mode.lines, axis1=-2, axis2=-1)
+        dependent = (idx >= 0) & (ginv_diag == 0) & (line_diag != 0)
+        count = count + jnp.sum(dependent, dtype=jnp.int32)
+    return count
 
 
 SMALL_SLOTS = 2**18  # slot samples (`h m D` numbers) always allowed: 2 MB in float64

@@ -3,6 +3,8 @@ and an entry into sliding worked out independently (SciPy with the event located
 boundary that is known), the observed order, conservation through events, SciPy on a
 problem without sliding, gradient descent as its step shrinks, jit, vmap, float32."""
 
+import warnings
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -544,6 +546,7 @@ def test_default_call_finishes_on_data_with_copies(
     assert int(traj.status) == nc.Status.SUCCESS
     # Measured: 121 to 140 steps; the balance drifts by 1.7e-9 to 4.0e-9.
     assert int(traj.stats["num_steps"]) < 1000
+    assert int(traj.stats["sliding_dependent"]) == 0
     W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
     balance = np.sum(W**2, axis=1) - np.sum(V**2, axis=1)
     size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
@@ -569,6 +572,8 @@ def test_negated_samples_slide_with_tied_weights(other_label):
     traj = nc.gradient_flow(model, data, t1=T, saveat=np.linspace(0.0, T, 5))
     assert int(traj.status) == nc.Status.SUCCESS
     assert int(traj.stats["sliding_entries"]) >= 10
+    # A sample and its negative on one kink are tied, not held by dependent samples.
+    assert int(traj.stats["sliding_dependent"]) == 0
     # Measured: 203 (same label) and 211 steps.
     assert int(traj.stats["num_steps"]) < 1000
     W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
@@ -606,6 +611,50 @@ def test_started_crossing_that_turns_back_is_not_entered_off_its_kink():
     size = np.sum(W**2, axis=1) + np.sum(V**2, axis=1)
     # Measured: 8e-10 to t = 20.
     assert np.abs(balance - balance[0]).max() / size.max() < 2e-8
+
+
+def _lattice(jitter=0.0):
+    """The points `(i, j, 1)` of a 5 x 5 lattice (a constant feature, as for a bias),
+    in three classes: the five points of a lattice line lie in one plane through the
+    origin, so two of them sliding on a neuron hold the other three on its kink."""
+    x = np.array([[i, j, 1.0] for i in range(-2, 3) for j in range(-2, 3)])
+    y = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 0] - x[:, 1] > 1)
+    x = x + jitter * np.random.default_rng(0).standard_normal(x.shape)
+    return nc.Dataset(x, y, 3)
+
+
+def test_samples_held_on_a_kink_by_dependent_samples_are_reported():
+    """Exactly degenerate data: samples held on a neuron's kink by the samples
+    sliding there (in their span, not on a line with one of them) leave the split of
+    the sliding weights open, and the flow through such a point need not be unique.
+    Gradient descent shows it independently of the flow: as its step halves, its
+    distance to the previous step's result first shrinks (first order), then jumps
+    (it settles on another solution). The default call counts the held pairs
+    (`sliding_dependent`) and warns; the same lattice in general position has none,
+    does not warn, and takes a few hundred steps instead of thousands."""
+    model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 3, 10, 3, 1e-2)
+    data = _lattice()
+    with pytest.warns(RuntimeWarning, match="depends linearly"):
+        traj = nc.gradient_flow(model, data, t1=1.0)
+    assert int(traj.status) == nc.Status.SUCCESS
+    # Measured: 6 (and 4,691 steps, 4,426 of them rejected).
+    assert int(traj.stats["sliding_dependent"]) > 0
+    lrs = (4e-3, 2e-3, 1e-3, 5e-4)
+    descent = [
+        _descent(model, data, lr, int(round(1.0 / lr)), "cross_entropy") for lr in lrs
+    ]
+    gaps = [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(descent, descent[1:])]
+    # Measured: 2.4e-3, 1.4e-3, then 7.2e-3.
+    assert gaps[1] < 0.7 * gaps[0], gaps
+    assert gaps[2] > 3 * gaps[1], gaps
+
+    generic = _lattice(jitter=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        traj = nc.gradient_flow(model, generic, t1=1.0)
+    assert int(traj.stats["sliding_dependent"]) == 0
+    # Measured: 452 steps.
+    assert int(traj.stats["num_steps"]) < 1000
 
 
 def test_tied_weights_closed_form():
