@@ -287,26 +287,32 @@ def held_on_kink(
         & (xn2 > 0)[:, None]
         & sliding[None, :]
     )
-    rows, cols = jnp.nonzero(pinned, size=HELD_PAIRS, fill_value=-1)
-    valid = rows >= 0
-    rows, cols = jnp.maximum(rows, 0), jnp.maximum(cols, 0)
-    xb = x[rows]
-    # The slots of the pair's neuron in the new set, then in the old one (a copy or
-    # negative of a pair that left at this step is on its kink too).
-    m = ginv.shape[-1]
-    old_rows = old_idx[cols]
-    old_xs = jnp.where((old_rows >= 0)[..., None], x[jnp.maximum(old_rows, 0)], 0.0)
-    xr = jnp.concatenate([xs[cols], old_xs], axis=1)
-    used = jnp.concatenate([idx[cols], old_rows], axis=1) >= 0
-    g = jnp.einsum("pmd,pd->pm", xr, xb)
-    # In the span of the new set (the part outside it within rounding: a pair that
-    # left sliding a step before, tangentially, is near its kink too, but free).
-    coef = jnp.einsum("pmk,pk->pm", ginv[cols], g[:, :m])
-    outside = xb - jnp.einsum("pmd,pm->pd", xr[:, :m], coef)
-    in_span = jnp.sum(outside * outside, axis=-1) <= DEPENDENT * eps * xn2[rows]
-    dd = xn2[rows][:, None] * jnp.sum(xr * xr, axis=-1)
-    on_line = used & (dd - g * g <= DEPENDENT * eps * dd)
-    count = jnp.sum(valid & in_span & ~jnp.any(on_line, axis=1), dtype=jnp.int32)
+
+    def check():
+        rows, cols = jnp.nonzero(pinned, size=HELD_PAIRS, fill_value=-1)
+        valid = rows >= 0
+        rows, cols = jnp.maximum(rows, 0), jnp.maximum(cols, 0)
+        xb = x[rows]
+        # The slots of the pair's neuron in the new set, then in the old one (a copy
+        # or negative of a pair that left at this step is on its kink too).
+        m = ginv.shape[-1]
+        old_rows = old_idx[cols]
+        old_xs = jnp.where((old_rows >= 0)[..., None], x[jnp.maximum(old_rows, 0)], 0.0)
+        xr = jnp.concatenate([xs[cols], old_xs], axis=1)
+        used = jnp.concatenate([idx[cols], old_rows], axis=1) >= 0
+        g = jnp.einsum("pmd,pd->pm", xr, xb)
+        # In the span of the new set (the part outside it within rounding: a pair
+        # that left sliding a step before, tangentially, is near its kink too, but
+        # free).
+        coef = jnp.einsum("pmk,pk->pm", ginv[cols], g[:, :m])
+        outside = xb - jnp.einsum("pmd,pm->pd", xr[:, :m], coef)
+        in_span = jnp.sum(outside * outside, axis=-1) <= DEPENDENT * eps * xn2[rows]
+        dd = xn2[rows][:, None] * jnp.sum(xr * xr, axis=-1)
+        on_line = used & (dd - g * g <= DEPENDENT * eps * dd)
+        return jnp.sum(valid & in_span & ~jnp.any(on_line, axis=1), dtype=jnp.int32)
+
+    # (A real branch on one device: most steps have no pair on its kink to rounding.)
+    count = jax.lax.cond(jnp.any(pinned), check, lambda: jnp.zeros((), jnp.int32))
     if mode.lines is not None:
         ginv_diag = jnp.diagonal(mode.ginv, axis1=-2, axis2=-1)
         line_diag = jnp.diagonal(mode.lines, axis1=-2, axis2=-1)
