@@ -628,8 +628,8 @@ def test_samples_held_on_a_kink_by_dependent_samples_are_reported():
     sliding there (in their span, not on a line with one of them) leave the split of
     the sliding weights open, and the flow through such a point need not be unique.
     Gradient descent shows it independently of the flow: as its step halves, its
-    distance to the previous step's result first shrinks (first order), then jumps
-    (it settles on another solution). The default call counts the held pairs
+    distance to the previous step's result mostly halves (first order), but jumps
+    once (it settles on another solution). The default call counts the held pairs
     (`sliding_dependent`) and warns; the same lattice in general position has none,
     does not warn, and takes a few hundred steps instead of thousands."""
     model = nc.TwoLayerReLU.init(jax.random.PRNGKey(1), 3, 10, 3, 1e-2)
@@ -639,14 +639,19 @@ def test_samples_held_on_a_kink_by_dependent_samples_are_reported():
     assert int(traj.status) == nc.Status.SUCCESS
     # Measured: 6 (and 4,691 steps, 4,426 of them rejected).
     assert int(traj.stats["sliding_dependent"]) > 0
-    lrs = (4e-3, 2e-3, 1e-3, 5e-4)
+    lrs = (4e-3, 2e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4)
     descent = [
         _descent(model, data, lr, int(round(1.0 / lr)), "cross_entropy") for lr in lrs
     ]
-    gaps = [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(descent, descent[1:])]
-    # Measured: 2.4e-3, 1.4e-3, then 7.2e-3.
-    assert gaps[1] < 0.7 * gaps[0], gaps
-    assert gaps[2] > 3 * gaps[1], gaps
+    gaps = np.array(
+        [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(descent, descent[1:])]
+    )
+    # Measured: 2.4e-3, 1.4e-3, 7.2e-3, 3.2e-4, 1.7e-4: about halving (first order)
+    # except for one jump by 5x. Where the jump falls depends on rounding at the
+    # branch point, so the test asks only for a jump somewhere, next to halvings.
+    ratios = gaps[1:] / gaps[:-1]
+    assert ratios.max() > 3.0, gaps
+    assert np.sum(ratios < 0.7) >= 2, gaps
 
     generic = _lattice(jitter=1e-3)
     with warnings.catch_warnings():
