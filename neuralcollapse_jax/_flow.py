@@ -25,6 +25,7 @@ from ._model import TwoLayerReLU
 from ._progress import LogTimeProgressMeter
 from ._rk import UnrolledERK
 from ._row_space import RowSpace, basis_of, reduce_to_row_space
+from ._sliding_modes import ON_KINK
 from ._solvers import evals_per_step, resolve_solver
 from ._times import log_times
 from ._trajectory import Status, Trajectory
@@ -70,7 +71,7 @@ def _pairs_on_kink(x: Array, W: Array) -> Array:
     """How many pairs have `z_ij = <x_i, w_j>` zero to rounding."""
     x, W = jax.lax.stop_gradient((x, W))
     bound = (
-        64
+        ON_KINK
         * jnp.finfo(W.dtype).eps
         * jnp.linalg.norm(x, axis=1)[:, None]
         * jnp.linalg.norm(W, axis=0)[None, :]

@@ -698,13 +698,7 @@ class SlidingReLU(AbstractTableauSolver):
         # Pairs held in this step, in all and per neuron: from the slots either branch
         # returned.
         per_neuron = jnp.sum(idx >= 0, axis=1).astype(jnp.int32)
-        # Held pairs need a sliding neuron: skipped in steps without one (a real
-        # branch on one device; under `vmap` both sides run).
-        held = jax.lax.cond(
-            jnp.any(mode.mask),
-            lambda: held_on_kink(state.field.Z, y0.W, data.x, mode, idx, old, state.idx),
-            lambda: jnp.zeros((), jnp.int32),
-        )
+        held = held_on_kink(state.field.Z, y0.W, data.x, mode, idx, old, state.idx)
         # The side of each pair at the step's start, for the next step's candidates
         # (pairs whose side changed within a step): started crossings count on their
         # far side. Counted on the near side, a started crossing whose far-side flow

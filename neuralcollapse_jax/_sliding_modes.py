@@ -238,8 +238,8 @@ def tied_weights(eta: Array, cs: Array, lines: Array | None, leak: float) -> Arr
     return jnp.where(tied > 0, cs * s, eta)
 
 
-# `|z_ij|` within this many `eps` of `||x_i|| ||w_j||` is zero to rounding (as for the
-# pairs on their kink at the start, `gradient_flow`).
+# `|z_ij|` within this many `eps` of `||x_i|| ||w_j||` is zero to rounding (here and
+# for the pairs on their kink at the start, `gradient_flow`).
 ON_KINK = 64
 # Held pairs outside the sliding set checked for lying on a line with a slot, per
 # step (a fixed size keeps the check `O(size m D)`; more are rare, and not counted).
@@ -577,13 +577,19 @@ def mode_holds(
     and the active-set update (slot assignment, the Gram matrices of the slots and
     their factorisations) is skipped.
     """
-    f = state.field
     used = state.idx >= 0
-    cs = jnp.take_along_axis(f.C.T, jnp.maximum(state.idx, 0), axis=1)
-    # `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set check.
-    eta = -jnp.einsum("jmk,jk->jm", state.ginv, jnp.einsum("jmd,dj->jm", xs, f.A))
-    eta = tied_weights(eta, cs, state.lines, leak)
+    eta, cs = slot_weights(state.ginv, xs, state.lines, state.idx, state.field, leak)
     return ~jnp.any(cand) & jnp.all(_in_box(eta, cs, leak, tol) | ~used)
+
+
+def slot_weights(ginv, xs, lines, idx, f: Field, leak: float) -> tuple[Array, Array]:
+    """`(eta, c)` of each slot under a fixed sliding set: the coefficients of the
+    projection (weights of samples on one line tied, `tied_weights`) and the slots'
+    `c_ij`. `A` excludes the sliding pairs, so `X_S A` is the `q` of the active-set
+    check."""
+    cs = jnp.take_along_axis(f.C.T, jnp.maximum(idx, 0), axis=1)
+    eta = -jnp.einsum("jmk,jk->jm", ginv, jnp.einsum("jmd,dj->jm", xs, f.A))
+    return tied_weights(eta, cs, lines, leak), cs
 
 
 def kink_correction(
@@ -1206,10 +1212,7 @@ def exit_events(
 def sliding_violations(mode: Mode, idx: Array, f: Field, leak: float, tol: float):
     """How far each slot's sliding weight `s = eta / c` lies beyond `[leak - tol, 1 +
     tol]`, times `|c|` (positive beyond, no division by `c`): below and above."""
-    safe = jnp.maximum(idx, 0)
-    eta = -jnp.einsum("jmk,jk->jm", mode.ginv, jnp.einsum("jmd,dj->jm", mode.xs, f.A))
-    cs = jnp.take_along_axis(f.C.T, safe, axis=1)
-    eta = tied_weights(eta, cs, mode.lines, leak)
+    eta, cs = slot_weights(mode.ginv, mode.xs, mode.lines, idx, f, leak)
     return eta - (leak - tol) * cs, (1.0 + tol) * cs - eta
 
 
