@@ -164,7 +164,9 @@ def gradient_flow(
     - `model`: the initial network `theta(0)`.
     - `data`: the training `Dataset`.
     - `t1`: the horizon (time starts at 0).
-    - `saveat`: increasing save times in `[0, t1]` (default `log_times(t1)`).
+    - `saveat`: increasing save times in `[0, t1]` (default `log_times(t1)`; for a
+      traced `t1`, the same fractions of `t1`, so that `jax.grad` in `t1` needs no
+      `saveat`).
     - `loss`, `reduction`: a name in `LOSS_NAMES` and `"sum"` (default) or `"mean"`,
       or an `AbstractLoss` (see `as_loss`). Default: sum cross-entropy.
     - `rtol`: relative tolerance of the step-size controller (default `1e-8`; `1e-5`
@@ -212,8 +214,12 @@ def gradient_flow(
     """
     if saveat is None:
         if isinstance(t1, jax.core.Tracer):
-            raise ValueError("pass saveat explicitly when t1 is traced")
-        saveat = log_times(float(np.asarray(t1)))
+            # `log_times(t1)` is `t1` times fixed fractions, so a traced `t1` (under
+            # `jax.grad`, `jax.jit` or `jax.vmap`) keeps the default: the same times,
+            # to rounding, as a function of `t1` (the last is `1.0 * t1 = t1`).
+            saveat = log_times(1.0) * t1
+        else:
+            saveat = log_times(float(np.asarray(t1)))
     loss = as_loss(loss, reduction)
     check_problem(model, data, loss)
     if rtol is None:

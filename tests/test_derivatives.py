@@ -257,6 +257,18 @@ def test_derivative_in_the_horizon_is_the_velocity():
     expected = -float(jnp.sum(g.W**2) + jnp.sum(g.V**2))
     assert float(jax.grad(final_loss)(T)) == pytest.approx(expected, rel=1e-6)
 
+    # With the default save times (no `saveat`): a traced `t1` keeps them, as the
+    # same fractions of `t1`, and the last saved loss has the same derivative.
+    def default_call(T):
+        return nc.gradient_flow(model, data, t1=T, loss="exponential")
+
+    assert float(jax.grad(lambda T: default_call(T).loss[-1])(T)) == pytest.approx(
+        expected, rel=1e-6
+    )
+    ts = jax.jit(lambda T: default_call(T).ts)(T)
+    np.testing.assert_allclose(ts, nc.log_times(2.0), rtol=1e-15, atol=0)
+    assert float(ts[-1]) == 2.0
+
 
 @pytest.mark.slow
 def test_vmap_of_gradients_over_init_scales_and_seeds_equals_single_calls():
