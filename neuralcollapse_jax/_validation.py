@@ -33,6 +33,13 @@ def check_problem(model: TwoLayerReLU, data: Dataset, loss: AbstractLoss) -> Non
             f"model input dimension {model.in_dim} does not match data dimension {data.dim}"
         )
     loss.check(model.out_dim, data.num_classes)
+    dtypes = {"W": model.W.dtype, "V": model.V.dtype, "the data x": data.x.dtype}
+    if len(set(dtypes.values())) > 1:
+        got = ", ".join(f"{k} {np.dtype(v).name}" for k, v in dtypes.items())
+        raise ValueError(
+            f"the model and the data must share one floating dtype, got {got}: make "
+            "them match (Dataset.astype, or TwoLayerReLU.init(..., dtype=...))"
+        )
     if (
         _concrete(model.W)
         and _concrete(model.V)
@@ -72,5 +79,10 @@ def check_flow_args(
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if tol is not None and _concrete(tol):
             v = np.asarray(tol)
-            if v.ndim != 0 or not np.isfinite(v) or v <= 0:
+            if (
+                not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer))
+                or v.ndim != 0
+                or not np.isfinite(v)
+                or v <= 0
+            ):
                 raise ValueError(f"{name} must be a positive finite number, got {tol}")

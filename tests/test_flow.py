@@ -342,6 +342,17 @@ def test_bad_inputs(small_problem):
         nc.gradient_flow(bad, small_problem, t1=1.0)
     with pytest.raises(ValueError, match="Dataset"):
         nc.gradient_flow(model, (small_problem.x, small_problem.y), t1=1.0)
+    with pytest.raises(ValueError, match="rtol must be a positive finite number"):
+        flow(rtol="1e-6")
+    # A float32 model on float64 data (or the reverse) is named, not left to fail
+    # inside the solver's branches with a type error.
+    model32 = jax.tree.map(lambda a: a.astype(jnp.float32), model)
+    with pytest.raises(ValueError, match="W float32, V float32, the data x float64"):
+        nc.gradient_flow(model32, small_problem, t1=1.0)
+    with pytest.raises(ValueError, match="one floating dtype"):
+        nc.gradient_descent(model32, small_problem, learning_rate=1e-2, steps=10)
+    with pytest.raises(ValueError, match="one floating dtype"):
+        nc.gradient_flow(model, small_problem.astype(jnp.float32), t1=1.0)
 
 
 def test_log_times():
