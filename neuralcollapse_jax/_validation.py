@@ -79,10 +79,6 @@ def check_flow_args(
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if tol is not None and _concrete(tol):
             v = np.asarray(tol)
-            if (
-                not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer))
-                or v.ndim != 0
-                or not np.isfinite(v)
-                or v <= 0
-            ):
+            real = np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)
+            if not real or v.ndim != 0 or not np.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {tol}")
