@@ -425,9 +425,28 @@ def apply_flags(raw: dict[str, Any], args, aliases: Mapping[str, str]) -> dict[s
         if getattr(args, flag) is not None
     ]
     items += [parse_assignment(item) for item in args.assignments]
+    data = raw.get("data")
+    inherited = set(data) if isinstance(data, Mapping) else set()
     for key, value in items:
+        if key == "data.generator" and isinstance(raw.get("data"), Mapping):
+            raw = _switch_generator(raw, value, inherited)
+        elif key.startswith("data."):
+            inherited.discard(key.partition(".")[2])
         raw = set_in(raw, key, value)
     return raw
+
+
+def _switch_generator(raw: dict[str, Any], new: Any, inherited: set[str]) -> dict[str, Any]:
+    """`raw` with the data arguments that the file or the default problem gave for
+    another generator dropped, where the new generator does not take them (a flag
+    that switches `data.generator` starts from that generator's defaults). Arguments
+    set by flags stay, and are refused by name if the generator does not take them."""
+    old = raw["data"].get("generator", "orthogonally_separable")
+    if new == old or new not in GENERATOR_ARGS:
+        return raw
+    taken = GENERATOR_ARGS[new]
+    data = {k: v for k, v in raw["data"].items() if k in taken or k not in inherited}
+    return {**raw, "data": data}
 
 
 def plain(v):

@@ -130,6 +130,26 @@ def test_cli_set_is_the_file_key(tmp_path, capsys):
     assert shown["data"]["points_per_class"] == [1, 2, 3]
 
 
+def test_cli_switching_the_generator_starts_from_its_defaults(capsys):
+    """`--set data.generator=...` drops the default problem's data arguments that the
+    new generator does not take; arguments given by flags stay, and a wrong one is
+    refused by name."""
+    argv = ["run", "--show-config", "--set", "data.generator=mnist"]
+    assert main([*argv, "--set", "data.per_class=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert shown == {"generator": "mnist", "digits": None, "per_class": 3, "center": None}
+    # A data argument set before the switch is the user's: refused, not dropped.
+    bad = ["run", "--show-config", "--set", "data.points_per_class=5"]
+    assert main([*bad, "--set", "data.generator=mnist"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "data.points_per_class is not an argument of the mnist generator" in err
+    # The arguments the new generator shares with the old one are kept.
+    assert main(["run", "--show-config", "--set", "data.generator=block_orthogonal"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert shown["points_per_class"] == [20, 30, 40] and "mu_s" not in shown
+
+
 def test_default_run_is_the_example_file(capsys):
     assert main(["run", "--show-config"]) == 0
     default = capsys.readouterr().out
