@@ -112,6 +112,25 @@ def test_console_script_exit_code(tmp_path):
 
 
 @pytest.mark.slow
+def test_float32_run_warns_of_nothing(tmp_path):
+    """`ncjax run --dtype float32` runs with JAX's float64 off (in its own process):
+    nothing in it asks JAX for float64 (JAX would warn, and round to float32)."""
+    out = tmp_path / "f32"
+    argv = ["run", "--dtype", "float32", "--set", "data.points_per_class=[3,3,3]"]
+    argv += ["--width", "4", "--t1", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-m", "neuralcollapse_jax", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "UserWarning" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"].startswith("success")
+    assert summary["options"]["dtype"] == "float32"
+
+
+@pytest.mark.slow
 def test_mnist_run_uses_the_library_defaults(tmp_path):
     """On MNIST `ncjax run` passes no rtol of its own (the flow's default), `auto`
     picks the located sliding solver, and an explicit `flow.rtol` is passed on."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics
 from .._dataset import Dataset
-from .._model import TwoLayerReLU, pseudo_labels
+from .._model import TwoLayerReLU
 from ..datasets import separability
 from ._time_scales import effective_eps, lemma2_eps_bound
 
@@ -146,7 +145,10 @@ def check_semi_local(model: TwoLayerReLU, data: Dataset) -> Check:
     oh = np.eye(k)[y]  # (n, K)
     count = oh.T @ (pre > 0)  # (K, h) |I_l^w|
     a = oh.T @ np.maximum(pre, 0.0)  # (K, h) A_l^w
-    b = np.asarray(pseudo_labels(k, jnp.float64)).T @ vu  # (K, h) B_l^v
+    # `pseudo_labels(K)` in NumPy float64, as the rest of this check, whether or not
+    # JAX has float64 enabled (a float32 run would round it, and warn).
+    e = np.sqrt(k / (k - 1)) * (np.eye(k) - 1.0 / k)
+    b = e.T @ vu  # (K, h) B_l^v
     c2 = count**2
     rel1 = (c2 - (c2.sum(0) - c2)) / np.maximum(c2.sum(0), 1.0)
     rel2 = (a - 2 * (a.sum(0) - a)) / np.maximum(a.sum(0), 1e-300)
