@@ -48,6 +48,7 @@ from ._reproduce import reproduce_config as reproduce_config
 from ._rk import UnrolledERK as UnrolledERK
 from ._row_space import RowSpace as RowSpace
 from ._row_space import row_space_basis as row_space_basis
+from ._run_report import plot_trajectory as plot_trajectory
 from ._sliding import SlidingReLU as SlidingReLU
 from ._sliding_modes import default_slots as default_slots
 from ._solvers import SOLVER_NAMES as SOLVER_NAMES

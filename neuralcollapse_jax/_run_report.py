@@ -21,6 +21,7 @@ import numpy as np
 from . import metrics, theory
 from ._dataset import Dataset
 from ._json import to_json
+from ._loss import LOSS_NAMES, as_loss
 from ._model import TwoLayerReLU
 from ._trajectory import Status, Trajectory
 from ._trajectory_io import save_trajectory
@@ -196,6 +197,73 @@ def _loglog(ax, t, values, **kwargs) -> None:
         ax.loglog(t, v, **kwargs)
 
 
+def plot_trajectory(
+    traj: Trajectory,
+    data: Dataset,
+    path: str | Path | None = None,
+    *,
+    loss: str = "cross_entropy",
+    reduction: str | None = None,
+    title: str | None = None,
+):
+    """The six panels of `ncjax run`'s `flow.png` for a trajectory of the library.
+
+    Against time (log axis): the loss and the weight norm; each neuron's alignment
+    with the class direction of its group; the neurons active on two classes or more;
+    NC1-NC4; the smallest normalized margin, with Theorem 1's limit; the distance to
+    Theorem 1's predicted limit. Lemma 2's alignment horizon and the separation time
+    are marked (docs page *The command line*, *Outputs*).
+
+    **Arguments:**
+
+    - `traj`: a `Trajectory` of `gradient_flow` or `gradient_descent` with the
+      parameters saved (`save_params=True`, the default) and a first save time of 0
+      (the default save times start there): the initial model gives the horizon and
+      the assumption checks.
+    - `data`: the data set of the run.
+    - `path`: where to write the figure (the format from the suffix, e.g. `.png`,
+      `.pdf`); `None` writes nothing.
+    - `loss`, `reduction`: the run's loss, as passed to `gradient_flow` (they set
+      Lemma 2's horizon: none for the square loss, `n` times longer for `"mean"`).
+    - `title`: the figure's title (default: the problem's sizes).
+
+    **Returns:**
+
+    The `matplotlib.figure.Figure` (made without `pyplot`: it opens no window; a
+    notebook shows it as the cell's value).
+    """
+    loss_obj = as_loss(loss, reduction)
+    if traj.models is None:
+        raise ValueError("plot_trajectory needs the saved parameters: save_params=True")
+    ts = np.asarray(traj.ts)
+    if ts.ndim != 1:
+        raise ValueError(
+            f"plot_trajectory draws one run; this trajectory has batch shape "
+            f"{ts.shape[:-1]} (index a run out of it first)"
+        )
+    if ts.size == 0 or ts[0] != 0:
+        raise ValueError(
+            "plot_trajectory needs the model at t = 0: a first save time of 0 "
+            f"(the default save times start there), got {ts[0] if ts.size else 'none'}"
+        )
+    if traj.models.in_dim != data.dim:
+        raise ValueError(
+            f"the trajectory's input dimension {traj.models.in_dim} does not match "
+            f"the data dimension {data.dim}"
+        )
+    reduction = loss_obj.reduction
+    name = next(
+        (n for n in LOSS_NAMES if type(as_loss(n)) is type(loss_obj)),
+        type(loss_obj).__name__,
+    )
+    model = traj[0]
+    _, figure = report(traj, data, model, name, reduction)
+    fig = flow_figure(traj, data, figure, {"loss": name}, title=title)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def plot_flow(
     path: Path,
     traj: Trajectory,
@@ -203,11 +271,20 @@ def plot_flow(
     figure: dict[str, Any],
     config: dict[str, Any],
 ) -> None:
-    """Six panels against time (log axis) with the phase boundaries marked."""
-    import matplotlib
+    """Write `flow_figure` to `path`."""
+    flow_figure(traj, data, figure, config).savefig(path, dpi=100)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def flow_figure(
+    traj: Trajectory,
+    data: Dataset,
+    figure: dict[str, Any],
+    config: dict[str, Any],
+    title: str | None = None,
+):
+    """Six panels against time (log axis) with the phase boundaries marked, as a
+    `matplotlib.figure.Figure` made without `pyplot` (no backend or window needed)."""
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     d = figure["diag"]
@@ -221,7 +298,8 @@ def plot_flow(
     k = data.num_classes
     colors = [f"C{c % 10}" for c in range(k)]
 
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.6), constrained_layout=True)
+    fig = Figure(figsize=(14, 7.6), layout="constrained")
+    axes = fig.subplots(2, 3)
     ax = axes[0, 0]
     _loglog(ax, t, np.asarray(traj.loss)[keep], color="C0", label="loss L(θ(t))")
     _loglog(ax, t, d["weight_norm"], color="C1", label="weight norm ‖θ(t)‖")
@@ -400,16 +478,21 @@ def plot_flow(
         a.grid(True, which="both", alpha=0.25)
         a.set_xlim(t[0], t[-1])
     scale = config.get("scale")
-    title = "gradient flow of a two-layer ReLU network"
-    if isinstance(scale, int | float):
-        title += (
-            f": {config.get('data')} data, n = {data.num_samples}, D = {data.dim}, "
-            f"K = {k}, width h = {traj.final.width}, init scale {scale:g}, "
-            f"{config.get('loss')} loss"
-        )
+    if title is None:
+        title = "gradient flow of a two-layer ReLU network"
+        if isinstance(scale, int | float):
+            title += (
+                f": {config.get('data')} data, n = {data.num_samples}, D = {data.dim}, "
+                f"K = {k}, width h = {traj.final.width}, init scale {scale:g}, "
+                f"{config.get('loss')} loss"
+            )
+        else:
+            title += (
+                f": n = {data.num_samples}, D = {data.dim}, K = {k}, "
+                f"width h = {traj.final.width}, {config.get('loss')} loss"
+            )
     if int(traj.status) != Status.SUCCESS:
         title += f"\nthe run stopped early: {Status.message(int(traj.status))}"
     fig.suptitle(title)
     fig.legend(handles=markers, loc="outside lower center", ncols=2, fontsize=9)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

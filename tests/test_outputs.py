@@ -1,5 +1,6 @@
 """Trajectory indexing, trajectory files, and the outputs of `ncjax run`."""
 
+import dataclasses
 import json
 import math
 import os
@@ -91,6 +92,40 @@ def test_indexing_without_parameters_and_in_batches(run):
 
 
 # ---------------------------------------------------------------- trajectory files
+
+
+def test_plot_trajectory_draws_the_run(run, tmp_path):
+    """`plot_trajectory` draws `ncjax run`'s six panels for a library trajectory: the
+    loss panel holds the trajectory's own losses, metrics panels the metrics of the
+    saved models, and the figure is written where asked."""
+    traj, data = run
+    path = tmp_path / "flow.png"
+    fig = nc.plot_trajectory(traj, data, path)
+    assert len(fig.axes) == 6
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+    ts = np.asarray(traj.ts)
+    keep = ts > 0  # the time axis is logarithmic
+    loss_line = fig.axes[0].get_lines()[0]
+    np.testing.assert_array_equal(loss_line.get_xdata(), ts[keep])
+    np.testing.assert_allclose(loss_line.get_ydata(), np.asarray(traj.loss)[keep])
+    margin_line = fig.axes[4].get_lines()[0]
+    margins = [
+        float(metrics.min_normalized_margin(traj[i], data)) for i in range(len(traj))
+    ]
+    np.testing.assert_allclose(
+        margin_line.get_ydata(), np.asarray(margins)[keep], rtol=1e-12
+    )
+    assert "n = 15, D = 10, K = 3, width h = 6" in fig.get_suptitle()
+    fig = nc.plot_trajectory(traj, data, title="my run", loss="exponential")
+    assert fig.get_suptitle() == "my run"
+
+    # What it needs, named when missing.
+    with pytest.raises(ValueError, match="save_params=True"):
+        nc.plot_trajectory(dataclasses.replace(traj, models=None), data)
+    with pytest.raises(ValueError, match="model at t = 0"):
+        nc.plot_trajectory(traj[1:], data)
+    with pytest.raises(ValueError, match="unknown loss"):
+        nc.plot_trajectory(traj, data, loss="hinge")
 
 
 def test_trajectory_file_round_trip(run, tmp_path):
