@@ -253,7 +253,8 @@ class CrossingController(_WrappedPID):
             landings=state.landings + shorten.astype(jnp.int32),
             loss=state.loss,
         )
-        next_t1 = jax.lax.stop_gradient(next_t0 + dt)  # see `EventController`
+        # (As in `EventController`.)
+        next_t1 = jax.lax.stop_gradient(_after(next_t0, next_t0 + dt))
         return keep, next_t0, next_t1, made_jump, new_state, result
 
     @staticmethod
@@ -283,6 +284,16 @@ def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
     last = jnp.argmax(over)
     first = jnp.min(jnp.where(inside & (bins == last), theta, jnp.inf))
     return jnp.where(jnp.any(over), first, jnp.inf)
+
+
+def _after(t0: Array, t: Array) -> Array:
+    """`t`, or the first time representable after `t0` where `t` rounds to `t0` or
+    before it. A step of length 0 is a fixed point of the controller (the PID scales
+    the last step, and 0 stays 0): an event located closer to a step's start than the
+    rounding of the time (float32 at a tight `rtol`) would otherwise hold the solve
+    there until `max_steps`. (`jnp.nextafter`: the time's own resolution, which no
+    relative constant gives at every `t`.)"""
+    return jnp.maximum(t, jnp.nextafter(t0, jnp.asarray(jnp.inf, t0.dtype)))
 
 
 class EventController(_WrappedPID):
@@ -362,12 +373,19 @@ class EventController(_WrappedPID):
         exit_first = jnp.any(
             (located.sliding > 0) & jnp.isfinite(located.theta) & (located.theta == theta)
         )
-        retry = jnp.isfinite(theta) & ((theta > 0) | exit_first)
-        target = t0 + dt_taken * jnp.where(
-            exit_first,
-            theta + EXIT_OVERSHOOT * (1.0 - theta),
-            theta * (1.0 - self.margin),
+        target = _after(
+            t0,
+            t0
+            + dt_taken
+            * jnp.where(
+                exit_first,
+                theta + EXIT_OVERSHOOT * (1.0 - theta),
+                theta * (1.0 - self.margin),
+            ),
         )
+        # Retried only to a shorter step: an event within the time's rounding of the
+        # start of a step as short as the time allows is left inside it.
+        retry = jnp.isfinite(theta) & ((theta > 0) | exit_first) & (target < t1)
         retry_now = retry & keep
         # Retried: the step starts again at t0 and ends just before the event (or
         # earlier if the PID rejected the step for its own error and proposes less).
@@ -436,7 +454,7 @@ class EventController(_WrappedPID):
         # derivatives are stopped (as Diffrax's PID stops those of its step factor).
         # The derivatives of the events' times enter where the solver resolves them
         # (started crossings and entries, `SlidingReLU`), from the state itself.
-        next_t1 = jax.lax.stop_gradient(next_t1)
+        next_t1 = jax.lax.stop_gradient(_after(next_t0, next_t1))
         return keep, next_t0, next_t1, made_jump, new_state, result
 
     @staticmethod

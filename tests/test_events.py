@@ -388,6 +388,33 @@ def test_jit_vmap_and_float32():
     assert np.all(np.isfinite(np.asarray(traj.final.W)))
 
 
+def test_float32_at_a_tight_tolerance_reaches_the_horizon():
+    """float32 at `rtol` down to 1e-8: an event located closer to a step's start than
+    the float32 rounding of the time made the retried step 0 long, which the PID then
+    kept (it scales the last step) until `max_steps` (at `rtol 1e-6`, 20,000 steps
+    at `t = 0.267` here). Now the runs finish, within float32's accuracy of the
+    float64 flow at `rtol 1e-11`, and the error falls as `rtol` tightens (measured
+    7.4e-5, 4.9e-6, 1.8e-6)."""
+    data = datasets.mnist(per_class=10)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), 784, 12, 3, 1e-3)
+    ts = np.array([0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    ref = _saved(nc.gradient_flow(model, data, t1=30.0, saveat=ts, rtol=1e-11))
+    data32 = data.astype(jnp.float32)
+    model32 = jax.tree.map(lambda a: a.astype(jnp.float32), model)
+    errors = []
+    for rtol in (1e-5, 1e-6, 1e-8):
+        traj = nc.gradient_flow(
+            model32, data32, t1=30.0, saveat=ts, rtol=rtol, max_steps=3000
+        )
+        assert int(traj.status) == nc.Status.SUCCESS, rtol
+        assert int(traj.stats["num_steps"]) < 2000
+        got = _saved(traj).astype(np.float64)
+        errors.append(
+            np.max(np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1))
+        )
+    assert errors[2] < 1e-5 and errors[2] < errors[0] / 10, errors
+
+
 def test_event_controller_bad_input():
     pid = diffrax.PIDController(rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="margin"):
