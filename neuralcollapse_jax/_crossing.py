@@ -293,6 +293,8 @@ def _after(t0: Array, t: Array) -> Array:
     rounding of the time (float32 at a tight `rtol`) would otherwise hold the solve
     there until `max_steps`. (`jnp.nextafter`: the time's own resolution, which no
     relative constant gives at every `t`.)"""
+    # (`nextafter` has no derivative rule; step times carry none anyway.)
+    t0 = jax.lax.stop_gradient(t0)
     return jnp.maximum(t, jnp.nextafter(t0, jnp.asarray(jnp.inf, t0.dtype)))
 
 
