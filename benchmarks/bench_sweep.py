@@ -9,6 +9,8 @@ float64; 16 init scales in [1e-6, 1e-2] x 4 seeds = 64 runs.
     python benchmarks/bench_sweep.py --quick    # a short smoke run
     python benchmarks/bench_sweep.py --gpu      # accelerator: runs/s against B
     python benchmarks/bench_sweep.py --memory   # compiled memory against B
+    python benchmarks/bench_sweep.py --vmapped --sizes 8 64 --dtypes float64
+                                                # jit(vmap) of the default call
 
 Every table prints the device, the figures and the ratio to the baselines measured in
 the same process.
@@ -47,18 +49,17 @@ def problem(num_scales: int, num_seeds: int, t1: float, dtype: str, order: str =
     return data, runs
 
 
-def config(num_scales, num_seeds, t1, dtype, rtol, **execution):
+def config(num_scales, num_seeds, t1, dtype, rtol, solver="tsit5", **execution):
+    """The sweep's configuration. `solver="default"`: the library's default solver
+    and tolerances (`rtol` unused); `"tsit5"`: the reference sweep's."""
+    flow = {"t1": t1, "num_saves": 100}
+    if solver != "default":
+        flow.update(rtol=rtol, atol_per_scale=rtol, solver=solver)
     return {
         "name": "bench",
         "data": {"generator": "block_orthogonal"},
         "model": {"width": 50, "init": "lecun"},
-        "flow": {
-            "t1": t1,
-            "rtol": rtol,
-            "atol_per_scale": rtol,
-            "num_saves": 100,
-            "solver": "tsit5",
-        },
+        "flow": flow,
         "grid": {
             "scale": {"geomspace": [1e-6, 1e-2, num_scales]},
             "seed": list(range(num_seeds)),
@@ -248,84 +249,187 @@ def bench_cpu(args) -> None:
 
 
 def bench_gpu(args) -> None:
+    """Runs/s of the sweep against the batch size B, for each solver and dtype: one
+    chunk of B runs, vmapped, timed warm after a first call that compiles it. The
+    naive `jit(vmap)` of Diffrax's `Tsit5` at the same B is the baseline."""
+    import numpy as np
 
     import neuralcollapse_jax as nc
 
     sizes = [64, 1024, 4096] if args.quick else [64, 256, 1024, 4096, 16384]
     sizes = args.sizes or sizes
-    dtypes = args.dtypes
     peak = {"float64": args.peak_fp64, "float32": args.peak_fp32}
     rows = []
-    for dtype in dtypes:
+    naive_rates = {}
+    for dtype in args.dtypes:
         jax = _setup(dtype)
         rtol = 1e-6 if dtype == "float64" else 1e-4
         t1 = 2000.0
         print(f"device: {device_line()}", flush=True)
-        for B in sizes:
-            seeds = max(1, B // 64)
-            S = B // seeds
-            cfg = config(
-                S,
-                seeds,
-                t1,
-                dtype,
-                rtol,
-                progress=False,
-                chunk_size=min(B, args.chunk),
-                batch_size=min(B, args.chunk),
-            )
-            t_first, _ = timed(lambda: nc.sweep(cfg, progress=False))
-            t, ds = timed(lambda: nc.sweep(cfg, progress=False))
-            steps = ds["num_steps"].values
-            floor = B * steps.mean() * flops_per_step() / (peak[dtype] * 1e12)
-            naive_rate = float("nan")
-            if B in args.naive_at:
-                data, runs = problem(S, seeds, t1, dtype, order="shuffled")
-                f = naive_vmap_fn(data, t1, rtol, dtype)
-                sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
-                se = jax.numpy.asarray([r[1] for r in runs])
-                jax.block_until_ready(f(sc, se))
-                tn, _ = timed(lambda: jax.block_until_ready(f(sc, se)))
-                naive_rate = B / tn
-            mem = jax.devices()[0].memory_stats() or {}
-            rows.append(
-                (
+        for solver in args.solvers:
+            for B in sizes:
+                seeds = max(1, B // 64)
+                S = B // seeds
+                cfg = config(
+                    S,
+                    seeds,
+                    t1,
                     dtype,
-                    B,
-                    B / t,
-                    naive_rate,
-                    (B / t) / naive_rate,
-                    B / floor,
-                    steps.mean(),
-                    steps.max(),
-                    t_first - t,
-                    mem.get("peak_bytes_in_use", float("nan")) / 2**20,
+                    rtol,
+                    solver=solver,
+                    progress=False,
+                    chunk_size=min(B, args.chunk),
+                    batch_size=min(B, args.chunk),
                 )
-            )
-            print(f"  {dtype} B = {B}: {B / t:.0f} runs/s", flush=True)
+                t_first, _ = timed(lambda: nc.sweep(cfg, progress=False))
+                print(
+                    f"  {solver} {dtype} B = {B}: first call (compiles) {t_first:.1f} s",
+                    flush=True,
+                )
+                t, ds = timed(lambda: nc.sweep(cfg, progress=False))
+                steps = ds["num_steps"].values
+                ok = int(np.sum(ds["status"].values == 0))
+                floor = B * steps.mean() * flops_per_step() / (peak[dtype] * 1e12)
+                if B in args.naive_at and (dtype, B) not in naive_rates:
+                    data, runs = problem(S, seeds, t1, dtype, order="shuffled")
+                    f = naive_vmap_fn(data, t1, rtol, dtype)
+                    sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
+                    se = jax.numpy.asarray([r[1] for r in runs])
+                    jax.block_until_ready(f(sc, se))
+                    tn, _ = timed(lambda: jax.block_until_ready(f(sc, se)))
+                    naive_rates[dtype, B] = B / tn
+                naive_rate = naive_rates.get((dtype, B), float("nan"))
+                mem = jax.devices()[0].memory_stats() or {}
+                rows.append(
+                    (
+                        solver,
+                        dtype,
+                        B,
+                        B / t,
+                        naive_rate,
+                        (B / t) / naive_rate,
+                        B / floor,
+                        steps.mean(),
+                        steps.max(),
+                        ok,
+                        t_first - t,
+                        mem.get("peak_bytes_in_use", float("nan")) / 2**20,
+                    )
+                )
+                print(
+                    f"  {solver} {dtype} B = {B}: {B / t:.3g} runs/s ({t:.2f} s) "
+                    f"(compile {t_first - t:.1f} s, max steps {steps.max()}, "
+                    f"{ok}/{B} succeeded)",
+                    flush=True,
+                )
     print()
     print(
         f"floor: mean steps x {flops_per_step() / 1e6:.2f} MFLOP/step at "
-        f"{args.peak_fp64} TFLOP/s (fp64), {args.peak_fp32} TFLOP/s (fp32)"
+        f"{args.peak_fp64} TFLOP/s (fp64), {args.peak_fp32} TFLOP/s (fp32); "
+        "solver 'default': the library's defaults (solver and rtol); 'tsit5': "
+        "rtol 1e-6 (float64) or 1e-4 (float32), atol rtol x scale"
     )
     table_header(
         [
+            "solver",
             "dtype",
             "B",
             "sweep runs/s",
-            "naive vmap runs/s",
+            "naive vmap (Tsit5) runs/s",
             "x naive",
             "floor runs/s",
             "mean steps",
             "max steps",
+            "succeeded",
             "compile (s)",
             "peak MiB",
         ]
     )
     for r in rows:
         print(
-            f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.0f} | "
-            f"{r[6]:.0f} | {r[7]} | {r[8]:.1f} | {r[9]:.0f} |"
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3g} | {r[4]:.3g} | {r[5]:.3g} | "
+            f"{r[6]:.0f} | {r[7]:.0f} | {r[8]} | {r[9]} | {r[10]:.1f} | {r[11]:.0f} |"
+        )
+
+
+def default_vmap_fn(data, t1, dtype):
+    """`jit(vmap(gradient_flow))` over (scale, seed) with every default (solver and
+    tolerances): the batched call that a user writes."""
+    import jax
+    import jax.numpy as jnp
+
+    import neuralcollapse_jax as nc
+
+    ts = jnp.asarray(nc.log_times(t1, 100, t_min=t1 * 1e-4), dtype=dtype)
+
+    def one(scale, seed):
+        model = nc.TwoLayerReLU.init(
+            jax.random.key(seed), data.dim, 50, 3, scale, init="lecun", dtype=dtype
+        )
+        traj = nc.gradient_flow(model, data, t1=t1, saveat=ts, save_params=False)
+        return traj.loss, traj.stats["num_steps"], traj.status
+
+    return jax.jit(jax.vmap(one))
+
+
+def bench_vmapped(args) -> None:
+    """The default call vmapped over B runs of the reference problem: compilation and
+    run timed apart (AOT), against the naive `jit(vmap)` of Diffrax's `Tsit5` at rtol
+    1e-6 on the same runs."""
+    import numpy as np
+
+    rows = []
+    for dtype in args.dtypes:
+        jax = _setup(dtype)
+        t1 = 2000.0
+        print(f"device: {device_line()}", flush=True)
+        for B in args.sizes or [8]:
+            seeds = max(1, B // 64)
+            data, runs = problem(B // seeds, seeds, t1, dtype, order="shuffled")
+            sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
+            se = jax.numpy.asarray([r[1] for r in runs])
+            row = [dtype, B]
+            for make in (
+                lambda: default_vmap_fn(data, t1, dtype),
+                lambda: naive_vmap_fn(data, t1, 1e-6, dtype),
+            ):
+                t = time.perf_counter()
+                compiled = make().lower(sc, se).compile()
+                t_compile = time.perf_counter() - t
+                t = time.perf_counter()
+                _, steps, status = jax.block_until_ready(compiled(sc, se))
+                t_run = time.perf_counter() - t
+                ok = int(np.sum(np.asarray(status) == 0))
+                row += [t_compile, t_run, B / t_run, int(np.max(steps)), ok]
+                print(
+                    f"  {dtype} B = {B}: compile {t_compile:.1f} s, run {t_run:.2f} s, "
+                    f"max steps {int(np.max(steps))}, {ok}/{B} succeeded",
+                    flush=True,
+                )
+            rows.append(row)
+    print()
+    table_header(
+        [
+            "dtype",
+            "B",
+            "default call: compile s",
+            "run s",
+            "runs/s",
+            "max steps",
+            "succeeded",
+            "Diffrax Tsit5 1e-6: compile s",
+            "run s",
+            "runs/s",
+            "max steps",
+            "succeeded",
+            "runs/s: default / Tsit5",
+        ]
+    )
+    for r in rows:
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.3g} | {r[5]} | {r[6]} | "
+            f"{r[7]:.1f} | {r[8]:.2f} | {r[9]:.3g} | {r[10]} | {r[11]} | "
+            f"{r[4] / r[9]:.3g} |"
         )
 
 
@@ -377,12 +481,23 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a short smoke run")
     p.add_argument("--gpu", action="store_true", help="runs/s against B on an accelerator")
     p.add_argument("--memory", action="store_true", help="compiled memory against B")
+    p.add_argument(
+        "--vmapped",
+        action="store_true",
+        help="jit(vmap) of the default call against B (compile and run apart)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="CPU: timed repetitions (best)")
     p.add_argument("--workers", type=int, help="CPU: sweep worker threads (default: cores)")
     p.add_argument("--chunk", type=int, default=4096, help="GPU: runs per chunk")
     p.add_argument("--sizes", type=int, nargs="*", help="GPU: batch sizes B to time")
     p.add_argument(
         "--dtypes", nargs="*", default=["float32", "float64"], help="GPU: dtypes to time"
+    )
+    p.add_argument(
+        "--solvers",
+        nargs="*",
+        default=["default", "tsit5"],
+        help="GPU: 'default' (the library's defaults) and/or 'tsit5' (the reference)",
     )
     p.add_argument(
         "--naive-at",
@@ -404,7 +519,9 @@ def main() -> int:
         help="TFLOP/s for the floor (H100 SXM: 67 fp32 vector)",
     )
     args = p.parse_args()
-    if args.gpu:
+    if args.vmapped:
+        bench_vmapped(args)
+    elif args.gpu:
         bench_gpu(args)
     elif args.memory:
         bench_memory(args)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._batching import rare_cond
 from ._dataset import Dataset
 from ._field import term_loss
 from ._loss import AbstractLoss
@@ -107,7 +108,7 @@ def jointly_turned_back(
     def none():
         return jnp.zeros((n, h), bool)
 
-    return jax.lax.stop_gradient(jax.lax.cond((count >= 2) & (count <= size), check, none))
+    return jax.lax.stop_gradient(rare_cond((count >= 2) & (count <= size), check, none))
 
 
 class CrossingState(eqx.Module):

@@ -21,6 +21,7 @@ import numpy as np
 import optimistix as optx
 
 from ._autodiff import with_tangent
+from ._batching import rare_cond
 from ._crossing import (
     CrossingController,
     EventController,
@@ -298,7 +299,7 @@ class SlidingReLU(AbstractTableauSolver):
 
         # The first step's stored stage comes from `init`, whose derivatives Diffrax
         # stops: given back here (free unless something is differentiated).
-        field, zdot = jax.lax.cond(state.fresh, restored, lambda: (state.field, state.zdot))
+        field, zdot = rare_cond(state.fresh, restored, lambda: (state.field, state.zdot))
         state = eqx.tree_at(lambda s: (s.field, s.zdot), state, (field, zdot))
         # Gathered in each step rather than carried in the solver state, which Diffrax
         # selects between old and new in every step: carrying them was no faster.
@@ -348,7 +349,7 @@ class SlidingReLU(AbstractTableauSolver):
             ok = could_enter(state.field, data.x, leak, self.tol, zdot_old)
             return cand & (ok if together is None else ok | together)
 
-        cand = jax.lax.cond(jnp.any(cand), filtered, lambda: cand)
+        cand = rare_cond(jnp.any(cand), filtered, lambda: cand)
 
         def update(_):
             idx, mode, first, counters, above = update_mode(
@@ -363,10 +364,10 @@ class SlidingReLU(AbstractTableauSolver):
             counters = dict(entries=zero, exits=zero, overflow=zero)
             return state.idx, mode, state.field, counters, jnp.zeros_like(old)
 
-        # A real branch on one device (the update is skipped in most steps); under
-        # `vmap` both sides run and the result is selected.
-        idx, mode, first, counters, above_update = jax.lax.cond(
-            mode_holds(state, cand, xs_old, leak, self.tol), keep, update, None
+        # A real branch (the update is skipped in most steps), also under `vmap`
+        # while no run of the batch needs the update (`rare_cond`).
+        idx, mode, first, counters, above_update = rare_cond(
+            ~mode_holds(state, cand, xs_old, leak, self.tol), update, keep, None
         )
         if locate:
             # The side of each exit at the start: for a pair out of its box under the
@@ -389,8 +390,8 @@ class SlidingReLU(AbstractTableauSolver):
             first = exit_sides(first, mode, exiting_start, above_start, data.x, leak)
             # Velocities of z under the step's sliding set: the stored ones when the
             # set did not change.
-            zdot0 = jax.lax.cond(
-                jnp.all(mode.mask == old), lambda: state.zdot, lambda: data.x @ first.dW
+            zdot0 = rare_cond(
+                jnp.any(mode.mask != old), lambda: data.x @ first.dW, lambda: state.zdot
             )
             wdot0 = jnp.linalg.norm(first.dW, axis=0)
             # Started entries: the pair spends `tau dt` on its near side before it
@@ -500,11 +501,11 @@ class SlidingReLU(AbstractTableauSolver):
             # The velocities of z after the started events (the slopes of the step's
             # interpolant of z at its start): in the step, every pair of a neuron
             # with a started event moves with them from `tau dt` on.
-            first, zdot_start = jax.lax.cond(restarted, restart, lambda: (first, zdot0))
+            first, zdot_start = rare_cond(restarted, restart, lambda: (first, zdot0))
         elif shift is not None:
             # (Entries and exits are started only with `"locate"`.)
             W_start = y0.W + (shift - jax.lax.stop_gradient(shift))
-            first = jax.lax.cond(
+            first = rare_cond(
                 jnp.any(started.mask),
                 lambda: shifted_first(
                     first, shift, y0.W, y0.V, data, mode, started, loss, leak

@@ -38,6 +38,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._autodiff import with_tangent
+from ._batching import rare_cond
 from ._crossing import jointly_turned_back, transversal_approach
 from ._dataset import Dataset
 from ._loss import AbstractLoss
@@ -311,8 +312,8 @@ def held_on_kink(
         on_line = used & (dd - g * g <= DEPENDENT * eps * dd)
         return jnp.sum(valid & in_span & ~jnp.any(on_line, axis=1), dtype=jnp.int32)
 
-    # (A real branch on one device: most steps have no pair on its kink to rounding.)
-    count = jax.lax.cond(jnp.any(pinned), check, lambda: jnp.zeros((), jnp.int32))
+    # (A real branch: most steps have no pair on its kink to rounding.)
+    count = rare_cond(jnp.any(pinned), check, lambda: jnp.zeros((), jnp.int32))
     if mode.lines is not None:
         ginv_diag = jnp.diagonal(mode.ginv, axis1=-2, axis2=-1)
         line_diag = jnp.diagonal(mode.lines, axis1=-2, axis2=-1)
@@ -685,7 +686,7 @@ def pair_sum(mask: Array, coef: Array, x: Array, size: int = STARTED_PAIRS) -> A
     def dense():
         return jnp.einsum("nd,nhc->cdh", x, jnp.where(mask[..., None], coef, 0.0))
 
-    return jax.lax.cond(count <= size, sparse, dense)
+    return rare_cond(count > size, dense, sparse)
 
 
 class Started(eqx.Module):
@@ -749,7 +750,7 @@ def start_crossings(
         zero = jnp.zeros((D, h), first.A.dtype)
         return first.A, first.dW, zero, zero
 
-    A, dW, correction, error = jax.lax.cond(jnp.any(mask), with_starts, without)
+    A, dW, correction, error = rare_cond(jnp.any(mask), with_starts, without)
     first = Field(dW=dW, dV=first.dV, Z=first.Z, C=first.C, A=A)
     started = Started(
         mask=mask, near=near, coef=coef, tau=tau, correction=correction, error=error
@@ -817,7 +818,7 @@ def started_second_order(
             return jnp.zeros_like(W), jnp.zeros_like(V)
 
         mask = rest[6]
-        return jax.lax.cond(jnp.any(mask), terms, none, s, W, V, *rest)
+        return rare_cond(jnp.any(mask), terms, none, s, W, V, *rest)
 
     def terms(s, W, V, x, y, fdW, fdV, zdot, coef, mask, near, held, xs, ginv):
         d = Dataset(x, y, num_classes)
@@ -868,7 +869,7 @@ def unfinished_error(started: Started, z1: Array, mode: Mode, x: Array, dt: Arra
         e = pair_sum(unfinished, coef, x)[0]
         return dt * project(e, mode.xs, mode.ginv)
 
-    return jax.lax.cond(
+    return rare_cond(
         jnp.any(unfinished), error, lambda: jnp.zeros((D, h), started.correction.dtype)
     )
 
@@ -953,7 +954,7 @@ def event_roots(
     def dense():
         return jnp.where(event, hermite_roots(z0, z1, m0, m1), 0.0)
 
-    return jax.lax.cond(count <= size, sparse, dense)
+    return rare_cond(count > size, dense, sparse)
 
 
 class Located(eqx.Module):
@@ -1287,7 +1288,7 @@ def exits_at_started_crossings(
         no = jnp.zeros_like(mode.mask)
         return idx, mode, first, started, zero, jnp.zeros(h, bool), no
 
-    return jax.lax.cond(jnp.any(out), redecide, keep)
+    return rare_cond(jnp.any(out), redecide, keep)
 
 
 def pairs_of(idx: Array, values: Array, n: int) -> Array:
@@ -1319,4 +1320,4 @@ def exit_sides(
             dW=project(A, mode.xs, mode.ginv), dV=first.dV, Z=first.Z, C=first.C, A=A
         )
 
-    return jax.lax.cond(jnp.any(wrong), fix, lambda: first)
+    return rare_cond(jnp.any(wrong), fix, lambda: first)
