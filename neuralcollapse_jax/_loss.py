@@ -179,7 +179,7 @@ class Square(AbstractLoss):
             raise ValueError("loss='square' with out_dim = 1 needs K = 2 classes")
 
 
-_BY_NAME: dict[str, type[AbstractLoss]] = {
+LOSS_CLASSES: dict[str, type[AbstractLoss]] = {
     cls.name: cls for cls in (CrossEntropy, Exponential, Logistic, Square)
 }
 
@@ -205,9 +205,9 @@ def as_loss(loss: str | AbstractLoss, reduction: str | None = None) -> AbstractL
                 f"{loss.reduction!r}"
             )
         return loss
-    if not isinstance(loss, str) or loss not in _BY_NAME:
+    if not isinstance(loss, str) or loss not in LOSS_CLASSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSS_NAMES}")
-    return _BY_NAME[loss](reduction="sum" if reduction is None else reduction)
+    return LOSS_CLASSES[loss](reduction="sum" if reduction is None else reduction)
 
 
 def check_loss(

@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics, theory
 from ._dataset import Dataset
 from ._json import to_json
-from ._loss import LOSS_NAMES, as_loss
+from ._loss import LOSS_CLASSES, as_loss
 from ._model import TwoLayerReLU
 from ._trajectory import Status, Trajectory
 from ._trajectory_io import save_trajectory
@@ -99,6 +99,40 @@ def _lemma2_horizon(model: TwoLayerReLU, data: Dataset):
     return theory.alignment_horizon(data, model.width, theory.effective_eps(model))
 
 
+def _prediction(data: Dataset):
+    """Theorem 1's predicted limit and `None`, or `None` and why it does not apply."""
+    try:
+        return theory.predicted_limit(data), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def figure_data(
+    traj: Trajectory,
+    data: Dataset,
+    model: TwoLayerReLU,
+    loss: str,
+    reduction: str,
+    prediction=None,
+) -> dict[str, Any]:
+    """What the figure needs: the per-save-time diagnostics and the markers
+    (separation time, Lemma 2's horizon, the predicted margin and late alignment).
+    `prediction`: `_prediction(data)`, when the caller has it already."""
+    limit, limit_note = _prediction(data) if prediction is None else prediction
+    return {
+        "diag": diagnostics(traj, data, limit),
+        "separation_time": float(theory.trajectory_separation_time(traj, data)),
+        "alignment_horizon": alignment_horizon(model, data, loss, reduction),
+        "predicted_margin": None
+        if limit is None
+        else float(theory.predicted_margin(limit, model.out_dim)),
+        "limit_note": limit_note,
+        "late_alignment": None
+        if limit is None
+        else np.sum(np.asarray(limit.u) * np.asarray(metrics.class_directions(data)), 1),
+    }
+
+
 def report(
     traj: Trajectory,
     data: Dataset,
@@ -110,21 +144,15 @@ def report(
 
     **Returns:** `(entries, figure)`: JSON-ready summary entries (final NC metrics,
     separation time, alignment horizon, predicted limit and distance to it, assumption
-    checks) and the per-save-time arrays and markers of the figure.
+    checks) and `figure_data`'s per-save-time arrays and markers.
     """
-    try:
-        limit = theory.predicted_limit(data)
-        limit_note = None
-    except ValueError as e:
-        limit, limit_note = None, str(e)
-    final = dict(metrics.summary(traj.final, data))
-    t_sep = float(theory.trajectory_separation_time(traj, data))
-    horizon = alignment_horizon(model, data, loss, reduction)
+    prediction = limit, limit_note = _prediction(data)
+    figure = figure_data(traj, data, model, loss, reduction, prediction)
     checks = theory.check_assumptions(model, data)
     entries: dict[str, Any] = {
-        "final_metrics": final,
-        "separation_time": t_sep,
-        "alignment_horizon": horizon,
+        "final_metrics": dict(metrics.summary(traj.final, data)),
+        "separation_time": figure["separation_time"],
+        "alignment_horizon": figure["alignment_horizon"],
         "assumptions": [
             {
                 "name": c.name,
@@ -139,28 +167,16 @@ def report(
         entries["predicted_limit"] = None
         entries["predicted_limit_note"] = limit_note
         entries["limit_distance"] = None
-        margin = None
     else:
-        margin = float(theory.predicted_margin(limit, model.out_dim))
         entries["predicted_limit"] = {
             "gamma": limit.gamma,
             "s": limit.s,
-            "normalized_margin": margin,
+            "normalized_margin": figure["predicted_margin"],
         }
         dist = theory.limit_distance(traj.final, data, limit)
         entries["limit_distance"] = {
             k: v for k, v in dist.items() if k not in ("cosines", "norm_shares")
         }
-    figure = {
-        "diag": diagnostics(traj, data, limit),
-        "separation_time": t_sep,
-        "alignment_horizon": horizon,
-        "predicted_margin": margin,
-        "limit_note": limit_note,
-        "late_alignment": None
-        if limit is None
-        else np.sum(np.asarray(limit.u) * np.asarray(metrics.class_directions(data)), 1),
-    }
     return to_json(entries), figure
 
 
@@ -179,7 +195,7 @@ def write_run(
     """
     save_trajectory(out / "trajectory.nc", traj, data, config)
     entries, figure = report(traj, data, model, config["loss"], config["reduction"])
-    plot_flow(out / "flow.png", traj, data, figure, config)
+    flow_figure(traj, data, figure, config).savefig(out / "flow.png", dpi=100)
     summary = to_json(summary) | entries
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -252,27 +268,15 @@ def plot_trajectory(
             f"the data dimension {data.dim}"
         )
     reduction = loss_obj.reduction
-    name = next(
-        (n for n in LOSS_NAMES if type(as_loss(n)) is type(loss_obj)),
-        type(loss_obj).__name__,
-    )
-    model = traj[0]
-    _, figure = report(traj, data, model, name, reduction)
+    # The name of a library loss (Lemma 2's horizon is known for those only).
+    name = getattr(loss_obj, "name", None)
+    if LOSS_CLASSES.get(name) is not type(loss_obj):
+        name = type(loss_obj).__name__
+    figure = figure_data(traj, data, traj[0], name, reduction)
     fig = flow_figure(traj, data, figure, {"loss": name}, title=title)
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
-
-
-def plot_flow(
-    path: Path,
-    traj: Trajectory,
-    data: Dataset,
-    figure: dict[str, Any],
-    config: dict[str, Any],
-) -> None:
-    """Write `flow_figure` to `path`."""
-    flow_figure(traj, data, figure, config).savefig(path, dpi=100)
 
 
 def flow_figure(
