@@ -91,8 +91,10 @@ def single_run(data, scale, seed, t1, rtol, dtype):
 
 
 def naive_vmap_fn(data, t1, rtol, dtype):
-    """`jit(vmap(gradient_flow))` over all runs at once, with Diffrax's own `Tsit5`:
-    the baseline of the measurements."""
+    """`jit(vmap(gradient_flow))` over (scale, seed), all runs at once. With `rtol`:
+    Diffrax's own `Tsit5` at `rtol`, `atol = rtol * scale` (the baseline of the
+    measurements); `rtol=None`: every default (solver and tolerances), the batched
+    call that a user writes."""
     import diffrax
     import jax
     import jax.numpy as jnp
@@ -105,19 +107,29 @@ def naive_vmap_fn(data, t1, rtol, dtype):
         model = nc.TwoLayerReLU.init(
             jax.random.key(seed), data.dim, 50, 3, scale, init="lecun", dtype=dtype
         )
+        tolerances = (
+            {}
+            if rtol is None
+            else dict(rtol=rtol, atol=rtol * scale, solver=diffrax.Tsit5())
+        )
         traj = nc.gradient_flow(
             model,
             data,
             t1=jnp.asarray(t1, dtype),
             saveat=ts,
-            rtol=rtol,
-            atol=rtol * scale,
-            solver=diffrax.Tsit5(),
             save_params=False,
+            **tolerances,
         )
         return traj.loss, traj.stats["num_steps"], traj.status
 
     return jax.jit(jax.vmap(one))
+
+
+def run_arrays(runs, dtype=None):
+    """The scales and seeds of `runs` as arrays (the arguments of `naive_vmap_fn`)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray([r[0] for r in runs], dtype=dtype), jnp.asarray([r[1] for r in runs])
 
 
 def flops_per_step(n=60, D=30, h=50, K=3, evals=6) -> float:
@@ -177,8 +189,7 @@ def bench_cpu(args) -> None:
 
     # 2. Naive vmap over all runs.
     f = naive_vmap_fn(data, t1, rtol, dtype)
-    sc = jax.numpy.asarray([r[0] for r in runs])
-    se = jax.numpy.asarray([r[1] for r in runs])
+    sc, se = run_arrays(runs)
     jax.block_until_ready(f(sc, se))
 
     def naive():
@@ -293,8 +304,7 @@ def bench_gpu(args) -> None:
                 if B in args.naive_at and (dtype, B) not in naive_rates:
                     data, runs = problem(S, seeds, t1, dtype, order="shuffled")
                     f = naive_vmap_fn(data, t1, rtol, dtype)
-                    sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
-                    se = jax.numpy.asarray([r[1] for r in runs])
+                    sc, se = run_arrays(runs, dtype)
                     jax.block_until_ready(f(sc, se))
                     tn, _ = timed(lambda: jax.block_until_ready(f(sc, se)))
                     naive_rates[dtype, B] = B / tn
@@ -352,26 +362,6 @@ def bench_gpu(args) -> None:
         )
 
 
-def default_vmap_fn(data, t1, dtype):
-    """`jit(vmap(gradient_flow))` over (scale, seed) with every default (solver and
-    tolerances): the batched call that a user writes."""
-    import jax
-    import jax.numpy as jnp
-
-    import neuralcollapse_jax as nc
-
-    ts = jnp.asarray(nc.log_times(t1, 100, t_min=t1 * 1e-4), dtype=dtype)
-
-    def one(scale, seed):
-        model = nc.TwoLayerReLU.init(
-            jax.random.key(seed), data.dim, 50, 3, scale, init="lecun", dtype=dtype
-        )
-        traj = nc.gradient_flow(model, data, t1=t1, saveat=ts, save_params=False)
-        return traj.loss, traj.stats["num_steps"], traj.status
-
-    return jax.jit(jax.vmap(one))
-
-
 def bench_vmapped(args) -> None:
     """The default call vmapped over B runs of the reference problem: compilation and
     run timed apart (AOT), against the naive `jit(vmap)` of Diffrax's `Tsit5` at rtol
@@ -386,15 +376,11 @@ def bench_vmapped(args) -> None:
         for B in args.sizes or [8]:
             seeds = max(1, B // 64)
             data, runs = problem(B // seeds, seeds, t1, dtype, order="shuffled")
-            sc = jax.numpy.asarray([r[0] for r in runs], dtype=dtype)
-            se = jax.numpy.asarray([r[1] for r in runs])
+            sc, se = run_arrays(runs, dtype)
             row = [dtype, B]
-            for make in (
-                lambda: default_vmap_fn(data, t1, dtype),
-                lambda: naive_vmap_fn(data, t1, 1e-6, dtype),
-            ):
+            for rtol in (None, 1e-6):  # the default call, then the baseline
                 t = time.perf_counter()
-                compiled = make().lower(sc, se).compile()
+                compiled = naive_vmap_fn(data, t1, rtol, dtype).lower(sc, se).compile()
                 t_compile = time.perf_counter() - t
                 t = time.perf_counter()
                 _, steps, status = jax.block_until_ready(compiled(sc, se))
