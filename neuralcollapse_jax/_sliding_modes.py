@@ -224,19 +224,28 @@ def tied_weights(eta: Array, cs: Array, lines: Array | None, leak: float) -> Arr
     """
     if lines is None:
         return eta
-    total = jnp.einsum("jrb,jb->jr", lines, eta)
-    den = jnp.einsum("jrb,jb->jr", jnp.abs(lines), cs)
-    off = (1.0 + leak) * jnp.einsum("jrb,jb->jr", jnp.minimum(lines, 0.0), cs)
-    ok = den != 0
-    s_r = jnp.where(ok, (total - off) / jnp.where(ok, den, 1.0), 0.0)
-    pos = (lines > 0).astype(eta.dtype)
-    neg = (lines < 0).astype(eta.dtype)
-    s = jnp.einsum("jrb,jr->jb", pos, s_r) + jnp.einsum("jrb,jr->jb", neg, 1.0 + leak - s_r)
-    # Tied: on a line with other used slots (a slot alone keeps its `eta` to the bit).
     on = (lines != 0).astype(eta.dtype)
-    shared = ok & (jnp.sum(on, axis=-1) > 1)
-    tied = jnp.einsum("jrb,jr->jb", on, shared.astype(eta.dtype))
-    return jnp.where(tied > 0, cs * s, eta)
+    lined = jnp.sum(on, axis=-1) > 1  # first slots of lines with other used slots
+
+    def tie(eta, cs, lines):
+        total = jnp.einsum("jrb,jb->jr", lines, eta)
+        den = jnp.einsum("jrb,jb->jr", jnp.abs(lines), cs)
+        off = (1.0 + leak) * jnp.einsum("jrb,jb->jr", jnp.minimum(lines, 0.0), cs)
+        ok = den != 0
+        s_r = jnp.where(ok, (total - off) / jnp.where(ok, den, 1.0), 0.0)
+        pos = (lines > 0).astype(eta.dtype)
+        neg = (lines < 0).astype(eta.dtype)
+        s = jnp.einsum("jrb,jr->jb", pos, s_r) + jnp.einsum(
+            "jrb,jr->jb", neg, 1.0 + leak - s_r
+        )
+        # Tied: on a line with other used slots (a slot alone keeps its `eta` to the
+        # bit).
+        tied = jnp.einsum("jrb,jr->jb", on, (ok & lined).astype(eta.dtype))
+        return jnp.where(tied > 0, cs * s, eta)
+
+    # On data in general position no two used slots share a line: `eta` is kept as it
+    # is, and the products above (a large part of a batched step) are skipped.
+    return rare_cond(jnp.any(lined), tie, lambda *_: eta, eta, cs, lines)
 
 
 # `|z_ij|` within this many `eps` of `||x_i|| ||w_j||` is zero to rounding (here and
