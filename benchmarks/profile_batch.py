@@ -87,11 +87,12 @@ def device_kernels(trace_dir: str) -> tuple[dict[str, list[float]], bool]:
 
 def instruction_lines(hlo: str, by_line: bool = True) -> dict[str, str]:
     """`{instruction name: "file:line (function)"}` (or `"file function"`) from the
-    compiled HLO text: the innermost
-    frame of the instruction's stack in this package's code (else its innermost
-    frame). Names are also keyed with `.` and `-` written `_` (GPU kernels are named
-    so); an instruction without a frame takes its first operand's. The text lists file names, functions, locations and stack frames (each
-    with its parent, `parent_frame_id - 1`, 0 for none) before the computations."""
+    compiled HLO text: the innermost frame of the instruction's stack in this
+    package's code (else its innermost frame). Names are also keyed with `.` and `-`
+    written `_` (GPU kernels are named so); an instruction without a frame takes its
+    first operand's. The text lists file names, functions, locations and stack frames
+    (each with its parent, `parent_frame_id - 1`, 0 for none) before the
+    computations."""
     files, funcs, locs, frames = {}, {}, {}, {}
     section = None
     for line in hlo.splitlines():
