@@ -125,7 +125,8 @@ def instruction_lines(hlo: str, by_line: bool = True) -> dict[str, str]:
             loc_id, parent = frames[frame]
             chain.append(locs.get(loc_id, ("?", "?", 0)))
             frame = parent
-        own = [c for c in chain if c[0] in package]
+        # (`rare_cond`'s own lines are attributed to its caller.)
+        own = [c for c in chain if c[0] in package and not c[0].endswith("_batching.py")]
         f, fn, n = (own or chain or [("?", "?", 0)])[0]
         f = f.replace("\\", "/").rsplit("/", 1)[-1]
         return f"{f}:{n} ({fn})" if by_line else f"{f} {fn}"
