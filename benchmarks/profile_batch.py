@@ -15,7 +15,10 @@ Also printed: the wall time of a step, the kernel time of a step and the kernels
 step launches (on a GPU, wall time well above kernel time is time the device waits:
 for the host at each `while` and `cond`, or between small kernels).
 
-Usage: `python benchmarks/profile_batch.py [--batch 16] [--t1 20]`.
+The trace keeps at most a million events: at B = 8 the default horizon (180 steps)
+stays within it; for larger batches take a shorter one (B = 64: `--t1 0.01`).
+
+Usage: `python benchmarks/profile_batch.py [--batch 8] [--t1 0.02] [--quick]`.
 """
 
 from __future__ import annotations
@@ -162,11 +165,14 @@ def instruction_lines(hlo: str, by_line: bool = True) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=16, help="runs in the batch (16)")
-    parser.add_argument("--t1", type=float, default=20.0, help="horizon (default 20)")
+    parser.add_argument("--batch", type=int, default=8, help="runs in the batch (8)")
+    parser.add_argument("--t1", type=float, default=0.02, help="horizon (default 0.02)")
     parser.add_argument("--top", type=int, default=25, help="rows to show (25)")
+    parser.add_argument(
+        "--quick", action="store_true", help="B = 4 to T = 0.003 (half a minute)"
+    )
     args = parser.parse_args()
-    B, T = args.batch, args.t1
+    B, T = (4, 0.003) if args.quick else (args.batch, args.t1)
     data = nc.datasets.block_orthogonal(jax.random.key(0))
     ts = jnp.asarray([T])
 
