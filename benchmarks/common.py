@@ -10,11 +10,16 @@ benchmark runs in float64; nothing here changes the JAX configuration.
   of the sliding benchmarks, with their settings in one place;
 - `timed(fn)`, `timed_once(fn)`: wall times of a first call and of compiled calls;
 - `flat(model)`, `relative_distance(a, b)`, `interp_loglog(points, e)`: comparing runs;
-- `table_header(columns)`: the head of a Markdown table.
+- `table_header(columns)`: the head of a Markdown table;
+- `kernel_times(trace_dir, hint)`: the kernels of a `jax.profiler` trace, summed by name.
 """
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
+import json
 import os
 import platform
 import time
@@ -176,3 +181,49 @@ def table_header(columns: Sequence[str]) -> None:
     """Print the head of a Markdown table: the column names and the rule under them."""
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
+
+
+TRACE_CAP = 1_000_000  # events a Perfetto trace keeps (the profiler drops the rest)
+# Events that enclose kernels rather than being kernels (the kernels inside a `cond` or
+# a `while` are events of their own).
+CONTROL = (
+    "cond",
+    "while",
+    "PjitFunction",
+    "ExecuteReplicated",
+    "CommonPjRt",
+    "ThunkExecutor",
+    "Slinky",
+    "$",
+)
+
+
+def kernel_times(trace_dir: str, hint: str) -> tuple[dict[str, tuple[float, int]], bool]:
+    """`{kernel name: (total microseconds, calls)}` from the Perfetto trace written to
+    `trace_dir` (`jax.profiler.start_trace(..., create_perfetto_trace=True)`), and
+    whether the kernels are a GPU's: where the trace has device processes, only their
+    events count; else the host's. A trace cut short at the profiler's cap stops the
+    script, with `hint` (how to shorten the run) in the message."""
+    (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    if len(events) >= TRACE_CAP:
+        raise SystemExit(
+            f"the trace holds {len(events)} events, the profiler's cap: it is cut "
+            f"short, so the sums are not the whole run's; {hint}"
+        )
+    names = {
+        e["pid"]: e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    gpu = {pid for pid, name in names.items() if "GPU" in name or "gpu" in name}
+    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") != "X" or (gpu and e.get("pid") not in gpu):
+            continue
+        if not e["name"].startswith(CONTROL):
+            out[e["name"]][0] += e.get("dur", 0.0)
+            out[e["name"]][1] += 1
+    return {k: (v[0], int(v[1])) for k, v in out.items()}, bool(gpu)

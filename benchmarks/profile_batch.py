@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
-import json
 import re
 import tempfile
 import time
@@ -39,53 +36,9 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import device_line, table_header  # noqa: E402
+from common import device_line, kernel_times, table_header  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
-
-
-TRACE_CAP = 1_000_000  # events a Perfetto trace keeps (the profiler drops the rest)
-# Events that enclose kernels rather than being kernels (the kernels inside a `cond` or
-# a `while` are events of their own).
-CONTROL = (
-    "cond",
-    "while",
-    "PjitFunction",
-    "ExecuteReplicated",
-    "CommonPjRt",
-    "ThunkExecutor",
-    "Slinky",
-    "$",
-)
-
-
-def device_kernels(trace_dir: str) -> tuple[dict[str, list[float]], bool]:
-    """`{kernel name: [total microseconds, calls]}` from the Perfetto trace, and
-    whether they are a GPU's (events of a device process) rather than the host's."""
-    (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
-    with gzip.open(path) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    if len(events) >= TRACE_CAP:
-        raise SystemExit(
-            f"the trace holds {len(events)} events, the profiler's cap: it is cut "
-            "short; use a shorter --t1 or a smaller --batch"
-        )
-    names = {
-        e["pid"]: e.get("args", {}).get("name", "")
-        for e in events
-        if e.get("ph") == "M" and e.get("name") == "process_name"
-    }
-    gpu = {pid for pid, name in names.items() if "GPU" in name or "gpu" in name}
-    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("ph") != "X" or (gpu and e.get("pid") not in gpu):
-            continue
-        if e["name"].startswith(CONTROL):
-            continue
-        out[e["name"]][0] += e.get("dur", 0.0)
-        out[e["name"]][1] += 1
-    return out, bool(gpu)
 
 
 def instruction_lines(hlo: str, by_line: bool = True) -> dict[str, str]:
@@ -198,7 +151,7 @@ def main() -> None:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         jax.block_until_ready(solve(scales, seeds))
         jax.profiler.stop_trace()
-        kernels, on_gpu = device_kernels(trace_dir)
+        kernels, on_gpu = kernel_times(trace_dir, "use a shorter --t1 or a smaller --batch")
     total_us = sum(v[0] for v in kernels.values())
     total_calls = sum(v[1] for v in kernels.values())
     print("# profile_batch")

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
-import json
 import re
 import tempfile
 import time
@@ -40,42 +37,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from common import device_line, table_header  # noqa: E402
+from common import device_line, kernel_times, table_header  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
 
 
 PRODUCTS = ("ynn_fusion", "dot", "dot_general")
-TRACE_CAP = 1_000_000  # events a Perfetto trace keeps (the profiler drops the rest)
-CONTROL = (
-    "cond",
-    "while",
-    "PjitFunction",
-    "ExecuteReplicated",
-    "CommonPjRt",
-    "ThunkExecutor",
-    "Slinky",
-    "$",
-)
-
-
-def kernel_times(trace_dir: str) -> dict[str, tuple[float, int]]:
-    """`{kernel name: (total microseconds, calls)}` from the Perfetto trace."""
-    (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
-    with gzip.open(path) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    if len(events) >= TRACE_CAP:
-        raise SystemExit(
-            f"the trace holds {len(events)} events, the profiler's cap: it is cut "
-            "short, so the sums are not the whole run's; use a shorter --t1"
-        )
-    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("ph") == "X" and not e["name"].startswith(CONTROL):
-            out[e["name"]][0] += e.get("dur", 0.0)
-            out[e["name"]][1] += 1
-    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def data_kernels(hlo: str, shape: tuple[int, int]) -> set[str]:
@@ -118,7 +85,7 @@ def main() -> None:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         jax.block_until_ready(solve(model))
         jax.profiler.stop_trace()
-        times = kernel_times(trace_dir)
+        times, _ = kernel_times(trace_dir, "use a shorter --t1")
     n, h = data.x.shape[0], model.W.shape[1]
     rank = int(np.linalg.matrix_rank(np.asarray(data.x)))
     with_data = data_kernels(solve.as_text(), (n, rank))
