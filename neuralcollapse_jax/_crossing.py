@@ -330,6 +330,9 @@ class EventController(_WrappedPID):
       solver.
     - `budget`: the summed estimated error (in units of the tolerance) of the events a
       step may contain (default `EVENT_BUDGET`, 0.01).
+    - `transversal`: the predicted cost of a transversal crossing, as a fraction of
+      its jump times the step (default 0.25); 0 when the solver corrects crossings
+      inside its steps (`SlidingReLU(correct_crossings=True)`).
 
     Its `landings` (steps shortened before a predicted event) and `retries` (steps
     rejected and retried to end before a located event) are reported as
@@ -340,6 +343,7 @@ class EventController(_WrappedPID):
     margin: float = eqx.field(static=True, default=1e-3)
     window: float = eqx.field(static=True, default=0.05)
     budget: float = eqx.field(static=True, default=EVENT_BUDGET)
+    transversal: float = eqx.field(static=True, default=0.25)
 
     def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -419,7 +423,7 @@ class EventController(_WrappedPID):
         _, transversal = transversal_approach(Z, zdot, C, x, leak)
         entry = toward & ~transversal & (C < 0)
         frac = s / dt
-        weight = jnp.where(entry, 1.0 - frac, 0.25)
+        weight = jnp.where(entry, 1.0 - frac, self.transversal)
         jump = (1.0 - leak) * jnp.abs(C) * jnp.linalg.norm(x, axis=1)[:, None]
         cost = jnp.where(toward, dt * jump * weight, 0.0)
         ahead = jnp.where(toward & (frac > self.window) & (frac < 1.0), frac, jnp.inf)
@@ -451,7 +455,7 @@ class EventController(_WrappedPID):
             landings=state.landings + shorten.astype(jnp.int32),
             retries=state.retries + retry_now.astype(jnp.int32),
             cap=cap,
-            restarts=state.restarts + (located.restarted > 0).astype(jnp.int32),
+            restarts=state.restarts + jnp.round(located.restarted).astype(jnp.int32),
         )
         # The step times are choices of the method, not functions of the flow: their
         # derivatives are stopped (as Diffrax's PID stops those of its step factor).

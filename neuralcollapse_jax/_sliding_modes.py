@@ -944,6 +944,116 @@ def hermite_roots(
     return jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), a)
 
 
+EVENT_PAIRS_IN = 256  # crossings inside a step whose times are moved jointly
+
+
+def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT_PAIRS_IN):
+    """The crossing times `th` (located on the near-side interpolant of each `z`)
+    moved by the earlier crossings of the same neuron: each adds `G_k (t - t_k)` to
+    `w_j` from its time on, which moves `z_l` by `<x_l, G_k> (t - t_k)` (without the
+    projection): a few fixed-point sweeps of the first-order shift, on the gathered
+    crossings (up to `size`; beyond that the times are left as located)."""
+    count = jnp.sum(crossed)
+    size = min(size, crossed.size)
+
+    def shifted():
+        i, j = jnp.nonzero(crossed, size=size, fill_value=0)
+        valid = jnp.arange(size) < count
+        t = th[i, j]
+        speed = hermite_slope(t, Z0[i, j], m0[i, j], Z1[i, j], m1[i, j])
+        c = C0[i, j] + (C1[i, j] - C0[i, j]) * t
+        g = jsign[i, j] * c
+        xi = x[i]
+        K = (xi @ xi.T) * (j[:, None] == j[None, :]) * (valid[:, None] & valid[None, :])
+        K = K * (1.0 - jnp.eye(size, dtype=K.dtype))
+        base = t
+
+        def sweep(_, t):
+            dz = dt * jnp.sum(
+                K * g[None, :] * jnp.maximum(t[:, None] - t[None, :], 0.0), axis=1
+            )
+            return jnp.clip(base - dz / jnp.where(speed != 0, speed, 1.0), 0.0, 1.0)
+
+        t = jax.lax.fori_loop(0, 3, sweep, t)
+        return th.at[i, j].set(jnp.where(valid, t, th[i, j]))
+
+    return rare_cond(count <= size, shifted, lambda: th)
+
+
+def inside_crossings(
+    crossed: Bool[Array, "n h"],
+    theta: Array,
+    Z0: Array,
+    Z1: Array,
+    m0: Array,
+    m1: Array,
+    C0: Array,
+    C1: Array,
+    pattern: Bool[Array, "n h"],
+    W1: Array,
+    V1: Array,
+    data: Dataset,
+    mode: Mode,
+    loss: AbstractLoss,
+    leak: float,
+    dt: Array,
+) -> tuple[Array, ...]:
+    r"""The transversal crossings located inside a step whose stages all took the
+    activation pattern of its start: `(dW1, dW2, dV2, eW, eV, theta)`, what they add
+    to the step's end `y1` (first- and second-order parts), an estimate of the error
+    left, and the crossing times used.
+
+    Past its crossing at `theta` a pair's `w`-term switches by the jump
+    `G = +-(1 - leak) c_ij x_i` (projected like the field) and its activation by
+    `+-(1 - leak) z_ij`. The stages integrated the near-side field, smooth in the
+    state, to the tableau's order; the difference `delta` between the flow and that
+    solution obeys `delta' = J delta + sum G + (dF/dH) Delta H`, so
+
+    - first order: `int_theta^1 G dt`, with `c_ij` linear between the step's ends;
+    - second order: `J int delta + (dF/dH) int Delta H`, one Jacobian-vector
+      product of the near-side field at `y1` in the direction of
+      `sum G (1 - theta)^2 dt^2 / 2` (the time integral of `delta`) and of the
+      integral of `Delta H` (from the step's cubic interpolant of `z`).
+
+    What is left is third order in the step; its estimate is the second-order part
+    scaled by its ratio to the first."""
+    x = data.x
+    th = jax.lax.stop_gradient(theta)
+    jsign = jnp.where(Z0 > 0, leak - 1.0, 1.0 - leak)  # slope after minus before
+    th = crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
+    rest = 1.0 - th
+    # int_theta^1 c, c linear between the ends of the step
+    Ic = rest * C0 + 0.5 * (C1 - C0) * (1.0 - th * th)
+    dW1 = project(x.T @ jnp.where(crossed, jsign * Ic * dt, 0.0), mode.xs, mode.ginv)
+    mid = 0.5 * (1.0 + th)
+    cmid = C0 + (C1 - C0) * mid
+    dirW = project(
+        x.T @ jnp.where(crossed, jsign * cmid * 0.5 * rest * rest * dt * dt, 0.0),
+        mode.xs,
+        mode.ginv,
+    )
+    # int_theta^1 z on the cubic interpolant (Simpson: exact for a cubic; z = 0 at
+    # theta)
+    Iz = rest / 6.0 * (4.0 * _hermite(mid, Z0, m0, Z1, m1) + Z1)
+    dirH = jnp.where(crossed, jsign * Iz * dt, 0.0)
+    # The far-side pattern: the response to `delta` and `Delta H` includes that of
+    # the switched terms themselves (their `c_ij` moves with the outputs).
+    far = pattern != crossed
+    slope = jnp.where(far, 1.0, leak).astype(W1.dtype)
+
+    def near(W, dH):
+        Z = x @ W
+        H = jnp.where(far, Z, leak * Z) + dH
+        f = of_hidden(H, slope, Z, V1, data, mode, loss)
+        return f.dW, f.dV
+
+    _, (tW, tV) = jax.jvp(near, (W1, jnp.zeros_like(dirH)), (dirW, dirH))
+    first = jnp.sqrt(jnp.sum(dW1 * dW1))
+    second = jnp.sqrt(jnp.sum(tW * tW) + jnp.sum(tV * tV))
+    ratio = jax.lax.stop_gradient(second / jnp.where(first > 0, first, 1.0))
+    return dW1, tW, tV, ratio * tW, ratio * tV, th
+
+
 EVENT_PAIRS = 256  # located events per step whose roots are found on a gathered copy
 
 

@@ -1,0 +1,107 @@
+"""Transversal crossings integrated inside the steps
+(`SlidingReLU(crossings="locate", correct_crossings=True)`): the local error of a
+step across a crossing against SciPy with the crossing located as an event, the
+agreement with SciPy's DOP853 on a problem with crossings and no sliding (at the
+save times inside steps too), the balance `||w_j||^2 - ||v_j||^2`, and bad input."""
+
+import jax
+import numpy as np
+import pytest
+from problems import crossing_problem
+from test_events import _saved, _scipy_exponential
+from test_sliding import _one_step
+
+import neuralcollapse_jax as nc
+from neuralcollapse_jax import SlidingReLU
+
+
+def _corrected():
+    return SlidingReLU(crossings="locate", correct_crossings=True)
+
+
+@pytest.mark.parametrize("frac", [0.4, 0.8])
+def test_a_step_across_a_crossing_is_third_order(frac):
+    """One neuron, one transversal crossing at `frac` of the step: the stages keep
+    the near side and the crossing is added after the step (first- and second-order
+    terms), so the local error falls like `dt^3`, against `dt` when the stages cross
+    it themselves."""
+    data, _, tc, exact = crossing_problem()
+    dts = np.array([0.1, 0.05, 0.025])
+    errors = {}
+    for name, solver in (
+        ("plain", SlidingReLU(crossings="locate")),
+        ("corr", _corrected()),
+    ):
+        errors[name] = np.array(
+            [
+                np.linalg.norm(
+                    _one_step(solver, data, exact(tc - frac * dt), tc - frac * dt, dt)
+                    - exact(tc + (1 - frac) * dt)
+                )
+                for dt in dts
+            ]
+        )
+    plain = np.log2(errors["plain"][:-1] / errors["plain"][1:])
+    corr = np.log2(errors["corr"][:-1] / errors["corr"][1:])
+    assert np.all(np.abs(plain - 1.0) < 0.2), errors
+    assert np.all(corr > 2.8), errors
+    assert errors["corr"][-1] < errors["plain"][-1] / 1000, errors
+
+
+def _no_sliding_problem():
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.normal(size=(6, 3))) + 0.3 * rng.normal(size=(6, 3))
+    W = rng.normal(size=(3, 4)) * 0.5
+    v = np.array([0.5, -0.4, 0.3, -0.6])
+    return nc.TwoLayerReLU(W, v[None, :]), nc.Dataset(X, np.ones(6, int), 2), X
+
+
+@pytest.mark.parametrize("rtol, bound", [(1e-7, 2e-6), (1e-9, 3e-8)])
+def test_agrees_with_scipy_where_nothing_slides(rtol, bound):
+    """Positively correlated points of one label, four neurons of both output signs:
+    pairs cross their kinks, none slides. The crossings are located and corrected
+    inside the steps (none is started, no step is shortened for one), and the flow
+    agrees with SciPy's DOP853 at every save time; the balance of each neuron holds."""
+    model, data, X = _no_sliding_problem()
+    ts = np.linspace(0.0, 4.0, 17)
+    traj = nc.gradient_flow(
+        model, data, t1=4.0, saveat=ts, loss="exponential", rtol=rtol, solver=_corrected()
+    )
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["sliding_max_pairs"]) == 0
+    assert int(traj.stats["crossings_located"]) >= 2
+    assert int(traj.stats["crossings_started"]) == 0
+    assert int(traj.stats["event_landings"]) == 0
+    ref = _scipy_exponential(model, X, ts)
+    err = np.linalg.norm(_saved(traj) - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() < bound, err
+    W, V = np.asarray(traj.models.W), np.asarray(traj.models.V)
+    balance = np.sum(W * W, axis=1) - np.sum(V * V, axis=1)
+    drift = np.abs(balance - balance[0]) / np.sum(W[0] ** 2 + V[0] ** 2)
+    assert drift.max() < bound, drift
+
+
+def test_under_jit_and_vmap():
+    """`vmap` over initial output weights equals single calls."""
+    model, data, _ = _no_sliding_problem()
+    ts = np.array([0.0, 2.0])
+
+    def run(scale):
+        m = nc.TwoLayerReLU(model.W, model.V * scale)
+        return nc.gradient_flow(
+            m, data, t1=2.0, saveat=ts, loss="exponential", rtol=1e-8, solver=_corrected()
+        ).final.W
+
+    scales = np.array([1.0, 0.8])
+    batched = jax.jit(jax.vmap(run))(scales)
+    for k, s in enumerate(scales):
+        np.testing.assert_allclose(np.asarray(batched[k]), np.asarray(run(s)), rtol=1e-10)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="correct_crossings needs crossings='locate'"):
+        SlidingReLU(crossings="land", correct_crossings=True)
+    # Its controller does not shorten steps before transversal crossings.
+    controller = _corrected().controller(1e-6, 1e-8)
+    assert isinstance(controller, nc.EventController) and controller.transversal == 0.0
+    assert SlidingReLU(crossings="locate").controller(1e-6, 1e-8).transversal == 0.25
