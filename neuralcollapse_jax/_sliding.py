@@ -74,8 +74,8 @@ CROSSINGS = ("locate", "land", "start", "none")
 # second-order part times its ratio to the first) is multiplied by this before it
 # joins the step's error estimate: on MNIST-60 in the alignment phase the error at
 # `T = 0.016` was about 50 times the tolerance with a factor 1 and about the
-# tolerance with 100 (crossings of one neuron at different times interact at second
-# order, which the estimate does not see).
+# tolerance with 100. Empirical: the estimate is too low for steps with many
+# crossings (docs page *Sliding*).
 INSIDE_SAFETY = 100.0
 
 
