@@ -58,6 +58,7 @@ from ._sliding_modes import (
     project,
     shifted_first,
     sliding_violations,
+    slope_switch,
     slots_of,
     start_crossings,
     started_second_order,
@@ -679,15 +680,16 @@ class SlidingReLU(AbstractTableauSolver):
             # An entry (the far side pushes the pair back) left inside the step costs
             # the wrong field for the rest of the step; a transversal crossing about a
             # quarter of the step (as `CrossingController` estimates it).
-            zdot_far = zdot1
             if correct:
-                # The stages kept the near side: the far-side velocity at y1, with
-                # the jump of the pair's own term (without a projection, as
-                # `transversal_approach`).
-                own = (1.0 - leak) * last.C * jnp.sum(data.x * data.x, axis=1)[:, None]
-                zdot_far = jnp.where(Z0 > 0, zdot1 - own, zdot1 + own)
-            back = jnp.where(Z1 > 0, zdot_far < 0, zdot_far > 0)
-            weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.0 if correct else 0.25)
+                # The stages kept the near side: whether the pair's own jump turns
+                # its velocity at y1 back (`transversal_approach` from its starting
+                # side, without a projection).
+                _, through = transversal_approach(Z0, zdot1, last.C, data.x, leak)
+                back = ~through
+            else:
+                back = jnp.where(Z1 > 0, zdot1 < 0, zdot1 > 0)
+            # (With `correct_crossings` the weights are set after the correction.)
+            weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
             # The jump term of each transversal crossing left inside the step (the
             # saltation term of its derivative): the stages took the field on each
             # side without the crossing time's dependence on the state. It adds
@@ -709,7 +711,7 @@ class SlidingReLU(AbstractTableauSolver):
             zddot = (6.0 * (Z0 - Z1) + 2.0 * dt * zdot_start + 4.0 * dt * zdot1) / nonzero(
                 dt * dt
             )
-            corrected = jnp.zeros((), bool)
+            again = jnp.zeros((), bool)
             if correct:
                 # The transversal crossings located inside the step, integrated after
                 # it (`inside_crossings`), and the field at the corrected y1 with the
@@ -717,7 +719,7 @@ class SlidingReLU(AbstractTableauSolver):
                 # (Steps with an entry left inside, uncorrected, evaluate the field
                 # at y1 again too: the stages' last field has the entering pair on
                 # its near side.)
-                corrected = jnp.any(event)
+                again = jnp.any(event)
 
                 def inside():
                     dW1, dW2, dV, eW_in, eV_in, th_in = inside_crossings(
@@ -747,11 +749,11 @@ class SlidingReLU(AbstractTableauSolver):
                     return W1 + salt, V1, last, zdot1, zW, zV, zW, zV, theta
 
                 W1c, V1c, last_c, zdot1, eW_in, eV_in, dW2_in, dV2_in, th_in = rare_cond(
-                    corrected, inside, plain
+                    again, inside, plain
                 )
                 # The dense output: the near-side interpolant plus the crossings'
                 # first-order part from their times on (`CorrectedInterpolation`).
-                jsign_c = jnp.where(crossed, jnp.where(Z0 > 0, leak - 1.0, 1.0 - leak), 0.0)
+                jsign_c = jnp.where(crossed, slope_switch(Z0, leak), 0.0)
                 inside_dense = dict(
                     theta=jnp.where(crossed, th_in, jnp.inf),
                     a0=jsign_c * fields[0].C * dt,
@@ -828,7 +830,7 @@ class SlidingReLU(AbstractTableauSolver):
                 zddot=zddot,
                 C=last.C,
                 sliding=mode.mask.astype(dtype),
-                restarted=restarted.astype(dtype) + 2.0 * corrected.astype(dtype),
+                restarted=restarted.astype(dtype) + 2.0 * again.astype(dtype),
             )
             located = jnp.sum(event, dtype=jnp.int32)
             # How transversal this step's events are: the near-side speed of z_ij
@@ -877,7 +879,6 @@ class SlidingReLU(AbstractTableauSolver):
             jnp.stack([k[1] for k in ks]).astype(dtype),
             leak,
         )
-
         # The near-side parts of started crossings and entries are added to y1 alone;
         # they happen at the very start of the step (within `tau dt`), so the dense
         # output gets them from its start: shifting y0 keeps it exact at both ends.

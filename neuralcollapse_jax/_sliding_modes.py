@@ -947,6 +947,12 @@ def hermite_roots(
 EVENT_PAIRS_IN = 256  # crossings inside a step whose times are moved jointly
 
 
+def slope_switch(Z0: Array, leak: float) -> Array:
+    """What a crossing from the side of `Z0` adds to its pair's `w`-slope: the slope
+    after minus the slope before (`1 - leak` upwards, `leak - 1` downwards)."""
+    return jnp.where(Z0 > 0, leak - 1.0, 1.0 - leak)
+
+
 def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT_PAIRS_IN):
     """The crossing times `th` (located on the near-side interpolant of each `z`)
     moved by the earlier crossings of the same neuron: each adds `G_k (t - t_k)` to
@@ -1011,7 +1017,7 @@ def inside_crossings(
 
     - first order: `int_theta^1 G dt`, with `c_ij` linear between the step's ends;
     - second order: `J int delta + (dF/dH) int Delta H`, one Jacobian-vector
-      product of the near-side field at `y1` in the direction of
+      product of the far-side field at `y1` in the direction of
       `sum G (1 - theta)^2 dt^2 / 2` (the time integral of `delta`) and of the
       integral of `Delta H` (from the step's cubic interpolant of `z`).
 
@@ -1019,7 +1025,7 @@ def inside_crossings(
     scaled by its ratio to the first."""
     x = data.x
     th = jax.lax.stop_gradient(theta)
-    jsign = jnp.where(Z0 > 0, leak - 1.0, 1.0 - leak)  # slope after minus before
+    jsign = slope_switch(Z0, leak)
     th = crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
     rest = 1.0 - th
     # int_theta^1 c, c linear between the ends of the step
@@ -1041,13 +1047,13 @@ def inside_crossings(
     far = pattern != crossed
     slope = jnp.where(far, 1.0, leak).astype(W1.dtype)
 
-    def near(W, dH):
+    def far_field(W, dH):
         Z = x @ W
         H = jnp.where(far, Z, leak * Z) + dH
         f = of_hidden(H, slope, Z, V1, data, mode, loss)
         return f.dW, f.dV
 
-    _, (tW, tV) = jax.jvp(near, (W1, jnp.zeros_like(dirH)), (dirW, dirH))
+    _, (tW, tV) = jax.jvp(far_field, (W1, jnp.zeros_like(dirH)), (dirW, dirH))
     first = jnp.sqrt(jnp.sum(dW1 * dW1))
     second = jnp.sqrt(jnp.sum(tW * tW) + jnp.sum(tV * tV))
     ratio = jax.lax.stop_gradient(second / jnp.where(first > 0, first, 1.0))
