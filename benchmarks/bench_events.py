@@ -324,8 +324,9 @@ def m300_targets(ref_rtol: float) -> None:
     """Issue targets on M300: the default call within 1e-6 of the same flow at
     `ref_rtol` and in no more wall time than plain Diffrax `Tsit5` at `rtol 1e-5`
     (full space, as a user of Diffrax would run it; also in the row space that
-    `gradient_flow` now uses by default). Every call is timed including its
-    compilation, in this order, in this run."""
+    `gradient_flow` now uses by default), and the default solver with transversal
+    crossings corrected inside its steps (`correct_crossings=True`, not the default).
+    Every call is timed including its compilation, in this order, in this run."""
     data, model, t1, ts = m300_problem()
     print(
         f"\n## M300 targets: n = {data.x.shape[0]}, D = {data.dim}, "
@@ -340,6 +341,10 @@ def m300_targets(ref_rtol: float) -> None:
         (
             "plain Diffrax Tsit5, rtol 1e-5, row space",
             dict(solver=diffrax.Tsit5(), rtol=1e-5),
+        ),
+        (
+            "option `correct_crossings=True`",
+            dict(solver=nc.SlidingReLU(crossings="locate", correct_crossings=True)),
         ),
         (f"default solver, rtol {ref_rtol:g} (reference)", dict(rtol=ref_rtol)),
     ]

@@ -957,8 +957,9 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     """The crossing times `th` (located on the near-side interpolant of each `z`)
     moved by the earlier crossings of the same neuron: each adds `G_k (t - t_k)` to
     `w_j` from its time on, which moves `z_l` by `<x_l, G_k> (t - t_k)` (without the
-    projection): a few fixed-point sweeps of the first-order shift, on the gathered
-    crossings (up to `size`; beyond that the times are left as located)."""
+    projection), on the gathered
+    crossings (up to `size`; beyond that the times are left as located): Newton
+    steps on the near-side cubic of each `z` plus its shift."""
     count = jnp.sum(crossed)
     size = min(size, crossed.size)
 
@@ -972,13 +973,20 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
         xi = x[i]
         K = (xi @ xi.T) * (j[:, None] == j[None, :]) * (valid[:, None] & valid[None, :])
         K = K * (1.0 - jnp.eye(size, dtype=K.dtype))
-        base = t
+        z0, z1, s0, s1 = Z0[i, j], Z1[i, j], m0[i, j], m1[i, j]
 
         def sweep(_, t):
-            dz = dt * jnp.sum(
-                K * g[None, :] * jnp.maximum(t[:, None] - t[None, :], 0.0), axis=1
-            )
-            return jnp.clip(base - dz / jnp.where(speed != 0, speed, 1.0), 0.0, 1.0)
+            # A Newton step on the near-side cubic plus the shift: a shift of a
+            # tenth of the step, taken along the slope at the near-side root alone,
+            # left a crossing time off by 1% of the step (a relative error of 1.3e-7
+            # in one MNIST-60 step).
+            later = K * g[None, :] * (t[:, None] > t[None, :])
+            dz = dt * jnp.sum(later * (t[:, None] - t[None, :]), axis=1)
+            slope = hermite_slope(t, z0, s0, z1, s1) + dt * jnp.sum(later, axis=1)
+            ok = (slope != 0) & (jnp.sign(slope) == jnp.sign(speed))
+            f = _hermite(t, z0, s0, z1, s1) + dz
+            slope = jnp.where(ok, slope, jnp.where(speed != 0, speed, 1.0))
+            return jnp.clip(t - f / slope, 0.0, 1.0)
 
         t = jax.lax.fori_loop(0, 3, sweep, t)
         return th.at[i, j].set(jnp.where(valid, t, th[i, j]))
@@ -1292,6 +1300,7 @@ def exit_events(
     tol: float,
     dt: Array,
     tau_started: Array,
+    theta_switch: Array | None = None,
 ) -> tuple[Array, Array]:
     """Exits from sliding inside a step: `(theta, cost)` as `n x h` arrays (`inf` and
     `0` where none).
@@ -1311,6 +1320,13 @@ def exit_events(
     neuron) switches a term of its neuron's field, and with it the weights of the
     neuron's sliding pairs: a weight that the switch puts beyond its bound is an exit
     at the crossing's time, with the wrong weight held for the rest of the step.
+
+    `theta_switch` (per neuron, `inf` where none): the first transversal crossing
+    corrected inside the step (`SlidingReLU(correct_crossings=True)`). It switches
+    the weights of its neuron's sliding pairs in the same way, so an exit located
+    after it is placed at it: the weight jumps there, and its linear interpolant put
+    the exit near the end of the step whatever the step's length (on MNIST-60, 30
+    retries in a row each shortened the step by 2.5%).
     """
     used = idx >= 0
     safe = jnp.maximum(idx, 0)
@@ -1329,6 +1345,13 @@ def exit_events(
     x_norm = jnp.linalg.norm(x, axis=1)[safe]  # h x m
     frac = jnp.where(jnp.isfinite(theta), theta, 1.0)
     cost = jnp.where(out_lo | out_hi, 0.5 * g * (1.0 - frac) * jnp.abs(dt) * x_norm, 0.0)
+    if theta_switch is not None:
+        # Put out at (or after) a crossing corrected inside the step: at the first
+        # such crossing of the neuron, with the whole violation held from it on.
+        at = theta_switch[:, None]
+        jumped = (out_lo | out_hi) & (at < theta)
+        theta = jnp.where(jumped, jnp.broadcast_to(at, theta.shape), theta)
+        cost = jnp.where(jumped, g * (1.0 - at) * jnp.abs(dt) * x_norm, cost)
     # Put out by a crossing started in this step: held with the wrong weight from
     # the crossing on (the whole violation, not half of it).
     tau = tau_started[:, None]

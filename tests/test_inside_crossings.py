@@ -5,6 +5,7 @@ agreement with SciPy's DOP853 on a problem with crossings and no sliding (at the
 save times inside steps too), the balance `||w_j||^2 - ||v_j||^2`, and bad input."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from problems import crossing_problem
@@ -105,3 +106,62 @@ def test_bad_input():
     controller = _corrected().controller(1e-6, 1e-8)
     assert isinstance(controller, nc.EventController) and controller.transversal == 0.0
     assert SlidingReLU(crossings="locate").controller(1e-6, 1e-8).transversal == 0.25
+
+
+def test_crossing_times_follow_a_shift_on_a_curved_interpolant():
+    """Two crossings of one neuron in one step: the first (at 0.2 of the step)
+    switches a term of the neuron's equation, which moves the second pair's `z` by
+    `dt <x_2, G_1> (t - t_1)`. The second crossing time is the root of its near-side
+    cubic plus that shift, here a tenth of the step away from the near-side root
+    where the cubic is curved; against SciPy's `brentq` on the same function. (Moved
+    along the slope at the near-side root alone, it was off by 1e-2.)"""
+    from scipy.optimize import brentq
+
+    from neuralcollapse_jax._sliding_modes import _hermite, crossing_times
+
+    dt = 0.5
+    x = np.array([[1.0, 0.0], [0.8, 0.6]])
+    # near-side cubics (values and slopes at the ends of the step, in step units)
+    Z0 = np.array([[-0.2], [-0.5]])
+    Z1 = np.array([[0.8], [0.1]])
+    m0 = np.array([[1.0], [0.1]])
+    m1 = np.array([[1.0], [1.5]])
+    C = np.array([[0.0], [0.0]])
+    C0 = np.array([[-0.9], [-0.3]])
+    jsign = np.array([[-1.0], [-1.0]])  # both cross from the inactive side
+    theta0 = np.array([[0.2], [0.0]])
+    p = lambda t, i: float(_hermite(t, Z0[i, 0], m0[i, 0], Z1[i, 0], m1[i, 0]))  # noqa: E731
+    theta0[1, 0] = brentq(lambda t: p(t, 1), 0.0, 1.0, xtol=1e-15)
+    theta0[0, 0] = brentq(lambda t: p(t, 0), 0.0, 1.0, xtol=1e-15)
+    crossed = np.array([[True], [True]])
+    args = (crossed, theta0, Z0, Z1, m0, m1, C0, C0 + C, jsign, x)
+    th = np.asarray(crossing_times(*map(jnp.asarray, args), dt))
+    g1 = jsign[0, 0] * C0[0, 0]
+    shift = lambda t: dt * (x[1] @ x[0]) * g1 * max(t - theta0[0, 0], 0.0)  # noqa: E731
+    exact = brentq(lambda t: p(t, 1) + shift(t), 0.0, 1.0, xtol=1e-15)
+    assert abs(exact - theta0[1, 0]) > 0.05  # the shift is large
+    assert th[0, 0] == pytest.approx(theta0[0, 0], abs=1e-14)
+    assert th[1, 0] == pytest.approx(exact, abs=1e-6), (th, exact, theta0)
+
+
+@pytest.mark.slow
+def test_mnist60_within_the_target():
+    """MNIST-60 (20 test digits each of 0, 1, 2, centered, `h = 50`, std 1e-3) to
+    `T = 2`, at the default tolerance: 1,292 crossings corrected inside the steps,
+    253 entries into sliding. Within 2e-7 of the default solver (steps end at every
+    event) at `rtol 1e-11` at every save time; the issue's target is 1e-6. Before a
+    crossing that another crossing of its neuron brings about inside a step was
+    located (and a neuron's crossing times followed their shifts on the cubic), it
+    was 1.6e-6."""
+    data = nc.datasets.mnist(per_class=20)
+    model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
+    ts = np.linspace(0.0, 2.0, 6)
+    ref = nc.gradient_flow(model, data, t1=2.0, saveat=ts, rtol=1e-11)
+    traj = nc.gradient_flow(model, data, t1=2.0, saveat=ts, solver=_corrected())
+    assert int(traj.status) == nc.Status.SUCCESS
+    assert int(traj.stats["crossings_located"]) > 1000
+    assert int(traj.stats["crossings_started"]) == 0
+    err = np.linalg.norm(_saved(traj) - _saved(ref), axis=1) / np.linalg.norm(
+        _saved(ref), axis=1
+    )
+    assert err.max() < 2e-7, err
