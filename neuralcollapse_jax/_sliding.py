@@ -223,9 +223,11 @@ class SlidingReLU(AbstractTableauSolver):
       (`inside_crossings`: the switched terms integrated from their times on, and one
       Jacobian-vector product for the response to them), so that a step across a
       crossing has a third-order local error; the field is evaluated again at the
-      corrected end (a step with crossings costs two evaluations more). Entries and
-      exits still end the steps. Experimental and off by default: see the docs page
-      *Sliding* for what it gains and where its error is not yet controlled.
+      corrected end (a step with crossings costs two evaluations more). Entries,
+      exits and crossings that the correction itself brings about still end the
+      steps. Experimental and off by default: see the docs page *Sliding* for what it
+      gains and why it is not the default (where crossings are few, many of its steps
+      are rejected).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -795,16 +797,20 @@ class SlidingReLU(AbstractTableauSolver):
                 # crossing for the rest of the step: the step is retried to end
                 # before it, and the next step corrects it.
                 induced = free & ~event & ((last.Z > 0) != (Z0 > 0))
-                theta_induced = jnp.clip(
-                    event_roots(
-                        induced,
-                        Z0,
-                        last.Z,
-                        dt * jnp.where(induced, zdot_start, 0.0),
-                        dt * jnp.where(induced, zdot1, 0.0),
+                theta_induced = rare_cond(
+                    jnp.any(induced),
+                    lambda: jnp.clip(
+                        event_roots(
+                            induced,
+                            Z0,
+                            last.Z,
+                            dt * jnp.where(induced, zdot_start, 0.0),
+                            dt * jnp.where(induced, zdot1, 0.0),
+                        ),
+                        0.0,
+                        1.0,
                     ),
-                    0.0,
-                    1.0,
+                    lambda: jnp.zeros_like(theta),
                 )
                 # The first crossing corrected inside the step, per neuron.
                 theta_switch = jnp.min(jnp.where(crossed, th_in, jnp.inf), axis=0)
