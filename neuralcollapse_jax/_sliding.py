@@ -227,7 +227,9 @@ class SlidingReLU(AbstractTableauSolver):
       exits and crossings that the correction itself brings about still end the
       steps. Experimental and off by default: see the docs page *Sliding* for what it
       gains and why it is not the default (where crossings are few, many of its steps
-      are rejected).
+      are rejected). Not differentiable: its steps' derivatives lack terms, and
+      `gradient_flow` raises a `ValueError` when anything is differentiated through
+      it.
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
