@@ -962,6 +962,10 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     steps on the near-side cubic of each `z` plus its shift."""
     count = jnp.sum(crossed)
     size = min(size, crossed.size)
+    # The moved times carry no derivative: the crossings' jump terms enter through
+    # their located times (`event_times` in the step); a Newton step from the root
+    # would give the same derivative again (it doubled the jump term).
+    Z0, Z1, m0, m1, C0, C1 = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1))
 
     def shifted():
         i, j = jnp.nonzero(crossed, size=size, fill_value=0)
