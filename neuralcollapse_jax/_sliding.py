@@ -692,8 +692,6 @@ class SlidingReLU(AbstractTableauSolver):
                 back = ~through
             else:
                 back = jnp.where(Z1 > 0, zdot1 < 0, zdot1 > 0)
-            # (With `correct_crossings` the weights are set after the correction.)
-            weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
             # The jump term of each transversal crossing left inside the step (the
             # saltation term of its derivative): the stages took the field on each
             # side without the crossing time's dependence on the state. It adds
@@ -822,6 +820,8 @@ class SlidingReLU(AbstractTableauSolver):
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             if not correct:
+                # (With `correct_crossings` the weights were set after the correction.)
+                weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
                 charged = event
                 theta_switch = None
             cost = jnp.where(charged, jnp.abs(dt) * jump * weight, 0.0)

@@ -957,9 +957,9 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     """The crossing times `th` (located on the near-side interpolant of each `z`)
     moved by the earlier crossings of the same neuron: each adds `G_k (t - t_k)` to
     `w_j` from its time on, which moves `z_l` by `<x_l, G_k> (t - t_k)` (without the
-    projection), on the gathered
-    crossings (up to `size`; beyond that the times are left as located): Newton
-    steps on the near-side cubic of each `z` plus its shift."""
+    projection): Newton steps on the near-side cubic of each `z` plus its shift, on
+    the gathered crossings (up to `size`; beyond that the times are left as
+    located)."""
     count = jnp.sum(crossed)
     size = min(size, crossed.size)
     # The moved times carry no derivative: the crossings' jump terms enter through

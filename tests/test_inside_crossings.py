@@ -112,7 +112,7 @@ def test_crossing_times_follow_a_shift_on_a_curved_interpolant():
     """Two crossings of one neuron in one step: the first (at 0.2 of the step)
     switches a term of the neuron's equation, which moves the second pair's `z` by
     `dt <x_2, G_1> (t - t_1)`. The second crossing time is the root of its near-side
-    cubic plus that shift, here a tenth of the step away from the near-side root
+    cubic plus that shift, here a fifth of the step away from the near-side root
     where the cubic is curved; against SciPy's `brentq` on the same function. (Moved
     along the slope at the near-side root alone, it was off by 1e-2.)"""
     from scipy.optimize import brentq
@@ -126,15 +126,14 @@ def test_crossing_times_follow_a_shift_on_a_curved_interpolant():
     Z1 = np.array([[0.8], [0.1]])
     m0 = np.array([[1.0], [0.1]])
     m1 = np.array([[1.0], [1.5]])
-    C = np.array([[0.0], [0.0]])
-    C0 = np.array([[-0.9], [-0.3]])
+    C0 = np.array([[-0.9], [-0.3]])  # c constant over the step
     jsign = np.array([[-1.0], [-1.0]])  # both cross from the inactive side
     theta0 = np.array([[0.2], [0.0]])
     p = lambda t, i: float(_hermite(t, Z0[i, 0], m0[i, 0], Z1[i, 0], m1[i, 0]))  # noqa: E731
     theta0[1, 0] = brentq(lambda t: p(t, 1), 0.0, 1.0, xtol=1e-15)
     theta0[0, 0] = brentq(lambda t: p(t, 0), 0.0, 1.0, xtol=1e-15)
     crossed = np.array([[True], [True]])
-    args = (crossed, theta0, Z0, Z1, m0, m1, C0, C0 + C, jsign, x)
+    args = (crossed, theta0, Z0, Z1, m0, m1, C0, C0, jsign, x)
     th = np.asarray(crossing_times(*map(jnp.asarray, args), dt))
     g1 = jsign[0, 0] * C0[0, 0]
     shift = lambda t: dt * (x[1] @ x[0]) * g1 * max(t - theta0[0, 0], 0.0)  # noqa: E731
