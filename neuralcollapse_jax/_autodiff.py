@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -26,21 +25,3 @@ def with_tangent(value, fn, diff: tuple, const: tuple = (), *, add: bool = True)
         return value, jax.tree.map(jnp.add, t_value, extra) if add else extra
 
     return restore(value, diff, const)
-
-
-def no_derivatives(tree, message: str):
-    """`tree` unchanged, whose floating-point leaves raise `ValueError(message)` when
-    anything differentiates through them (forward or reverse mode: both form the
-    JVP, whose rule raises while it is traced). Nothing happens without derivatives.
-    For methods whose derivatives are known to be wrong: reported, not given."""
-    dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
-
-    @jax.custom_jvp
-    def guard(dynamic):
-        return dynamic
-
-    @guard.defjvp
-    def guard_jvp(primals, tangents):
-        raise ValueError(message)
-
-    return eqx.combine(guard(dynamic), static)

@@ -17,7 +17,6 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
 from ._adjoint import ForwardOrReverse
-from ._autodiff import no_derivatives
 from ._dataset import Dataset
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
@@ -232,16 +231,6 @@ def gradient_flow(
     ts = jnp.asarray(saveat, dtype=dtype)
     rtol = jnp.asarray(rtol, dtype=dtype)
     atol = default_atol(model, rtol) if atol is None else jnp.asarray(atol, dtype=dtype)
-    if getattr(solver, "correct_crossings", False):
-        # Its steps' derivatives lack a term (against finite differences: 4.2e-4 off
-        # after one crossing at any tolerance; docs page *Differentiating the
-        # flow*): reported, not given.
-        model, data, t1, ts = no_derivatives(
-            (model, data, t1, ts),
-            "gradient_flow: derivatives through SlidingReLU(correct_crossings=True) "
-            "are not implemented (they would be wrong); differentiate with the "
-            "default solver",
-        )
     # Pairs on their kink at t = 0 (z_ij = 0 to rounding): there the flow's derivative
     # along perturbations that move z_ij off the kink need not exist (a pair that
     # slides from the start, a dead neuron).

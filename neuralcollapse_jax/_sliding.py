@@ -356,6 +356,7 @@ class SlidingReLU(AbstractTableauSolver):
             event_gap=unset,
             touch=unset,
             fresh=jnp.ones((), bool),
+            switch_time=jnp.full((h,), jnp.inf, y0.W.dtype),
         )
 
     def func(self, terms, t0, y0: TwoLayerReLU, args: Dataset):
@@ -466,6 +467,8 @@ class SlidingReLU(AbstractTableauSolver):
         dtype = y0.W.dtype
         started = None
         entry_correction = None
+        switch_time = None
+        switch_correction = None
         zdot0 = None
         if locate:
             # Pairs that left sliding at the step's start, on the side of their exit
@@ -489,6 +492,23 @@ class SlidingReLU(AbstractTableauSolver):
             tau_j = jnp.max(jnp.where(began, tau_in, 0.0), axis=0)
             entry_correction = (tau_j * dt)[None, :] * (state.field.dW - first.dW)
             entry_error = tau_j[None, :] * entry_correction
+            if correct:
+                # Exits at the last step's corrected crossings: a crossing makes the
+                # sliding weights of its neuron jump, and a pair pushed out of its
+                # box leaves at the crossing; the last step ended just past it and
+                # the pair leaves here. The field jumps at such an exit, so its time
+                # (the crossing's) carries a jump term: `(f_before - f_after) dt_c`,
+                # zero in value. (A neuron with an entry started here is left out:
+                # its field's change is the entry's too.)
+                at_switch = (
+                    jnp.any(exiting_start, axis=0)
+                    & jnp.isfinite(state.switch_time)
+                    & ~jnp.any(began, axis=0)
+                )
+                t_c = jnp.where(at_switch, state.switch_time, 0.0)
+                switch_correction = (t_c - jax.lax.stop_gradient(t_c))[None, :] * (
+                    state.field.dW - first.dW
+                )
         exit_correction = None
         force = None
         if self.crossings != "none":
@@ -553,6 +573,8 @@ class SlidingReLU(AbstractTableauSolver):
             shift = entry_correction if shift is None else shift + entry_correction
         if exit_correction is not None:
             shift = shift + exit_correction
+        if switch_correction is not None:
+            shift = shift + switch_correction
         W_start, V_start = y0.W, y0.V
         restarted = jnp.zeros((), bool)
         if locate:
@@ -566,6 +588,10 @@ class SlidingReLU(AbstractTableauSolver):
             # is evaluated again there (one gradient evaluation, only in steps that
             # start an event; counted in `grad_evals`).
             restarted = jnp.any(started.mask) | jnp.any(began) | jnp.any(neurons)
+            if correct:
+                # (So that the first stage has the derivative of the exits at the
+                # last step's crossings too.)
+                restarted = restarted | jnp.any(at_switch)
             # The derivative of the started crossings' shift to first order in `tau
             # dt` (zero in value).
             dW2, dV2 = started_second_order(
@@ -698,17 +724,25 @@ class SlidingReLU(AbstractTableauSolver):
             # `(f_before - f_after) d t_c` to the derivative of y1 and nothing to y1
             # (`t_c - stop_gradient(t_c)` is zero).
             crossed = event & ~(back & (last.C < 0))
-            times = event_times(Z0, Z1, m0, m1, theta)
-            moved = jnp.where(crossed, dt * (times - jax.lax.stop_gradient(times)), 0.0)
-            coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
-            # (Zero in value: the product with the data is formed only when something
-            # is differentiated.)
-            salt = with_tangent(
-                jnp.zeros_like(W1),
-                lambda moved, coef, x, xs, ginv: project(x.T @ (moved * coef), xs, ginv),
-                (moved, coef, data.x, mode.xs, mode.ginv),
-                add=False,
-            )
+            if correct:
+                # (The corrected crossings' times carry their derivatives, and
+                # through the correction the jump terms, carried to the end of the
+                # step: see `crossing_times`.)
+                salt = jnp.zeros_like(W1)
+            else:
+                times = event_times(Z0, Z1, m0, m1, theta)
+                moved = jnp.where(crossed, dt * (times - jax.lax.stop_gradient(times)), 0.0)
+                coef = jnp.where(Z0 > 0, 1.0 - leak, leak - 1.0) * last.C
+                # (Zero in value: the product with the data is formed only when something
+                # is differentiated.)
+                salt = with_tangent(
+                    jnp.zeros_like(W1),
+                    lambda moved, coef, x, xs, ginv: project(
+                        x.T @ (moved * coef), xs, ginv
+                    ),
+                    (moved, coef, data.x, mode.xs, mode.ginv),
+                    add=False,
+                )
             y1 = TwoLayerReLU(W1 + salt, V1, leak)
             zddot = (6.0 * (Z0 - Z1) + 2.0 * dt * zdot_start + 4.0 * dt * zdot1) / nonzero(
                 dt * dt
@@ -814,6 +848,10 @@ class SlidingReLU(AbstractTableauSolver):
                 )
                 # The first crossing corrected inside the step, per neuron.
                 theta_switch = jnp.min(jnp.where(crossed, th_in, jnp.inf), axis=0)
+                # Its time, for the next step (an exit there is placed at it).
+                switched = jnp.isfinite(theta_switch)
+                t_switch = t0 + jnp.where(switched, theta_switch, 0.0) * dt
+                switch_time = jnp.where(switched, t_switch, jnp.inf)
                 theta = jnp.where(induced, theta_induced, theta)
                 weight = jnp.where(induced, 1.0 - theta_induced, weight)
                 charged = event | induced
@@ -969,6 +1007,7 @@ class SlidingReLU(AbstractTableauSolver):
             if step_touch is None
             else jnp.minimum(state.touch, step_touch),
             fresh=jnp.zeros((), bool),
+            switch_time=state.switch_time if switch_time is None else switch_time,
         )
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 

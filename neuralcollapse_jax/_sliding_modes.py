@@ -99,6 +99,9 @@ class SlidingState(eqx.Module):
     # inside a step without crossing (`"locate"`)
     touch: Float[Array, ""]
     fresh: Bool[Array, ""]  # no step accepted yet: `field` is the one of `init`
+    # the time of each neuron's first crossing corrected inside the last accepted
+    # step, with its derivative, inf where none (`correct_crossings` only)
+    switch_time: Float[Array, " h"]
 
 
 def nonzero(dt: Array) -> Array:
@@ -959,43 +962,89 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     `w_j` from its time on, which moves `z_l` by `<x_l, G_k> (t - t_k)` (without the
     projection): Newton steps on the near-side cubic of each `z` plus its shift, on
     the gathered crossings (up to `size`; beyond that the times are left as
-    located)."""
+    located).
+
+    The times carry their derivatives by the implicit function theorem on the same
+    equations, `F_l(t_l; state, t_k) = 0`: `dt_l = -(dF_l + sum_k dF_l/dt_k dt_k) /
+    F_l'`, the earlier crossings' `dt_k` included (three sweeps, like the values).
+    Through the step's correction (`inside_crossings`) they give each crossing's
+    jump term, carried to the end of the step."""
     count = jnp.sum(crossed)
     size = min(size, crossed.size)
-    # The moved times carry no derivative: the crossings' jump terms enter through
-    # their located times (`event_times` in the step); a Newton step from the root
-    # would give the same derivative again (it doubled the jump term).
-    Z0, Z1, m0, m1, C0, C1 = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1))
+
+    def located():
+        # (Beyond `size` crossings: the near-side roots and their derivatives.)
+        return event_times(Z0, Z1, m0, m1, th)
 
     def shifted():
         i, j = jnp.nonzero(crossed, size=size, fill_value=0)
         valid = jnp.arange(size) < count
+        # Other crossings of the same neuron.
+        same = (j[:, None] == j[None, :]) & valid[:, None] & valid[None, :]
+        same = same & ~jnp.eye(size, dtype=bool)
+        js = jsign[i, j]
+
+        def equations(t_other, t, Z0, Z1, m0, m1, C0, C1, x, dt, i, j, same, js):
+            # `F_l` (the near-side cubic of `z_l` plus the shift by the neuron's
+            # crossings before it) at the times `t`, with those crossings at
+            # `t_other`, and its slope in `t`. Which crossings come before which is
+            # read from the values of `t` alone: crossings of one neuron at the same
+            # instant (samples on one ray) do not shift each other, in value or
+            # derivative.
+            z0, z1, s0, s1 = Z0[i, j], Z1[i, j], m0[i, j], m1[i, j]
+            K = jnp.where(same, x[i] @ x[i].T, 0.0)
+            g = js * (C0[i, j] + (C1[i, j] - C0[i, j]) * t_other)
+            t_value = jax.lax.stop_gradient(t)
+            later = K * g[None, :] * (t_value[:, None] > t_value[None, :])
+            dz = dt * jnp.sum(later * (t[:, None] - t_other[None, :]), axis=1)
+            f = _hermite(t, z0, s0, z1, s1) + dz
+            slope = hermite_slope(t, z0, s0, z1, s1) + dt * jnp.sum(later, axis=1)
+            return f, slope
+
+        state = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1, x, dt))
         t = th[i, j]
         speed = hermite_slope(t, Z0[i, j], m0[i, j], Z1[i, j], m1[i, j])
-        c = C0[i, j] + (C1[i, j] - C0[i, j]) * t
-        g = jsign[i, j] * c
-        xi = x[i]
-        K = (xi @ xi.T) * (j[:, None] == j[None, :]) * (valid[:, None] & valid[None, :])
-        K = K * (1.0 - jnp.eye(size, dtype=K.dtype))
-        z0, z1, s0, s1 = Z0[i, j], Z1[i, j], m0[i, j], m1[i, j]
+        speed = jax.lax.stop_gradient(speed)
 
         def sweep(_, t):
             # A Newton step on the near-side cubic plus the shift: a shift of a
             # tenth of the step, taken along the slope at the near-side root alone,
             # left a crossing time off by 1% of the step (a relative error of 1.3e-7
             # in one MNIST-60 step).
-            later = K * g[None, :] * (t[:, None] > t[None, :])
-            dz = dt * jnp.sum(later * (t[:, None] - t[None, :]), axis=1)
-            slope = hermite_slope(t, z0, s0, z1, s1) + dt * jnp.sum(later, axis=1)
+            f, slope = equations(t, t, *state, i, j, same, js)
             ok = (slope != 0) & (jnp.sign(slope) == jnp.sign(speed))
-            f = _hermite(t, z0, s0, z1, s1) + dz
             slope = jnp.where(ok, slope, jnp.where(speed != 0, speed, 1.0))
             return jnp.clip(t - f / slope, 0.0, 1.0)
 
-        t = jax.lax.fori_loop(0, 3, sweep, t)
-        return th.at[i, j].set(jnp.where(valid, t, th[i, j]))
+        t = jax.lax.fori_loop(0, 3, sweep, jax.lax.stop_gradient(t))
+        t = jnp.where(valid, t, th[i, j])
+        _, slope = equations(t, t, *state, i, j, same, js)
+        slope = jnp.where(slope != 0, slope, 1.0)
+        # (Scattered back with the unused entries dropped: `nonzero` pads with the
+        # pair (0, 0), which may be a crossing itself.)
+        i_out = jnp.where(valid, i, crossed.shape[0])
 
-    return rare_cond(count <= size, shifted, lambda: th)
+        def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, t, slope, i, j, i_out, same, js):
+            # Only the derivative of this is used (`with_tangent`): the implicit
+            # function theorem, swept three times so that the earlier crossings'
+            # derivatives reach the later ones.
+            moved = jnp.zeros_like(t)
+            for _ in range(3):
+                f, _ = equations(
+                    t + moved, t, Z0, Z1, m0, m1, C0, C1, x, dt, i, j, same, js
+                )
+                moved = -f / slope
+            return jnp.zeros_like(Z0).at[i_out, j].set(moved, mode="drop")
+
+        return with_tangent(
+            th.at[i_out, j].set(t, mode="drop"),
+            tangent,
+            (Z0, Z1, m0, m1, C0, C1, x, dt),
+            jax.lax.stop_gradient((t, slope, i, j, i_out, same, js)),
+            add=False,
+        )
+
+    return rare_cond(count <= size, shifted, located)
 
 
 def inside_crossings(
@@ -1036,9 +1085,9 @@ def inside_crossings(
     What is left is third order in the step; its estimate is the second-order part
     scaled by its ratio to the first."""
     x = data.x
-    th = jax.lax.stop_gradient(theta)
     jsign = slope_switch(Z0, leak)
-    th = crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
+    # (With their derivatives: see `crossing_times`.)
+    th = crossing_times(crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
     rest = 1.0 - th
     # int_theta^1 c, c linear between the ends of the step
     Ic = rest * C0 + 0.5 * (C1 - C0) * (1.0 - th * th)
