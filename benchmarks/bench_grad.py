@@ -13,7 +13,9 @@ compiled call (XLA's `memory_analysis`: what a call allocates besides its inputs
 outputs; in reverse mode mostly the checkpoints, about `checkpoints` times one solver
 state, with Diffrax's default `floor(sqrt(2 max_steps))`, 447 at `max_steps` 100,000).
 
-Two reference tables follow, for what the 3x target asks of a reverse mode:
+A table for the option `SlidingReLU(crossings="locate", correct_crossings=True)`
+follows (forward solve, reverse and forward mode at its defaults), then two reference
+tables, for what the 3x target asks of a reverse mode:
 
 - **Diffrax's own reverse mode on a plain solve**: plain Diffrax `Tsit5` on the
   regular field (`solver=diffrax.Tsit5()`, whose derivative misses every jump term)
@@ -34,7 +36,7 @@ Problems:
 - MNIST-60 (20 test images per digit 0, 1, 2, centered, `h = 50`, init 1e-3), `T = 0.02`
   (a short horizon; not in `--quick`).
 
-Usage: `python benchmarks/bench_grad.py [--quick]`.
+Usage: `python benchmarks/bench_grad.py [--quick] [--option-only]`.
 """
 
 from __future__ import annotations
@@ -159,6 +161,49 @@ def plain(name, data, model, T, loss):
         )
 
 
+def corrected(name, data, model, T, loss):
+    """The option `SlidingReLU(correct_crossings=True)`: forward solve, reverse mode
+    (the default adjoint) and forward mode, against its own forward solve."""
+    solver = nc.SlidingReLU(crossings="locate", correct_crossings=True)
+
+    def solve(m):
+        return nc.gradient_flow(m, data, t1=T, saveat=[T], loss=loss, solver=solver)
+
+    forward = jax.jit(lambda m: solve(m).loss[-1])
+    grad = jax.jit(jax.grad(lambda m: solve(m).loss[-1]))
+    direction = jax.tree.map(jnp.ones_like, model)
+    jvp = jax.jit(lambda m: jax.jvp(lambda m: solve(m).loss[-1], (m,), (direction,)))
+    stats = solve(model).stats
+    steps, evals = int(stats["num_steps"]), int(stats["grad_evals"])
+    _, _, t_fwd = timed(lambda: forward(model))
+    _, _, t_grad = timed(lambda: grad(model))
+    _, _, t_jvp = timed(lambda: jvp(model))
+    print(
+        f"| {name} | {T} | {steps} | {evals} | {t_fwd:.3f} | {t_grad:.3f} "
+        f"| {t_grad / t_fwd:.2f}x | {t_jvp:.3f} | {t_jvp / t_fwd:.2f}x |"
+    )
+
+
+def option_table(problems):
+    print("The option SlidingReLU(crossings='locate', correct_crossings=True):")
+    print()
+    table_header(
+        [
+            "problem",
+            "T",
+            "steps",
+            "grad evals",
+            "forward s",
+            "reverse (grad) s",
+            "reverse/forward",
+            "forward mode (jvp) s",
+            "jvp/forward",
+        ]
+    )
+    for problem in problems:
+        corrected(*problem())
+
+
 def stages_alone(name, data, model, T, loss, steps=200):
     """The field stepped with the `Tsit5` tableau at a fixed step in a `lax.scan`:
     forward, gradient with stored residuals, gradient with each step recomputed."""
@@ -204,10 +249,22 @@ def stages_alone(name, data, model, T, loss, steps=200):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip MNIST-60")
+    parser.add_argument(
+        "--option-only",
+        action="store_true",
+        help="only the table of the option correct_crossings=True",
+    )
     args = parser.parse_args()
-    print("# bench_grad" + (" --quick" if args.quick else ""))
+    flags = [
+        f for f, on in (("--quick", args.quick), ("--option-only", args.option_only)) if on
+    ]
+    print("# bench_grad" + "".join(" " + f for f in flags))
     print("device: " + device_line())
     print()
+    problems = [crossing, ortho] + ([] if args.quick else [m60])
+    if args.option_only:
+        option_table(problems)
+        return
     table_header(
         [
             "problem",
@@ -219,7 +276,6 @@ def main() -> None:
             "temporary memory MB (compiled)",
         ]
     )
-    problems = [crossing, ortho] + ([] if args.quick else [m60])
     for problem in problems:
         measure(*problem())
     print()
@@ -230,6 +286,8 @@ def main() -> None:
     )
     for problem in problems:
         plain(*problem())
+    print()
+    option_table(problems)
     print()
     print("The stages alone (Tsit5 tableau, fixed step, lax.scan):")
     print()

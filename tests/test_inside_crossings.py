@@ -323,3 +323,36 @@ def test_gradient_with_exits_at_crossings_matches_finite_differences():
         mid = float(np.median(fds))
         assert np.sum(np.abs(fds - mid) <= 1e-5 * abs(mid)) >= 3, fds
         assert abs(ad - mid) <= bound * abs(mid), (ad, fds)
+
+
+@pytest.mark.slow
+def test_derivative_in_the_horizon_and_batched_gradients():
+    """One neuron past its crossing: the derivative in `t1` (reverse and forward
+    mode) is the velocity of the exact flow at `t1` (the far-side field at SciPy's
+    state; measured 2e-8 relative), and `vmap` of gradients over init scales equals
+    single calls."""
+    from problems import neuron_field
+
+    data, model, tc, exact = crossing_problem()
+    T = 2.0
+    assert tc < T
+
+    def J(t1, scale=1.0):
+        m = nc.TwoLayerReLU(model.W * scale, model.V * scale)
+        traj = nc.gradient_flow(
+            m, data, t1=t1, saveat=[t1], loss="exponential", solver=_corrected()
+        )
+        return jnp.sum(traj.final.W) + jnp.sum(traj.final.V)
+
+    velocity = neuron_field(np.asarray(data.x), np.ones(2), np.array([1.0, 1.0]))(
+        T, exact(T)
+    )
+    reverse = float(jax.grad(J)(T))
+    forward = float(jax.jvp(J, (T,), (1.0,))[1])
+    np.testing.assert_allclose(reverse, float(np.sum(velocity)), rtol=1e-6)
+    np.testing.assert_allclose(forward, reverse, rtol=1e-9)
+    scales = jnp.array([0.9, 1.1])
+    d_scale = jax.jit(jax.grad(J, argnums=1))
+    batched = np.asarray(jax.jit(jax.vmap(lambda s: d_scale(T, s)))(scales))
+    single = np.array([float(d_scale(T, s)) for s in scales])
+    np.testing.assert_allclose(batched, single, rtol=1e-9)
