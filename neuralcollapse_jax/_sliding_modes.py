@@ -1017,22 +1017,21 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
             return jnp.clip(t - f / slope, 0.0, 1.0)
 
         t = jax.lax.fori_loop(0, 3, sweep, jax.lax.stop_gradient(t))
-        t = jnp.where(valid, t, th[i, j])
-        _, slope = equations(t, t, *state, i, j, same, js)
-        slope = jnp.where(slope != 0, slope, 1.0)
         # (Scattered back with the unused entries dropped: `nonzero` pads with the
         # pair (0, 0), which may be a crossing itself.)
         i_out = jnp.where(valid, i, crossed.shape[0])
 
-        def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, t, slope, i, j, i_out, same, js):
-            # Only the derivative of this is used (`with_tangent`): the implicit
-            # function theorem, swept three times so that the earlier crossings'
-            # derivatives reach the later ones.
+        def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, t, i, j, i_out, same, js):
+            # Only the derivative of this is used (`with_tangent`, which calls it
+            # only when something is differentiated): the implicit function
+            # theorem, swept three times so that the earlier crossings' derivatives
+            # reach the later ones.
+            args = (Z0, Z1, m0, m1, C0, C1, x, dt)
+            _, slope = equations(t, t, *jax.lax.stop_gradient(args), i, j, same, js)
+            slope = jnp.where(slope != 0, slope, 1.0)
             moved = jnp.zeros_like(t)
             for _ in range(3):
-                f, _ = equations(
-                    t + moved, t, Z0, Z1, m0, m1, C0, C1, x, dt, i, j, same, js
-                )
+                f, _ = equations(t + moved, t, *args, i, j, same, js)
                 moved = -f / slope
             return jnp.zeros_like(Z0).at[i_out, j].set(moved, mode="drop")
 
@@ -1040,7 +1039,7 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
             th.at[i_out, j].set(t, mode="drop"),
             tangent,
             (Z0, Z1, m0, m1, C0, C1, x, dt),
-            jax.lax.stop_gradient((t, slope, i, j, i_out, same, js)),
+            jax.lax.stop_gradient((t, i, j, i_out, same, js)),
             add=False,
         )
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from problems import crossing_problem
 from test_events import _saved, _scipy_exponential
-from test_sliding import _one_step
+from test_sliding import _one_step, _step_map
 
 import neuralcollapse_jax as nc
 from neuralcollapse_jax import SlidingReLU
@@ -167,29 +167,6 @@ def test_mnist60_within_the_target():
     assert err.max() < 2e-7, err
 
 
-def _step_map(solver, data, t0, dt, adjoint=None):
-    """One step of `solver` from `t0` as a function of the state `(w, v)`."""
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-
-    def step(y0):
-        m = nc.TwoLayerReLU(y0[:2][:, None], y0[2:].reshape(1, 1))
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(nc.vector_field("exponential", "sum")),
-            solver,
-            t0,
-            t0 + dt,
-            dt,
-            m,
-            args=data,
-            stepsize_controller=diffrax.ConstantStepSize(),
-            saveat=diffrax.SaveAt(t1=True),
-            adjoint=adjoint,
-        )
-        return jnp.concatenate([jnp.ravel(sol.ys.W[-1]), jnp.ravel(sol.ys.V[-1])])
-
-    return step
-
-
 @pytest.mark.slow
 def test_a_corrected_step_differentiates_through_its_crossing():
     """The Jacobian of one step across a crossing (at 40% of it), forward and reverse
@@ -265,7 +242,7 @@ def test_gradient_through_sliding_matches_finite_differences():
     default solver at `rtol 1e-11`, stable across steps (measured 1.3e-6; 4.6e-4
     when simultaneous crossings of one neuron shifted each other in the derivative
     by the rounding of their times)."""
-    from test_derivatives import _directions, _objective
+    from test_derivatives import _central, _directions, _objective
 
     data = nc.datasets.orthogonally_separable(jax.random.key(0), 3, 5, 10, 0.5, 0.2)
     model = nc.TwoLayerReLU.init(jax.random.key(1), 10, 10, 3, 1e-2)
@@ -277,13 +254,7 @@ def test_gradient_through_sliding_matches_finite_differences():
     g = jax.grad(J, argnums=(0, 1))(model.W, model.V, x)
     ad = float(jnp.sum(g[0] * dW) + jnp.sum(g[1] * dV))
     J_ref = jax.jit(_objective(data, 8.0, uW, uV, "cross_entropy", rtol=1e-11))
-
-    def fd(e):
-        plus = J_ref(model.W + e * dW, model.V + e * dV, x)
-        minus = J_ref(model.W - e * dW, model.V - e * dV, x)
-        return float(plus - minus) / (2 * e)
-
-    coarse, fine = fd(1e-6), fd(1e-7)
+    coarse, fine = (_central(J_ref, model, x, (dW, dV, 0.0 * x), e) for e in (1e-6, 1e-7))
     assert abs(coarse - fine) <= 1e-5 * abs(fine)
     assert abs(ad - fine) <= 1e-5 * abs(fine), (ad, fine)
 
@@ -296,7 +267,7 @@ def test_gradient_with_exits_at_crossings_matches_finite_differences():
     along the initial parameters and along the data, against the median of central
     differences of the default solver at `rtol 1e-12` at four steps, which agree to
     1e-5 (measured 3.2e-7 and 6.1e-5; 2e-2 when the exit's jump term was missing)."""
-    from test_derivatives import _directions, _objective
+    from test_derivatives import _central, _directions, _objective
 
     data = nc.datasets.mnist(per_class=4)
     model = nc.TwoLayerReLU.init(jax.random.key(0), 784, 10, 3, 1e-2)
@@ -312,14 +283,10 @@ def test_gradient_with_exits_at_crossings_matches_finite_differences():
         (float(jnp.sum(g[0] * dW) + jnp.sum(g[1] * dV)), (dW, dV, 0.0 * dX), 1e-5),
         (float(jnp.sum(g[2] * dX)), (0.0 * dW, 0.0 * dV, dX), 1e-4),
     ]
-    for ad, (eW, eV, eX), bound in along:
-
-        def fd(e, eW=eW, eV=eV, eX=eX):
-            plus = J_ref(model.W + e * eW, model.V + e * eV, x + e * eX)
-            minus = J_ref(model.W - e * eW, model.V - e * eV, x - e * eX)
-            return float(plus - minus) / (2 * e)
-
-        fds = np.array([fd(e) for e in (4e-6, 2e-6, 1e-6, 5e-7)])
+    for ad, direction, bound in along:
+        fds = np.array(
+            [_central(J_ref, model, x, direction, e) for e in (4e-6, 2e-6, 1e-6, 5e-7)]
+        )
         mid = float(np.median(fds))
         assert np.sum(np.abs(fds - mid) <= 1e-5 * abs(mid)) >= 3, fds
         assert abs(ad - mid) <= bound * abs(mid), (ad, fds)

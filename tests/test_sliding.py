@@ -399,20 +399,32 @@ def test_sliding_by_name_picks_the_tableau_from_rtol():
     np.testing.assert_allclose(np.asarray(c.final.W), np.asarray(d.final.W), rtol=1e-12)
 
 
+def _step_map(solver, data, t0, dt, adjoint=None):
+    """One step of `solver` from `t0` on a one-neuron problem, as a function of the
+    state `(w, v)` (differentiable with `adjoint`)."""
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+
+    def step(y0):
+        m = nc.TwoLayerReLU(y0[:2][:, None], y0[2:].reshape(1, 1))
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(nc.vector_field("exponential", "sum")),
+            solver,
+            t0,
+            t0 + dt,
+            dt,
+            m,
+            args=data,
+            stepsize_controller=diffrax.ConstantStepSize(),
+            saveat=diffrax.SaveAt(t1=True),
+            adjoint=adjoint,
+        )
+        return jnp.concatenate([jnp.ravel(sol.ys.W[-1]), jnp.ravel(sol.ys.V[-1])])
+
+    return step
+
+
 def _one_step(solver, data, y0, t0, dt):
-    m = nc.TwoLayerReLU(jnp.asarray(y0[:2])[:, None], jnp.asarray([[y0[2]]]))
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(nc.vector_field("exponential", "sum")),
-        solver,
-        t0,
-        t0 + dt,
-        dt,
-        m,
-        args=data,
-        stepsize_controller=diffrax.ConstantStepSize(),
-        saveat=diffrax.SaveAt(t1=True),
-    )
-    return np.concatenate([np.ravel(sol.ys.W[-1]), np.ravel(sol.ys.V[-1])])
+    return np.asarray(_step_map(solver, data, t0, dt)(jnp.asarray(y0)))
 
 
 @pytest.mark.slow
