@@ -3,7 +3,7 @@
 Compares, in one run and on the same problems, the default solver
 (`SlidingReLU(crossings="locate")`: steps end before each kink event) with the same
 solver with `correct_crossings=True` (transversal crossings stay inside the steps,
-corrected to second order after them; entries into sliding and exits still end the
+corrected to third order after them; entries into sliding and exits still end the
 steps), at the same tolerances, against the default solver at a much tighter
 tolerance.
 

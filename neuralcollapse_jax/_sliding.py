@@ -37,6 +37,7 @@ from ._sliding_modes import (
     Located,
     Mode,
     SlidingState,
+    c_rate,
     candidates,
     closest_approach,
     could_enter,
@@ -71,12 +72,14 @@ from ._sliding_modes import (
 
 CROSSINGS = ("locate", "land", "start", "none")
 
-# The estimate of the error a corrected crossing leaves (`inside_crossings`: the
-# second-order part times its ratio to the first) is multiplied by this before it
-# joins the step's error estimate: on MNIST-60 in the alignment phase the error at
-# `T = 0.016` was about 50 times the tolerance with a factor 1 and about the
-# tolerance with 100. Empirical: the estimate is too low for steps with many
-# crossings (docs page *Sliding*).
+# The estimate of the error a corrected crossing leaves (`inside_crossings`: its
+# third-order part, for a remainder of fourth order) is multiplied by this before it
+# joins the step's error estimate. Empirical: in steps with many crossings the error
+# comes mostly from what the correction leaves out between crossings of one step
+# (the crossing times moved by the earlier crossings are located to first order in
+# them); at the default tolerance, MNIST-60 in its alignment phase (`T = 0.016`) was
+# 24 times the tolerance off with a factor 1, 10 times with 10 and 2.1 times with
+# 100 (docs page *Sliding*).
 INSIDE_SAFETY = 100.0
 
 
@@ -113,8 +116,8 @@ class CorrectedInterpolation(diffrax.AbstractLocalInterpolation):
     """The dense output of a `SlidingReLU(correct_crossings=True)` step: the
     tableau's interpolant of the near-side solution, plus each crossing's switched
     term integrated from its time on (`c_ij` linear over the step, projected like
-    the field), plus the second-order part of the correction ramped linearly (exact
-    at both ends of the step)."""
+    the field), plus the rest of the correction ramped linearly (exact at both ends
+    of the step)."""
 
     t0: Any
     t1: Any
@@ -219,17 +222,16 @@ class SlidingReLU(AbstractTableauSolver):
     - `correct_crossings`: with `"locate"`, transversal crossings stay inside the steps
       instead of ending them: every stage takes the activation pattern of the step's
       start (the near-side field, smooth in the state), and the crossings located on
-      the step's interpolant of `z` are added after it, to second order in the step
-      (`inside_crossings`: the switched terms integrated from their times on, and one
-      Jacobian-vector product for the response to them), so that a step across a
-      crossing has a third-order local error; the field is evaluated again at the
-      corrected end (a step with crossings costs two evaluations more). Entries,
-      exits and crossings that the correction itself brings about still end the
-      steps. Experimental and off by default: see the docs page *Sliding* for what it
-      gains and why it is not the default (where crossings are few, many of its steps
-      are rejected). Not differentiable: its steps' derivatives lack terms, and
-      `gradient_flow` raises a `ValueError` when anything is differentiated through
-      it.
+      the step's interpolant of `z` are added after it, to third order in the step
+      (`inside_crossings`: the switched terms integrated from their times on, and
+      three Jacobian-vector products for the response to them), so that a step
+      across a crossing has a fourth-order local error; the field is evaluated again
+      at the corrected end. Entries, exits and crossings that the correction itself
+      brings about still end the steps. Experimental and off by default: see the
+      docs page *Sliding* for what it gains and why it is not the default (where
+      crossings are few, many of its steps are rejected). Differentiable: the
+      crossing times carry their derivatives through the correction (docs page
+      *Differentiating the flow*).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -750,8 +752,9 @@ class SlidingReLU(AbstractTableauSolver):
             again = jnp.zeros((), bool)
             if correct:
                 # The transversal crossings located inside the step, integrated after
-                # it (`inside_crossings`), and the field at the corrected y1 with the
-                # pattern there (one more evaluation, in steps with such crossings).
+                # it (`inside_crossings`: three Jacobian-vector products), and the
+                # field at the corrected y1 with the pattern there (one more
+                # evaluation, in steps with such crossings).
                 # (Steps with an entry left inside, uncorrected, evaluate the field
                 # at y1 again too: the stages' last field has the entering pair on
                 # its near side.)
@@ -775,6 +778,12 @@ class SlidingReLU(AbstractTableauSolver):
                         loss,
                         leak,
                         dt,
+                        c_rate(
+                            Z0, zdot_start, V_start, fields[0].dV, pattern, data, loss, leak
+                        ),
+                        c_rate(Z1, zdot1, V1, last.dV, pattern, data, loss, leak),
+                        W_start,
+                        V_start,
                     )
                     W1c, V1c = W1 + salt + dW1 + dW2, V1 + dV
                     f = evaluate(W1c, V1c, data, mode, loss, leak, force=force)
@@ -906,7 +915,10 @@ class SlidingReLU(AbstractTableauSolver):
                 zddot=zddot,
                 C=last.C,
                 sliding=mode.mask.astype(dtype),
-                restarted=restarted.astype(dtype) + 2.0 * again.astype(dtype),
+                # (A step with corrected crossings: three Jacobian-vector products
+                # and the field at the corrected y1, each product counted as one
+                # evaluation.)
+                restarted=restarted.astype(dtype) + 4.0 * again.astype(dtype),
             )
             located = jnp.sum(event, dtype=jnp.int32)
             # How transversal this step's events are: the near-side speed of z_ij

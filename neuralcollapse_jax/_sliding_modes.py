@@ -1063,26 +1063,38 @@ def inside_crossings(
     loss: AbstractLoss,
     leak: float,
     dt: Array,
+    Cdot0: Array,
+    Cdot1: Array,
+    W0: Array,
+    V0: Array,
 ) -> tuple[Array, ...]:
     r"""The transversal crossings located inside a step whose stages all took the
     activation pattern of its start: `(dW1, dW2, dV2, eW, eV, theta)`, what they add
-    to the step's end `y1` (first- and second-order parts), an estimate of the error
-    left, and the crossing times used.
+    to the step's end `y1` (the first-order part, and the higher-order parts), an
+    estimate of the error left, and the crossing times used.
 
     Past its crossing at `theta` a pair's `w`-term switches by the jump
     `G = +-(1 - leak) c_ij x_i` (projected like the field) and its activation by
-    `+-(1 - leak) z_ij`. The stages integrated the near-side field, smooth in the
-    state, to the tableau's order; the difference `delta` between the flow and that
-    solution obeys `delta' = J delta + sum G + (dF/dH) Delta H`, so
+    `Delta H = +-(1 - leak) z_ij`. The stages integrated the near-side field, smooth
+    in the state, to the tableau's order; the difference `delta` between the flow and
+    that solution obeys `delta' = sum G + (dF/dH) Delta H + J delta + ...` (`J` the
+    far-side field's Jacobian), so, in powers of the step:
 
-    - first order: `int_theta^1 G dt`, with `c_ij` linear between the step's ends;
-    - second order: `J int delta + (dF/dH) int Delta H`, one Jacobian-vector
-      product of the far-side field at `y1` in the direction of
-      `sum G (1 - theta)^2 dt^2 / 2` (the time integral of `delta`) and of the
-      integral of `Delta H` (from the step's cubic interpolant of `z`).
+    - first order: `int_theta^1 G dt`, with `c_ij` on the cubic Hermite interpolant
+      of its values and rates at the step's ends (`Cdot0`, `Cdot1`: `c_rate`);
+    - second order: `int_theta^1 J(t) delta_1(t) + (dF/dH)(t) Delta H(t) dt`,
+      `delta_1(t) = int_theta^t G`, with `J` and `dF/dH` linear between the step's
+      ends: one Jacobian-vector product at each end (`W0, V0` and `W1, V1`), in
+      directions from three-point Gauss-Legendre rules on `[theta, 1]` (exact on the
+      interpolants of `c` and `z`); both taken a third of the way along the
+      correction (`W + dW1 / 3`, `H - Delta H(1) / 3`), which adds the second
+      derivatives of the field in `delta` and `Delta H`;
+    - third order: the transport of the second-order part, `J int_theta^1
+      delta_2`, one product more at `y1` (in the direction of the product at the
+      start).
 
-    What is left is third order in the step; its estimate is the second-order part
-    scaled by its ratio to the first."""
+    What is left is fourth order in the step; the error estimate is the third-order
+    part (what the correction to second order would leave)."""
     x = data.x
     jsign = slope_switch(Z0, leak)
     # (With their derivatives: see `crossing_times`.)
@@ -1091,34 +1103,129 @@ def inside_crossings(
     # int_theta^1 c, c linear between the ends of the step
     Ic = rest * C0 + 0.5 * (C1 - C0) * (1.0 - th * th)
     dW1 = project(x.T @ jnp.where(crossed, jsign * Ic * dt, 0.0), mode.xs, mode.ginv)
-    mid = 0.5 * (1.0 + th)
-    cmid = C0 + (C1 - C0) * mid
-    dirW = project(
-        x.T @ jnp.where(crossed, jsign * cmid * 0.5 * rest * rest * dt * dt, 0.0),
-        mode.xs,
-        mode.ginv,
-    )
-    # int_theta^1 z on the cubic interpolant (Simpson: exact for a cubic; z = 0 at
-    # theta)
-    Iz = rest / 6.0 * (4.0 * _hermite(mid, Z0, m0, Z1, m1) + Z1)
-    dirH = jnp.where(crossed, jsign * Iz * dt, 0.0)
+    # The rest of int_theta^1 c for c on the cubic Hermite interpolant of its values
+    # and rates at the ends of the step: the linear c leaves an error `c'' theta (1 -
+    # theta) dt^2 / 2` at the crossing, over `(1 - theta) dt` (third order in the step,
+    # and the largest part of the error for crossings late in a step). Added to the
+    # second-order part (ramped in the dense output, exact at its ends).
+    Ih = cubic_integral(th, C0, dt * Cdot0, C1, dt * Cdot1) - Ic
+    extra = project(x.T @ jnp.where(crossed, jsign * Ih * dt, 0.0), mode.xs, mode.ginv)
+    # The second-order part `int_theta^1 J(t) delta(t) dt` (and the same for `Delta
+    # H`), with the far-side Jacobian `J` linear between the ends of the step and
+    # `delta(t) = int_theta^t G`: one Jacobian-vector product at each end, in the
+    # directions `int_theta^1 G(s) (1 - s^2) / 2 ds` (at y1) and `int_theta^1 G(s)
+    # (1 - s)^2 / 2 ds` (at y0), and `int s Delta H`, `int (1 - s) Delta H`. With `c`
+    # and `z` on their cubic interpolants the integrands are polynomials of degree
+    # five at most: three Gauss-Legendre points on `[theta, 1]` are exact.
+    cW1 = jnp.zeros_like(th)
+    cW0 = jnp.zeros_like(th)
+    zH1 = jnp.zeros_like(th)
+    zH0 = jnp.zeros_like(th)
+    for xi, wq in GAUSS3:
+        sq = th + 0.5 * rest * (1.0 + xi)
+        w = 0.5 * rest * wq
+        cq = _hermite(sq, C0, dt * Cdot0, C1, dt * Cdot1)
+        zq = _hermite(sq, Z0, m0, Z1, m1)
+        cW1 = cW1 + w * cq * 0.5 * (1.0 - sq * sq)
+        cW0 = cW0 + w * cq * 0.5 * (1.0 - sq) ** 2
+        zH1 = zH1 + w * zq * sq
+        zH0 = zH0 + w * zq * (1.0 - sq)
+
+    def direction(cw):
+        return project(
+            x.T @ jnp.where(crossed, jsign * cw * dt * dt, 0.0), mode.xs, mode.ginv
+        )
+
     # The far-side pattern: the response to `delta` and `Delta H` includes that of
     # the switched terms themselves (their `c_ij` moves with the outputs).
     far = pattern != crossed
     slope = jnp.where(far, 1.0, leak).astype(W1.dtype)
 
-    def far_field(W, dH):
+    def far_field(W, V, dH):
         Z = x @ W
         H = jnp.where(far, Z, leak * Z) + dH
-        f = of_hidden(H, slope, Z, V1, data, mode, loss)
+        f = of_hidden(H, slope, Z, V, data, mode, loss)
         return f.dW, f.dV
 
-    _, (tW, tV) = jax.jvp(far_field, (W1, jnp.zeros_like(dirH)), (dirW, dirH))
-    first = jnp.sqrt(jnp.sum(dW1 * dW1))
-    second = jnp.sqrt(jnp.sum(tW * tW) + jnp.sum(tV * tV))
-    ratio = jax.lax.stop_gradient(second / jnp.where(first > 0, first, 1.0))
-    return dW1, tW, tV, ratio * tW, ratio * tV, th
+    def tangent_in(cw, zh):
+        return direction(cw), jnp.zeros_like(V1), jnp.where(crossed, jsign * zh * dt, 0.0)
 
+    # The Jacobians are taken a third of the way along the correction at the end of
+    # the step, `(W + dW1 / 3, H - Delta H(1) / 3)`: that adds the second derivatives
+    # `(1/2) F''[delta, delta] - (1/2) F_HH[Delta H, Delta H]` (the field is
+    # nonlinear in the state, and the near side's outputs are the far side's less
+    # `Delta H`), integrated over the step (third order).
+    sW = dW1 / 3.0
+    sH = jnp.where(crossed, -jsign * Z1 / 3.0, 0.0)
+
+    def at(W, V, tangents):
+        # The far-side field's Jacobian-vector products at `(W, V)` (shifted) for a
+        # stack of tangents `(dW, dV, dH)` (one linearization).
+        _, lin = jax.linearize(lambda W, V, dH: far_field(W, V, dH), W + sW, V, sH)
+        return jax.vmap(lin)(*tangents)
+
+    # At y0: `J0 int (1 - s)^2 / 2 G` (with `Delta H`).
+    pW, pV = at(W0, V0, tuple(a[None] for a in tangent_in(cW0, zH0)))
+    pW, pV = pW[0], pV[0]
+    # At y1: `J1 int (1 - s^2) / 2 G` (with `Delta H`), and the third-order
+    # transport `J1 int_theta^1 delta_2`, `delta_2(t) = int_theta^t (J delta_1 + A
+    # Delta H)`: its time integral is `p dt` with `p` the product at y0 just taken
+    # (`J0` for `J1` there is fourth order). With it the step's error across a
+    # crossing is fourth order in the step (third order without).
+    dW1t, dV1t, dH1t = tangent_in(cW1, zH1)
+    qW, qV = at(
+        W1,
+        V1,
+        (
+            jnp.stack([dW1t, dt * pW]),
+            jnp.stack([dV1t, dt * pV]),
+            jnp.stack([dH1t, jnp.zeros_like(dH1t)]),
+        ),
+    )
+    tW = qW[0] + pW + qW[1]
+    tV = qV[0] + pV + qV[1]
+    # The error estimate: the third-order part (what the second-order correction
+    # alone would leave), for the fourth-order remainder of the corrected step.
+    return dW1, tW + extra, tV, qW[1], qV[1], th
+
+
+def cubic_integral(a: Array, z0: Array, m0: Array, z1: Array, m1: Array) -> Array:
+    """`int_a^1` of the cubic Hermite interpolant with values `z0, z1` and slopes
+    `m0, m1` (per unit of `s`) at `s = 0, 1`."""
+
+    def antiderivative(s):
+        s2 = s * s
+        s3 = s2 * s
+        s4 = s3 * s
+        return (
+            (0.5 * s4 - s3 + s) * z0
+            + (0.25 * s4 - 2.0 * s3 / 3.0 + 0.5 * s2) * m0
+            + (s3 - 0.5 * s4) * z1
+            + (0.25 * s4 - s3 / 3.0) * m1
+        )
+
+    return antiderivative(jnp.ones_like(a)) - antiderivative(a)
+
+
+def c_rate(
+    Z: Array, zdot: Array, V: Array, dV: Array, pattern: Array, data, loss, leak: float
+) -> Array:
+    """`dc_ij/dt` along the flow with the activation pattern `pattern` held:
+    `c = R V` with `R` the loss residual of the outputs `H V^T`, from `z`, its rate
+    `zdot`, `V` and its rate `dV` (no new product with the data)."""
+    slope = jnp.where(pattern, 1.0, leak).astype(Z.dtype)
+    H = slope * Z
+    F = H @ V.T
+    Fdot = (slope * zdot) @ V.T + H @ dV.T
+    R, Rdot = jax.jvp(lambda F: loss.residual(F, data), (F,), (Fdot,))
+    return Rdot @ V + R @ dV
+
+
+GAUSS3 = (
+    (-(0.6**0.5), 5.0 / 9.0),
+    (0.0, 8.0 / 9.0),
+    (0.6**0.5, 5.0 / 9.0),
+)  # Gauss-Legendre nodes on [-1, 1] and weights
 
 EVENT_PAIRS = 256  # located events per step whose roots are found on a gathered copy
 

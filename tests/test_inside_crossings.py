@@ -22,11 +22,12 @@ def _corrected():
 
 
 @pytest.mark.parametrize("frac", [0.4, 0.8])
-def test_a_step_across_a_crossing_is_third_order(frac):
+def test_a_step_across_a_crossing_is_fourth_order(frac):
     """One neuron, one transversal crossing at `frac` of the step: the stages keep
-    the near side and the crossing is added after the step (first- and second-order
-    terms), so the local error falls like `dt^3`, against `dt` when the stages cross
-    it themselves."""
+    the near side and the crossing is added after the step (terms to third order),
+    so the local error falls like `dt^4`, against `dt` when the stages cross it
+    themselves (measured orders 3.90, 3.95 at 40% and 3.72, 3.83 at 80%; third order
+    before the third-order terms, `c` on its cubic and the field's curvature)."""
     data, _, tc, exact = crossing_problem()
     dts = np.array([0.1, 0.05, 0.025])
     errors = {}
@@ -46,8 +47,8 @@ def test_a_step_across_a_crossing_is_third_order(frac):
     plain = np.log2(errors["plain"][:-1] / errors["plain"][1:])
     corr = np.log2(errors["corr"][:-1] / errors["corr"][1:])
     assert np.all(np.abs(plain - 1.0) < 0.2), errors
-    assert np.all(corr > 2.8), errors
-    assert errors["corr"][-1] < errors["plain"][-1] / 1000, errors
+    assert np.all(corr > 3.5), errors
+    assert errors["corr"][-1] < errors["plain"][-1] / 10_000, errors
 
 
 def _no_sliding_problem():
@@ -172,8 +173,10 @@ def test_a_corrected_step_differentiates_through_its_crossing():
     """The Jacobian of one step across a crossing (at 40% of it), forward and reverse
     mode: equal to central differences of the same step map (measured 4e-10; 8 dt off
     when the crossing times were held fixed and the jump term added at the end of the
-    step, untransported), and within `O(dt^2)` of the Jacobian of the exact flow map
-    (central differences of SciPy's DOP853 with the crossing located as an event)."""
+    step, untransported), and within `O(dt^3)` of the Jacobian of the exact flow map
+    (central differences of SciPy's DOP853 with the crossing located as an event;
+    measured 3.3e-3, 4.5e-4, 5.9e-5 at `dt` 0.1, 0.05, 0.025; second order, 7.4e-2,
+    1.9e-2, 4.9e-3, with the correction to second order only)."""
     from problems import neuron_field
     from scipy.integrate import solve_ivp
 
@@ -210,19 +213,24 @@ def test_a_corrected_step_differentiates_through_its_crossing():
         )
         errors.append(np.abs(rev - true).max())
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all(orders > 1.8), errors
+    assert np.all(orders > 2.7), errors
 
 
 def test_gradient_through_a_crossing_matches_scipy():
     """One neuron crosses one kink (at t = 1.48), at the default tolerance: the
     gradient in the initial parameters and in the data against central differences
-    of SciPy's flow (measured 1.4e-7 and 1.5e-8; 4.2e-4 in the parameters before the
-    crossing times carried their derivatives through the correction); forward mode
-    equals reverse mode."""
+    of SciPy's flow, at `T = 2` and just after the crossing, `T = 1.6` (measured
+    1.1e-7 and 1.1e-8 at `T = 2`, 1.8e-7 and 1.7e-9 at `T = 1.6`, where the
+    differences agree to 1.5e-7; 4.2e-4 in the
+    parameters before the crossing times carried their derivatives through the
+    correction, and 2.5e-5 at `T = 1.6` with the correction to second order only);
+    forward mode equals reverse mode."""
     from test_derivatives import _check, _directions, _objective
 
     data, model, _, _ = crossing_problem()
     _check(data, model, 2.0, "exponential", nc.DEFAULT_RTOL, 1e-6, solver=_corrected())
+    # (Just after the crossing the differences agree to 1.5e-7 only.)
+    _check(data, model, 1.6, "exponential", nc.DEFAULT_RTOL, 2e-6, solver=_corrected())
     dW, dV, dX, uW, uV = _directions(model, data.x)
     J = _objective(data, 2.0, uW, uV, "exponential", solver=_corrected())
     x = jnp.asarray(data.x)
