@@ -74,12 +74,11 @@ CROSSINGS = ("locate", "land", "start", "none")
 
 # The estimate of the error a corrected crossing leaves (`inside_crossings`: its
 # third-order part, for a remainder of fourth order) is multiplied by this before it
-# joins the step's error estimate. Empirical: in steps with many crossings the error
-# comes mostly from what the correction leaves out between crossings of one step
-# (the crossing times moved by the earlier crossings are located to first order in
-# them); at the default tolerance, MNIST-60 in its alignment phase (`T = 0.016`) was
-# 24 times the tolerance off with a factor 1, 10 times with 10 and 2.1 times with
-# 100 (docs page *Sliding*).
+# joins the step's error estimate. Empirical: in steps with several crossings the
+# error can exceed the estimate (what the correction leaves out between crossings
+# of one step); at the default tolerance, MNIST-60 in its alignment phase (`T =
+# 0.016`) was 24 times the tolerance off with a factor 1, 10 times with 10 and 2.1
+# times with 100 (docs page *Sliding*).
 INSIDE_SAFETY = 100.0
 
 
