@@ -1046,6 +1046,10 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     return rare_cond(count <= size, shifted, located)
 
 
+# Three-point Gauss-Legendre nodes on [-1, 1] and their weights.
+GAUSS3 = tuple(zip(*(a.tolist() for a in np.polynomial.legendre.leggauss(3))))
+
+
 def inside_crossings(
     crossed: Bool[Array, "n h"],
     theta: Array,
@@ -1100,16 +1104,12 @@ def inside_crossings(
     # (With their derivatives: see `crossing_times`.)
     th = crossing_times(crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
     rest = 1.0 - th
-    # int_theta^1 c, c linear between the ends of the step
-    Ic = rest * C0 + 0.5 * (C1 - C0) * (1.0 - th * th)
-    dW1 = project(x.T @ jnp.where(crossed, jsign * Ic * dt, 0.0), mode.xs, mode.ginv)
-    # The rest of int_theta^1 c for c on the cubic Hermite interpolant of its values
-    # and rates at the ends of the step: the linear c leaves an error `c'' theta (1 -
-    # theta) dt^2 / 2` at the crossing, over `(1 - theta) dt` (third order in the step,
-    # and the largest part of the error for crossings late in a step). Added to the
-    # second-order part (ramped in the dense output, exact at its ends).
-    Ih = cubic_integral(th, C0, dt * Cdot0, C1, dt * Cdot1) - Ic
-    extra = project(x.T @ jnp.where(crossed, jsign * Ih * dt, 0.0), mode.xs, mode.ginv)
+
+    def switched(coef):
+        # The crossed pairs' switched `w`-terms with coefficients `coef` (times their
+        # `c_ij`), projected like the field.
+        return project(x.T @ jnp.where(crossed, jsign * coef, 0.0), mode.xs, mode.ginv)
+
     # The second-order part `int_theta^1 J(t) delta(t) dt` (and the same for `Delta
     # H`), with the far-side Jacobian `J` linear between the ends of the step and
     # `delta(t) = int_theta^t G`: one Jacobian-vector product at each end, in the
@@ -1117,24 +1117,27 @@ def inside_crossings(
     # (1 - s)^2 / 2 ds` (at y0), and `int s Delta H`, `int (1 - s) Delta H`. With `c`
     # and `z` on their cubic interpolants the integrands are polynomials of degree
     # five at most: three Gauss-Legendre points on `[theta, 1]` are exact.
-    cW1 = jnp.zeros_like(th)
-    cW0 = jnp.zeros_like(th)
-    zH1 = jnp.zeros_like(th)
-    zH0 = jnp.zeros_like(th)
+    # The same rule gives the first-order part `int_theta^1 c` on the cubic.
+    Ic = cW1 = cW0 = zH1 = zH0 = jnp.zeros_like(th)
     for xi, wq in GAUSS3:
         sq = th + 0.5 * rest * (1.0 + xi)
         w = 0.5 * rest * wq
         cq = _hermite(sq, C0, dt * Cdot0, C1, dt * Cdot1)
         zq = _hermite(sq, Z0, m0, Z1, m1)
+        Ic = Ic + w * cq
         cW1 = cW1 + w * cq * 0.5 * (1.0 - sq * sq)
         cW0 = cW0 + w * cq * 0.5 * (1.0 - sq) ** 2
         zH1 = zH1 + w * zq * sq
         zH0 = zH0 + w * zq * (1.0 - sq)
-
-    def direction(cw):
-        return project(
-            x.T @ jnp.where(crossed, jsign * cw * dt * dt, 0.0), mode.xs, mode.ginv
-        )
+    # The first-order part with `c` linear between the ends of the step (what the
+    # dense output ramps in from each crossing's time), and the rest of it on the
+    # cubic: the linear `c` leaves an error `c'' theta (1 - theta) dt^2 / 2` at the
+    # crossing, over `(1 - theta) dt` (third order in the step, and the largest part
+    # of the error for crossings late in a step). The rest is added to the
+    # higher-order parts (ramped linearly in the dense output, exact at its ends).
+    Ic_linear = rest * C0 + 0.5 * (C1 - C0) * (1.0 - th * th)
+    dW1 = switched(Ic_linear * dt)
+    extra = switched((Ic - Ic_linear) * dt)
 
     # The far-side pattern: the response to `delta` and `Delta H` includes that of
     # the switched terms themselves (their `c_ij` moves with the outputs).
@@ -1148,7 +1151,11 @@ def inside_crossings(
         return f.dW, f.dV
 
     def tangent_in(cw, zh):
-        return direction(cw), jnp.zeros_like(V1), jnp.where(crossed, jsign * zh * dt, 0.0)
+        return (
+            switched(cw * dt * dt),
+            jnp.zeros_like(V1),
+            jnp.where(crossed, jsign * zh * dt, 0.0),
+        )
 
     # The Jacobians are taken a third of the way along the correction at the end of
     # the step, `(W + dW1 / 3, H - Delta H(1) / 3)`: that adds the second derivatives
@@ -1161,7 +1168,7 @@ def inside_crossings(
     def at(W, V, tangents):
         # The far-side field's Jacobian-vector products at `(W, V)` (shifted) for a
         # stack of tangents `(dW, dV, dH)` (one linearization).
-        _, lin = jax.linearize(lambda W, V, dH: far_field(W, V, dH), W + sW, V, sH)
+        _, lin = jax.linearize(far_field, W + sW, V, sH)
         return jax.vmap(lin)(*tangents)
 
     # At y0: `J0 int (1 - s)^2 / 2 G` (with `Delta H`).
@@ -1189,24 +1196,6 @@ def inside_crossings(
     return dW1, tW + extra, tV, qW[1], qV[1], th
 
 
-def cubic_integral(a: Array, z0: Array, m0: Array, z1: Array, m1: Array) -> Array:
-    """`int_a^1` of the cubic Hermite interpolant with values `z0, z1` and slopes
-    `m0, m1` (per unit of `s`) at `s = 0, 1`."""
-
-    def antiderivative(s):
-        s2 = s * s
-        s3 = s2 * s
-        s4 = s3 * s
-        return (
-            (0.5 * s4 - s3 + s) * z0
-            + (0.25 * s4 - 2.0 * s3 / 3.0 + 0.5 * s2) * m0
-            + (s3 - 0.5 * s4) * z1
-            + (0.25 * s4 - s3 / 3.0) * m1
-        )
-
-    return antiderivative(jnp.ones_like(a)) - antiderivative(a)
-
-
 def c_rate(
     Z: Array, zdot: Array, V: Array, dV: Array, pattern: Array, data, loss, leak: float
 ) -> Array:
@@ -1220,12 +1209,6 @@ def c_rate(
     R, Rdot = jax.jvp(lambda F: loss.residual(F, data), (F,), (Fdot,))
     return Rdot @ V + R @ dV
 
-
-GAUSS3 = (
-    (-(0.6**0.5), 5.0 / 9.0),
-    (0.0, 8.0 / 9.0),
-    (0.6**0.5, 5.0 / 9.0),
-)  # Gauss-Legendre nodes on [-1, 1] and weights
 
 EVENT_PAIRS = 256  # located events per step whose roots are found on a gathered copy
 

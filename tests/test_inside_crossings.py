@@ -221,10 +221,9 @@ def test_gradient_through_a_crossing_matches_scipy():
     gradient in the initial parameters and in the data against central differences
     of SciPy's flow, at `T = 2` and just after the crossing, `T = 1.6` (measured
     1.1e-7 and 1.1e-8 at `T = 2`, 1.8e-7 and 1.7e-9 at `T = 1.6`, where the
-    differences agree to 1.5e-7; 4.2e-4 in the
-    parameters before the crossing times carried their derivatives through the
-    correction, and 2.5e-5 at `T = 1.6` with the correction to second order only);
-    forward mode equals reverse mode."""
+    differences agree to 1.5e-7; 4.2e-4 in the parameters before the crossing times
+    carried their derivatives through the correction, and 2.5e-5 at `T = 1.6` with
+    the correction to second order only); forward mode equals reverse mode."""
     from test_derivatives import _check, _directions, _objective
 
     data, model, _, _ = crossing_problem()
