@@ -17,6 +17,9 @@ Problems:
   reference `rtol 1e-11`.
 - `m60`: the same digits to `T = 2` (1,288 crossings, 254 entries into sliding), 6
   save times; reference `rtol 1e-10`.
+- `ncjax`: the problem `ncjax run` solves with no options (90 points, `h = 50`, to
+  `T = 1e4`, 50 save times on a log scale), at the default `rtol`; reference `rtol
+  1e-11`.
 - `m3147` (`--m3147`, not in the default list): all 3147 test digits {0, 1, 2} to
   `T = 0.0562` (1% of the initial loss), the corrected solver at the default `rtol`
   only (the default solver did not finish in 75 minutes), its first call.
@@ -25,7 +28,8 @@ Error: the largest relative distance over the save times to the reference. Wall:
 compiled call (best of up to three for short ones), and the first call with its
 compilation.
 
-Usage: `python benchmarks/bench_inside.py [--problems ortho m60-early m60] [--m3147]`.
+Usage: `python benchmarks/bench_inside.py [--problems ortho m60-early m60 ncjax]
+[--m3147]`.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from common import device_line, mnist_problem, table_header, timed, timed_once
 import neuralcollapse_jax as nc
 
 
-PROBLEMS = ("ortho", "m60-early", "m60")
+PROBLEMS = ("ortho", "m60-early", "m60", "ncjax")
 
 
 def _problem(name):
@@ -49,6 +53,11 @@ def _problem(name):
         data = nc.datasets.orthogonally_separable(jax.random.key(0), 3, 5, 10, 0.5, 0.2)
         model = nc.TwoLayerReLU.init(jax.random.key(1), 10, 10, 3, 1e-2)
         return data, model, 30.0, jnp.linspace(0.0, 30.0, 16), 1e-11
+    if name == "ncjax":
+        from bench_events import ncjax_run_problem
+
+        data, model, T, ts = ncjax_run_problem()
+        return data, model, T, ts, 1e-11
     data, model = mnist_problem(20)
     if name == "m60-early":
         return data, model, 0.016, jnp.linspace(0.0, 0.016, 6), 1e-11
@@ -169,6 +178,7 @@ def main() -> None:
         "ortho": (1e-6, None, 1e-10),
         "m60-early": (1e-6, None, 1e-10),
         "m60": (1e-6, None),
+        "ncjax": (None,),
     }
     for name in args.problems:
         _compare(name, rtols[name])

@@ -948,6 +948,7 @@ def hermite_roots(
 
 
 EVENT_PAIRS_IN = 256  # crossings inside a step whose times are moved jointly
+SECOND_PAIRS = 32  # ... and with their shifts projected like the field
 
 
 def slope_switch(Z0: Array, leak: float) -> Array:
@@ -956,13 +957,40 @@ def slope_switch(Z0: Array, leak: float) -> Array:
     return jnp.where(Z0 > 0, leak - 1.0, 1.0 - leak)
 
 
-def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT_PAIRS_IN):
+def crossing_times(
+    crossed,
+    th,
+    Z0,
+    Z1,
+    m0,
+    m1,
+    C0,
+    C1,
+    jsign,
+    x,
+    dt,
+    projection=None,
+    after=None,
+    size=EVENT_PAIRS_IN,
+):
     """The crossing times `th` (located on the near-side interpolant of each `z`)
-    moved by the earlier crossings of the same neuron: each adds `G_k (t - t_k)` to
-    `w_j` from its time on, which moves `z_l` by `<x_l, G_k> (t - t_k)` (without the
-    projection): Newton steps on the near-side cubic of each `z` plus its shift, on
-    the gathered crossings (up to `size`; beyond that the times are left as
-    located).
+    moved by the earlier crossings of the same neuron: each adds `G_k = +-(1 -
+    leak) int_{t_k}^t c_k` (times `x_k`, projected like the field) to `w_j` from its
+    time on, which moves `z_l` by `<x_l, G_k>`: Newton steps on the near-side cubic
+    of each `z` plus its shift, on the gathered crossings (up to `size`; beyond that
+    the times are left as located). Returns the times, the crossed pairs less those
+    that the crossings before them hold back (see below), and `after(i, j, valid,
+    t, gram)` of the gathered crossings (or zeros).
+
+    Up to `SECOND_PAIRS` crossings in the step, `<x_l, x_k>` is projected like the
+    field (`projection = (idx, ginv)`, the neurons' sliding slots: a sliding pair of
+    the neuron changes the direction of `G_k`; on MNIST-60 a crossing 35% of a step
+    after another of its neuron, whose neuron slid on a third sample, was placed
+    3e-3 of the step late, for an error of 1.6 times the tolerance), from the
+    products of the data with the gathered samples. Beyond that, without the
+    projection. (The shifts' second-order part, through the field's response to
+    the earlier crossings, was 1e-10 of the first-order one where measured: left
+    out.)
 
     The times carry their derivatives by the implicit function theorem on the same
     equations, `F_l(t_l; state, t_k) = 0`: `dt_l = -(dF_l + sum_k dF_l/dt_k dt_k) /
@@ -971,12 +999,17 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
     jump term, carried to the end of the step."""
     count = jnp.sum(crossed)
     size = min(size, crossed.size)
+    small = min(SECOND_PAIRS, size)
+    n = crossed.shape[0]
+
+    def no_after():
+        return jnp.zeros_like(Z0), jnp.zeros_like(Z0)
 
     def located():
         # (Beyond `size` crossings: the near-side roots and their derivatives.)
-        return event_times(Z0, Z1, m0, m1, th)
+        return event_times(Z0, Z1, m0, m1, th), crossed, no_after()
 
-    def shifted():
+    def shifted(size, exact):
         i, j = jnp.nonzero(crossed, size=size, fill_value=0)
         valid = jnp.arange(size) < count
         # Other crossings of the same neuron.
@@ -984,7 +1017,29 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
         same = same & ~jnp.eye(size, dtype=bool)
         js = jsign[i, j]
 
-        def equations(t_other, t, Z0, Z1, m0, m1, C0, C1, x, dt, i, j, same, js):
+        # (With the projection: the slots' samples and inverse Gram matrices.)
+        proj = () if projection is None or not exact else tuple(projection)
+
+        def gram_of(x, i, j, *proj):
+            # `<x_l, P_j x_k>`: the products of the gathered samples, projected on
+            # the neuron of `k` (`P_j` removes its sliding samples' span: `X_S^T
+            # G^{-1} X_S`, from the same products with the slots' samples).
+            if not exact:
+                return x[i] @ x[i].T
+            A = x @ x[i].T
+            gram = A[i]
+            if proj:
+                idx, ginv = proj
+                slots = jnp.where(idx[j] >= 0, idx[j], 0)  # (k, a)
+                U = A[slots]  # (k, a, l): <x_{S_j_k, a}, x_l>
+                w = jnp.take_along_axis(U, jnp.arange(size)[:, None, None], axis=2)[..., 0]
+                gw = jnp.einsum("kab,kb->ka", ginv[j], w)
+                gram = gram - jnp.einsum("kal,ka->lk", U, gw)
+            return gram
+
+        gram0 = jax.lax.stop_gradient(gram_of(x, i, j, *proj))
+
+        def equations(t_other, t, Z0, Z1, m0, m1, C0, C1, x, dt, proj, i, j, same, js):
             # `F_l` (the near-side cubic of `z_l` plus the shift by the neuron's
             # crossings before it) at the times `t`, with those crossings at
             # `t_other`, and its slope in `t`. Which crossings come before which is
@@ -992,16 +1047,23 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
             # instant (samples on one ray) do not shift each other, in value or
             # derivative.
             z0, z1, s0, s1 = Z0[i, j], Z1[i, j], m0[i, j], m1[i, j]
-            K = jnp.where(same, x[i] @ x[i].T, 0.0)
-            g = js * (C0[i, j] + (C1[i, j] - C0[i, j]) * t_other)
             t_value = jax.lax.stop_gradient(t)
-            later = K * g[None, :] * (t_value[:, None] > t_value[None, :])
-            dz = dt * jnp.sum(later * (t[:, None] - t_other[None, :]), axis=1)
+            before = t_value[:, None] > t_value[None, :]
+            K = jnp.where(same & before, gram_of(x, i, j, *proj), 0.0) * js[None, :]
+            # `w_j` gains `int_{t_k}^t c_k` (times `+-(1 - leak) x_k`), `c_k` linear
+            # in the step (frozen at `t_k`, a crossing 35% of a step after another
+            # of its neuron was placed 1.1e-3 of the step early on the `ncjax run`
+            # problem, for an error of 5.7 times the tolerance).
+            c0, dc = C0[i, j][None, :], (C1[i, j] - C0[i, j])[None, :]
+            tl, tk = t[:, None], t_other[None, :]
+            dz = dt * jnp.sum(K * (c0 * (tl - tk) + 0.5 * dc * (tl * tl - tk * tk)), axis=1)
             f = _hermite(t, z0, s0, z1, s1) + dz
-            slope = hermite_slope(t, z0, s0, z1, s1) + dt * jnp.sum(later, axis=1)
+            slope = hermite_slope(t, z0, s0, z1, s1) + dt * jnp.sum(
+                K * (c0 + dc * tl), axis=1
+            )
             return f, slope
 
-        state = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1, x, dt))
+        state = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1, x, dt, proj))
         t = th[i, j]
         speed = hermite_slope(t, Z0[i, j], m0[i, j], Z1[i, j], m1[i, j])
         speed = jax.lax.stop_gradient(speed)
@@ -1019,14 +1081,30 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
         t = jax.lax.fori_loop(0, 3, sweep, jax.lax.stop_gradient(t))
         # (Scattered back with the unused entries dropped: `nonzero` pads with the
         # pair (0, 0), which may be a crossing itself.)
-        i_out = jnp.where(valid, i, crossed.shape[0])
+        i_out = jnp.where(valid, i, n)
+        # Whether each pair is still across at the step's end with the shift by the
+        # crossings before it: the near side's `z` crossed, but the earlier
+        # crossings of its neuron may hold it back (its moved time leaves the step,
+        # and the iteration above stops at 1). Such a pair does not cross in the
+        # step; counted as crossed, its far-side Jacobian would act on the response
+        # to the earlier crossings for the rest of the step (on the orthogonally
+        # separable set, an error of 586 atol in one step).
+        z0, z1 = state[0][i, j], state[1][i, j]
+        earlier = (t[:, None] > t[None, :]).astype(t.dtype)
+        c0, dc = C0[i, j][None, :], (C1[i, j] - C0[i, j])[None, :]
+        tk = t[None, :]
+        moved = c0 * (1.0 - tk) + 0.5 * dc * (1.0 - tk * tk)
+        K = jnp.where(same, gram0, 0.0) * js[None, :]
+        f1 = z1 + dt * jnp.sum(K * earlier * moved, axis=1)
+        across = jax.lax.stop_gradient(valid & ((f1 > 0) != (z0 > 0)))
+        across = crossed.at[i_out, j].set(across, mode="drop")
 
-        def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, t, i, j, i_out, same, js):
+        def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, ginv, t, i, j, i_out, same, js, idx):
             # Only the derivative of this is used (`with_tangent`, which calls it
             # only when something is differentiated): the implicit function
             # theorem, swept three times so that the earlier crossings' derivatives
             # reach the later ones.
-            args = (Z0, Z1, m0, m1, C0, C1, x, dt)
+            args = (Z0, Z1, m0, m1, C0, C1, x, dt, idx + ginv)
             _, slope = equations(t, t, *jax.lax.stop_gradient(args), i, j, same, js)
             slope = jnp.where(slope != 0, slope, 1.0)
             moved = jnp.zeros_like(t)
@@ -1035,15 +1113,73 @@ def crossing_times(crossed, th, Z0, Z1, m0, m1, C0, C1, jsign, x, dt, size=EVENT
                 moved = -f / slope
             return jnp.zeros_like(Z0).at[i_out, j].set(moved, mode="drop")
 
-        return with_tangent(
+        th_moved = with_tangent(
             th.at[i_out, j].set(t, mode="drop"),
             tangent,
-            (Z0, Z1, m0, m1, C0, C1, x, dt),
-            jax.lax.stop_gradient((t, i, j, i_out, same, js)),
+            (Z0, Z1, m0, m1, C0, C1, x, dt, proj[1:]),
+            (*jax.lax.stop_gradient((t, i, j, i_out, same, js)), proj[:1]),
             add=False,
         )
+        extra = no_after()
+        if after is not None:
+            extra = after(i, j, valid & across[i, j], th_moved[i, j], gram0, across)
+        return th_moved, across, extra
 
-    return rare_cond(count <= size, shifted, located)
+    return rare_cond(
+        count <= small,
+        lambda: shifted(small, True),
+        lambda: rare_cond(count <= size, lambda: shifted(size, False), located),
+    )
+
+
+def interactions(
+    i, j, valid, t, gram, jsign, C0, C1, Z0, Z1, m0, m1, slope, V, data, loss, dt
+):
+    r"""What `inside_crossings`' second-order part counts wrongly when one step holds
+    several crossings: `(beta, dc)`, `n x h`, on the crossing pairs.
+
+    That part takes the far-side Jacobian `J` (all the step's crossings switched)
+    over the whole step. Between an earlier crossing `k` and a later one `l`, though,
+    `l` is still on its near side: the flow's Jacobian there is `J - Delta J_l`, and
+    the response to `delta_k(t) = G_k (t - t_k)` is off by `Delta J_l u_l`, `u_l =
+    sum_k a_lk G_k`, `a_lk = (t_l - t_k)^2 dt^2 / 2` (second order in the step).
+    Switching pair `l = (i, j)` multiplies its `z` by a slope changed by `s_l = +-(1
+    - leak)` in the activation and in its `w`-term `c_l x_i`, so `Delta J_l u =
+    s_l (<x_i, u_j> dF/dH_l + dc_l[u] x_i e_j)`: `beta_l = s_l <x_i, u_j>` (a
+    direction in the activations, for the Jacobian-vector product at the step's
+    end) and `dc_l[u]` (through the loss residual of the sample `i` alone: its
+    outputs move by `sum_j' s'_ij' <x_i, u_j'> v_j'`, with the earlier crossings of
+    the same sample adding their own `Delta H_k`). `gram`: `<x_l, P x_k>` of the
+    gathered crossings, projected on the neuron of `k` (`crossing_times`).
+    `t` are fractions of the step."""
+    earlier = valid[:, None] & valid[None, :] & (t[None, :] < t[:, None])
+    a = jnp.where(earlier, 0.5 * (dt * (t[:, None] - t[None, :])) ** 2, 0.0)
+    js = jsign[i, j]
+    # `G_k = g_k x_k` (per unit time) at the crossing's time.
+    g = js * (C0[i, j] + (C1[i, j] - C0[i, j]) * t)
+    same = j[:, None] == j[None, :]
+    beta = js * jnp.sum(jnp.where(same, a * g[None, :] * gram, 0.0), axis=1)
+    # The activations of sample `i_l` moved by the earlier crossings, per neuron.
+    zdot = hermite_slope(t, Z0[i, j], m0[i, j], Z1[i, j], m1[i, j]) / nonzero(dt)
+    own = (i[:, None] == i[None, :]) * (js * zdot)[None, :]
+    coef = a * (slope[i][:, j] * g[None, :] * gram + own)
+    dH = coef @ jax.nn.one_hot(j, slope.shape[1], dtype=coef.dtype)
+    # `dc_l` from the residual of sample `i_l` at the step's end.
+    H = slope[i] * Z1[i]
+    scale = 1.0 / data.x.shape[0] if loss.reduction == "mean" else 1.0
+
+    def residual(F):
+        def total(F):
+            return jnp.sum(loss.per_sample(F, data.y[i], data.num_classes))
+
+        return -scale * jax.grad(total)(F)
+
+    _, dR = jax.jvp(residual, (H @ V.T,), (dH @ V.T,))
+    dc = jnp.sum(dR * V[:, j].T, axis=1)
+    n = Z0.shape[0]
+    i_out = jnp.where(valid, i, n)
+    scatter = lambda v: jnp.zeros_like(Z0).at[i_out, j].set(v, mode="drop")
+    return scatter(beta), scatter(dc)
 
 
 # Three-point Gauss-Legendre nodes on [-1, 1] and their weights.
@@ -1071,6 +1207,7 @@ def inside_crossings(
     Cdot1: Array,
     W0: Array,
     V0: Array,
+    idx: Array,
 ) -> tuple[Array, ...]:
     r"""The transversal crossings located inside a step whose stages all took the
     activation pattern of its start: `(dW1, dW2, dV2, eW, eV, theta)`, what they add
@@ -1101,8 +1238,31 @@ def inside_crossings(
     part (what the correction to second order would leave)."""
     x = data.x
     jsign = slope_switch(Z0, leak)
+
     # (With their derivatives: see `crossing_times`.)
-    th = crossing_times(crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, x, dt)
+    def after(i, j, valid, t, gram, across):
+        # (Between two crossings of the step the later one is not yet switched.)
+        far = pattern != across
+        slope = jnp.where(far, 1.0, leak).astype(W1.dtype)
+        return interactions(
+            i, j, valid, t, gram, jsign, C0, C1, Z0, Z1, m0, m1, slope, V1, data, loss, dt
+        )
+
+    th, crossed, (beta, dc) = crossing_times(
+        crossed,
+        theta,
+        Z0,
+        Z1,
+        m0,
+        m1,
+        C0,
+        C1,
+        jsign,
+        x,
+        dt,
+        projection=(idx, mode.ginv),
+        after=after,
+    )
     rest = 1.0 - th
 
     def switched(coef):
@@ -1148,7 +1308,9 @@ def inside_crossings(
         Z = x @ W
         H = jnp.where(far, Z, leak * Z) + dH
         f = of_hidden(H, slope, Z, V, data, mode, loss)
-        return f.dW, f.dV
+        # (And the loss residual, whose transpose takes the activations' part of
+        # the `V`-products: `dV = R^T H`.)
+        return f.dW, f.dV, loss.residual(H @ V.T, data)
 
     def tangent_in(cw, zh):
         return (
@@ -1168,11 +1330,13 @@ def inside_crossings(
     def at(W, V, tangents):
         # The far-side field's Jacobian-vector products at `(W, V)` (shifted) for a
         # stack of tangents `(dW, dV, dH)` (one linearization).
-        _, lin = jax.linearize(far_field, W + sW, V, sH)
-        return jax.vmap(lin)(*tangents)
+        (_, _, R), lin = jax.linearize(far_field, W + sW, V, sH)
+        dW, dV, _ = jax.vmap(lin)(*tangents)
+        return dW, dV, R
 
     # At y0: `J0 int (1 - s)^2 / 2 G` (with `Delta H`).
-    pW, pV = at(W0, V0, tuple(a[None] for a in tangent_in(cW0, zH0)))
+    tangent0 = tangent_in(cW0, zH0)
+    pW, pV, R0 = at(W0, V0, tuple(a[None] for a in tangent0))
     pW, pV = pW[0], pV[0]
     # At y1: `J1 int (1 - s^2) / 2 G` (with `Delta H`), and the third-order
     # transport `J1 int_theta^1 delta_2`, `delta_2(t) = int_theta^t (J delta_1 + A
@@ -1180,7 +1344,8 @@ def inside_crossings(
     # (`J0` for `J1` there is fourth order). With it the step's error across a
     # crossing is fourth order in the step (third order without).
     dW1t, dV1t, dH1t = tangent_in(cW1, zH1)
-    qW, qV = at(
+    dH1t = dH1t - beta
+    qW, qV, R1 = at(
         W1,
         V1,
         (
@@ -1189,11 +1354,19 @@ def inside_crossings(
             jnp.stack([dH1t, jnp.zeros_like(dH1t)]),
         ),
     )
-    tW = qW[0] + pW + qW[1]
-    tV = qV[0] + pV + qV[1]
+    # By how they grow inside the step (for the dense output): the products at y0
+    # and at y1, the third-order transport, and the first-order part's rest.
+    # The activations' own part of the `V`-products, `R^T Delta H` (with `R`
+    # linear over the step), is kept apart: the dense output integrates it pair by
+    # pair (on the `ncjax run` problem, with nineteen crossings in one step, the
+    # ramped `V`-part was 6 times the tolerance off inside the step).
+    direct0, direct1 = R0.T @ tangent0[2], R1.T @ (dH1t + beta)
+    partsW = jnp.stack([pW, qW[0] - switched(dc), qW[1], extra])
+    partsV = jnp.stack([pV - direct0, qV[0] - direct1, qV[1]])
+    direct = direct0 + direct1
     # The error estimate: the third-order part (what the second-order correction
     # alone would leave), for the fourth-order remainder of the corrected step.
-    return dW1, tW + extra, tV, qW[1], qV[1], th
+    return dW1, partsW, partsV, direct, jnp.stack([R0, R1]), qW[1], qV[1], th, crossed
 
 
 def c_rate(
