@@ -79,9 +79,9 @@ CROSSINGS = ("locate", "land", "start", "none")
 # joins the step's error estimate. With the crossing times moved at second order and
 # the crossings of one step acting on each other (`crossing_times`, `interactions`),
 # the true local error of every accepted step was 0.01 to 0.18 of the estimate on the
-# `ncjax run` problem (to t = 0.3, 146 steps with crossings) and at most 0.07 of it on
-# MNIST-60 in its alignment phase (docs page *Sliding*); before, it was up to 13
-# times the estimate, and a factor 100 stood here.
+# `ncjax run` problem (146 steps with crossings) and at most 0.07 of it on MNIST-60
+# in its alignment phase (docs page *Sliding*). Before those fixes steps were up to
+# 13 times their estimate, and the factor was 100.
 INSIDE_SAFETY = 1.0
 
 
