@@ -1210,9 +1210,13 @@ def inside_crossings(
     idx: Array,
 ) -> tuple[Array, ...]:
     r"""The transversal crossings located inside a step whose stages all took the
-    activation pattern of its start: `(dW1, dW2, dV2, eW, eV, theta)`, what they add
-    to the step's end `y1` (the first-order part, and the higher-order parts), an
-    estimate of the error left, and the crossing times used.
+    activation pattern of its start: `(dW1, dW2, dV2, dV_direct, R, eW, eV, theta,
+    crossed)`, what they add to the step's end `y1` (the first-order part; the
+    higher-order parts, by how they grow inside the step: four in `W`, three in `V`,
+    and the activations' own part of `V`, with the loss residuals `R` at the step's
+    ends that the dense output integrates it with), an estimate of the error left,
+    the crossing times used, and the crossings taken (less those that earlier ones
+    held back: `crossing_times`).
 
     Past its crossing at `theta` a pair's `w`-term switches by the jump
     `G = +-(1 - leak) c_ij x_i` (projected like the field) and its activation by
@@ -1233,6 +1237,9 @@ def inside_crossings(
     - third order: the transport of the second-order part, `J int_theta^1
       delta_2`, one product more at `y1` (in the direction of the product at the
       start).
+
+    Between two crossings of the step the later one is not yet switched: what the
+    far-side Jacobian counts wrongly there is subtracted (`interactions`).
 
     What is left is fourth order in the step; the error estimate is the third-order
     part (what the correction to second order would leave)."""
