@@ -1039,7 +1039,7 @@ def crossing_times(
 
         gram0 = jax.lax.stop_gradient(gram_of(x, i, j, *proj))
 
-        def equations(t_other, t, Z0, Z1, m0, m1, C0, C1, x, dt, proj, i, j, same, js):
+        def equations(t_other, t, Z0, Z1, m0, m1, C0, C1, gram, dt, i, j, same, js):
             # `F_l` (the near-side cubic of `z_l` plus the shift by the neuron's
             # crossings before it) at the times `t`, with those crossings at
             # `t_other`, and its slope in `t`. Which crossings come before which is
@@ -1049,7 +1049,7 @@ def crossing_times(
             z0, z1, s0, s1 = Z0[i, j], Z1[i, j], m0[i, j], m1[i, j]
             t_value = jax.lax.stop_gradient(t)
             before = t_value[:, None] > t_value[None, :]
-            K = jnp.where(same & before, gram_of(x, i, j, *proj), 0.0) * js[None, :]
+            K = jnp.where(same & before, gram, 0.0) * js[None, :]
             # `w_j` gains `int_{t_k}^t c_k` (times `+-(1 - leak) x_k`), `c_k` linear
             # in the step (frozen at `t_k`, a crossing 35% of a step after another
             # of its neuron was placed 1.1e-3 of the step early on the `ncjax run`
@@ -1063,7 +1063,8 @@ def crossing_times(
             )
             return f, slope
 
-        state = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1, x, dt, proj))
+        # (The products formed once: the same in every sweep.)
+        state = jax.lax.stop_gradient((Z0, Z1, m0, m1, C0, C1, gram0, dt))
         t = th[i, j]
         speed = hermite_slope(t, Z0[i, j], m0[i, j], Z1[i, j], m1[i, j])
         speed = jax.lax.stop_gradient(speed)
@@ -1104,7 +1105,7 @@ def crossing_times(
             # only when something is differentiated): the implicit function
             # theorem, swept three times so that the earlier crossings' derivatives
             # reach the later ones.
-            args = (Z0, Z1, m0, m1, C0, C1, x, dt, idx + ginv)
+            args = (Z0, Z1, m0, m1, C0, C1, gram_of(x, i, j, *idx, *ginv), dt)
             _, slope = equations(t, t, *jax.lax.stop_gradient(args), i, j, same, js)
             slope = jnp.where(slope != 0, slope, 1.0)
             moved = jnp.zeros_like(t)
