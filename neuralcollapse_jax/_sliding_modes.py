@@ -979,7 +979,9 @@ def crossing_times(
     time on, which moves `z_l` by `<x_l, G_k>`: Newton steps on the near-side cubic
     of each `z` plus its shift, on the gathered crossings (up to `size`; beyond that
     the times are left as located). Returns the times, the crossed pairs less those
-    that the crossings before them hold back (see below), and `after(i, j, valid,
+    that the crossings before them hold back (see below) and those turned back at
+    their kink (entries: at the moved time the far side, with the earlier crossings
+    switched, pushes the pair back), the turned-back pairs, and `after(i, j, valid,
     t, gram)` of the gathered crossings (or zeros).
 
     Up to `SECOND_PAIRS` crossings in the step, `<x_l, x_k>` is projected like the
@@ -1005,9 +1007,21 @@ def crossing_times(
     def no_after():
         return jnp.zeros_like(Z0), jnp.zeros_like(Z0)
 
+    def turned_back(slope, js, c, gram_ll):
+        # Pairs whose own jump turns them back at their crossing: the velocity on
+        # the far side, `slope + s c <x_l, P x_l>` (`slope` in step fractions),
+        # points back to the kink, and the near side's points to it. They slide
+        # from there (both sides attract).
+        far = slope + dt * js * c * gram_ll
+        return (slope != 0) & (jnp.sign(far) != jnp.sign(slope))
+
     def located():
-        # (Beyond `size` crossings: the near-side roots and their derivatives.)
-        return event_times(Z0, Z1, m0, m1, th), crossed, no_after()
+        # (Beyond `size` crossings: the near-side roots and their derivatives, and
+        # the own jumps unprojected.)
+        slope = hermite_slope(th, Z0, m0, Z1, m1)
+        c = C0 + (C1 - C0) * th
+        turned = crossed & turned_back(slope, jsign, c, jnp.sum(x * x, axis=1)[:, None])
+        return event_times(Z0, Z1, m0, m1, th), crossed & ~turned, turned, no_after()
 
     def shifted(size, exact):
         i, j = jnp.nonzero(crossed, size=size, fill_value=0)
@@ -1098,7 +1112,15 @@ def crossing_times(
         K = jnp.where(same, gram0, 0.0) * js[None, :]
         f1 = z1 + dt * jnp.sum(K * earlier * moved, axis=1)
         across = jax.lax.stop_gradient(valid & ((f1 > 0) != (z0 > 0)))
-        across = crossed.at[i_out, j].set(across, mode="drop")
+        # Pairs that reach their kink where the far side, with the crossings before
+        # them switched, pushes them back: entries, not crossings (on MNIST-60 a
+        # pair's own jump alone let it through, but a crossing of its neuron a
+        # hundredth of a step earlier turned it back; it slid for half the step).
+        _, slope = equations(t, t, *state, i, j, same, js)
+        c = C0[i, j] + (C1[i, j] - C0[i, j]) * t
+        turned = across & turned_back(slope, js, c, jnp.diagonal(gram0))
+        turned = jnp.zeros_like(crossed).at[i_out, j].set(turned, mode="drop")
+        across = crossed.at[i_out, j].set(across, mode="drop") & ~turned
 
         def tangent(Z0, Z1, m0, m1, C0, C1, x, dt, ginv, t, i, j, i_out, same, js, idx):
             # Only the derivative of this is used (`with_tangent`, which calls it
@@ -1124,7 +1146,7 @@ def crossing_times(
         extra = no_after()
         if after is not None:
             extra = after(i, j, valid & across[i, j], th_moved[i, j], gram0, across)
-        return th_moved, across, extra
+        return th_moved, across, turned, extra
 
     return rare_cond(
         count <= small,
@@ -1212,12 +1234,13 @@ def inside_crossings(
 ) -> tuple[Array, ...]:
     r"""The transversal crossings located inside a step whose stages all took the
     activation pattern of its start: `(dW1, dW2, dV2, dV_direct, R, eW, eV, theta,
-    crossed)`, what they add to the step's end `y1` (the first-order part; the
+    crossed, turned)`, what they add to the step's end `y1` (the first-order part; the
     higher-order parts, by how they grow inside the step: four in `W`, three in `V`,
     and the activations' own part of `V`, with the loss residuals `R` at the step's
     ends that the dense output integrates it with), an estimate of the error left,
-    the crossing times used, and the crossings taken (less those that earlier ones
-    held back: `crossing_times`).
+    the crossing times used, the crossings taken (less those that earlier ones
+    held back or turned back: `crossing_times`), and the pairs turned back at their
+    kink (entries, left to the step-size control).
 
     Past its crossing at `theta` a pair's `w`-term switches by the jump
     `G = +-(1 - leak) c_ij x_i` (projected like the field) and its activation by
@@ -1256,7 +1279,7 @@ def inside_crossings(
             i, j, valid, t, gram, jsign, C0, C1, Z0, Z1, m0, m1, slope, V1, data, loss, dt
         )
 
-    th, crossed, (beta, dc) = crossing_times(
+    th, crossed, turned, (beta, dc) = crossing_times(
         crossed,
         theta,
         Z0,
@@ -1374,7 +1397,18 @@ def inside_crossings(
     direct = direct0 + direct1
     # The error estimate: the third-order part (what the second-order correction
     # alone would leave), for the fourth-order remainder of the corrected step.
-    return dW1, partsW, partsV, direct, jnp.stack([R0, R1]), qW[1], qV[1], th, crossed
+    return (
+        dW1,
+        partsW,
+        partsV,
+        direct,
+        jnp.stack([R0, R1]),
+        qW[1],
+        qV[1],
+        th,
+        crossed,
+        turned,
+    )
 
 
 def c_rate(

@@ -175,7 +175,7 @@ def test_crossing_times_follow_a_shift_on_a_curved_interpolant():
     dt = 0.5
     C0, C1 = [[-0.9], [-0.3]], [[-1.2], [-0.3]]
     args, p, theta0 = _two_crossings_of_one_neuron(C0, C1, [0.8, 0.6])
-    th, across, _ = crossing_times(*map(jnp.asarray, args), dt)
+    th, across, turned, _ = crossing_times(*map(jnp.asarray, args), dt)
     th = np.asarray(th)
     t1 = theta0[0, 0]
     c = lambda s: C0[0][0] + (C1[0][0] - C0[0][0]) * s  # noqa: E731
@@ -185,7 +185,7 @@ def test_crossing_times_follow_a_shift_on_a_curved_interpolant():
     assert abs(exact - theta0[1, 0]) > 0.05 and abs(exact - frozen) > 1e-2
     assert th[0, 0] == pytest.approx(t1, abs=1e-14)
     assert th[1, 0] == pytest.approx(exact, abs=1e-6), (th, exact, theta0)
-    assert np.all(np.asarray(across))
+    assert np.all(np.asarray(across)) and not np.any(np.asarray(turned))
 
 
 def test_a_crossing_held_back_by_an_earlier_one_is_dropped():
@@ -201,35 +201,86 @@ def test_a_crossing_held_back_by_an_earlier_one_is_dropped():
     dt = 0.5
     C = [[-0.9], [-0.3]]
     args, p, theta0 = _two_crossings_of_one_neuron(C, C, [-0.8, 0.6])
-    th, across, _ = crossing_times(*map(jnp.asarray, args), dt)
+    th, across, turned, _ = crossing_times(*map(jnp.asarray, args), dt)
     moved = lambda t: p(t, 1) - dt * 0.8 * 0.9 * max(t - theta0[0, 0], 0.0)  # noqa: E731
     assert p(1.0, 1) > 0 and moved(1.0) < 0  # the near side crossed, the moved z did not
     assert np.all(np.array([moved(t) for t in np.linspace(0, 1, 1001)]) < 0)
     assert np.asarray(across).tolist() == [[True], [False]]
+    assert not np.any(np.asarray(turned))
     assert float(np.asarray(th)[0, 0]) == pytest.approx(theta0[0, 0], abs=1e-14)
 
 
-@pytest.mark.slow
-def test_mnist60_within_the_target():
-    """MNIST-60 (20 test digits each of 0, 1, 2, centered, `h = 50`, std 1e-3) to
-    `T = 2`, at the default tolerance: 1,292 crossings corrected inside the steps,
-    253 entries into sliding. Within 2e-7 of the default solver (steps end at every
-    event) at `rtol 1e-11` at every save time; the issue's target is 1e-6. Before a
-    crossing that another crossing of its neuron brings about inside a step was
-    located (and a neuron's crossing times followed their shifts on the cubic), it
-    was 1.6e-6."""
+def test_a_crossing_turned_back_by_an_earlier_one_is_an_entry():
+    """Two pairs of one neuron crossing upwards from the inactive side, `c < 0`
+    (their kinks attract from above). The second pair's own jump alone lets it
+    through (near-side slope 0.6 per step, far side 0.3), but the first crossing,
+    at 0.2 of the step, slows it to 0.24 at its moved crossing (0.533), where its
+    own jump turns it back (far side -0.06): both sides push it to its kink, so it
+    slides from there. It is reported as turned back, not crossed. (On MNIST-60 at
+    `rtol 1e-6` such a pair, taken as a crossing, slid for half the step in the
+    reference instead: its neuron ended 4e-5 off in relative terms.)"""
+    from scipy.optimize import brentq
+
+    from neuralcollapse_jax._sliding_modes import crossing_times
+
+    dt = 0.5
+    x = np.array([[1.0, 0.0], [0.8, 0.6]])
+    Z0, Z1 = np.array([[-0.2], [-0.2]]), np.array([[0.8], [0.4]])
+    m0 = m1 = np.array([[1.0], [0.6]])  # linear near sides
+    C = np.array([[-0.9], [-0.6]])
+    jsign = np.ones((2, 1))  # from the inactive side, no leak
+    crossed = np.array([[True], [True]])
+    theta0 = np.array([[0.2], [1.0 / 3.0]])
+    args = (crossed, theta0, Z0, Z1, m0, m1, C, C, jsign, x)
+    th, across, turned, _ = crossing_times(*map(jnp.asarray, args), dt)
+    # By hand: the moved z of the second pair, its root, and the velocities there.
+    moved = lambda t: -0.2 + 0.6 * t + dt * (x[1] @ x[0]) * C[0, 0] * max(t - 0.2, 0.0)  # noqa: E731
+    t2 = brentq(moved, 0.0, 1.0, xtol=1e-15)
+    slope = 0.6 + dt * (x[1] @ x[0]) * C[0, 0]
+    own = dt * C[1, 0] * (x[1] @ x[1])
+    assert 0.6 + own > 0 and slope > 0 and slope + own < 0
+    assert float(np.asarray(th)[1, 0]) == pytest.approx(t2, abs=1e-12)
+    assert np.asarray(turned).tolist() == [[False], [True]]
+    assert np.asarray(across).tolist() == [[True], [False]]
+    # Without the first crossing, the second goes through.
+    alone = (np.array([[False], [True]]), *args[1:])
+    _, across_alone, turned_alone, _ = crossing_times(*map(jnp.asarray, alone), dt)
+    assert np.asarray(turned_alone).tolist() == [[False], [False]]
+    assert np.asarray(across_alone).tolist() == [[False], [True]]
+
+
+@pytest.fixture(scope="module")
+def mnist60():
+    """MNIST-60 (20 test digits each of 0, 1, 2, centered, `h = 50`, std 1e-3), its
+    save times to `T = 2`, and the default solver (steps end at every event) at
+    `rtol 1e-11` there."""
     data = nc.datasets.mnist(per_class=20)
     model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
     ts = np.linspace(0.0, 2.0, 6)
     ref = nc.gradient_flow(model, data, t1=2.0, saveat=ts, rtol=1e-11)
-    traj = nc.gradient_flow(model, data, t1=2.0, saveat=ts, solver=_corrected())
+    return data, model, ts, _saved(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rtol, bound", [(None, 2e-7), (1e-6, 2e-6)])
+def test_mnist60_within_the_target(mnist60, rtol, bound):
+    """MNIST-60 to `T = 2`: 1,292 crossings corrected inside the steps, 253 entries
+    into sliding. At the default tolerance within 2e-7 of the reference at every
+    save time (measured 2.3e-8; the issue's target is 1e-6), and at `rtol 1e-6`
+    within 2e-6 (measured 5.4e-7). Before a crossing that another crossing of its
+    neuron brings about inside a step was located (and a neuron's crossing times
+    followed their shifts on the cubic), the default tolerance gave 1.6e-6. At `rtol
+    1e-6` it was 6.5e-5 before two mends: a pair that a started entry's shift put
+    across its kink was corrected as a crossing on top of the stages that had it
+    across already, and a pair that an earlier crossing of its neuron turned back
+    at its kink was taken as a crossing (it slides)."""
+    data, model, ts, ref = mnist60
+    traj = nc.gradient_flow(model, data, t1=2.0, saveat=ts, rtol=rtol, solver=_corrected())
     assert int(traj.status) == nc.Status.SUCCESS
     assert int(traj.stats["crossings_located"]) > 1000
     assert int(traj.stats["crossings_started"]) == 0
-    err = np.linalg.norm(_saved(traj) - _saved(ref), axis=1) / np.linalg.norm(
-        _saved(ref), axis=1
-    )
-    assert err.max() < 2e-7, err
+    err = np.linalg.norm(_saved(traj) - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() < bound, err
 
 
 @pytest.mark.slow
