@@ -333,6 +333,7 @@ class EventController(_WrappedPID):
     - `transversal`: the predicted cost of a transversal crossing, as a fraction of
       its jump times the step (default 0.25); 0 when the solver corrects crossings
       inside its steps (`SlidingReLU(correct_crossings=True)`).
+    - `step_ts`: times that steps end at (sorted), or `None`.
 
     Its `landings` (steps shortened before a predicted event) and `retries` (steps
     rejected and retried to end before a located event) are reported as
@@ -344,12 +345,24 @@ class EventController(_WrappedPID):
     window: float = eqx.field(static=True, default=0.05)
     budget: float = eqx.field(static=True, default=EVENT_BUDGET)
     transversal: float = eqx.field(static=True, default=0.25)
+    step_ts: Array | None = None
+
+    def _clip(self, t0: Array, t1: Array) -> Array:
+        """`t1`, or the first time of `step_ts` after `t0` where it lies before `t1`."""
+        if self.step_ts is None:
+            return t1
+        # (Diffrax's `ClipStepSizeController` does this too, but its state hides
+        # this controller's counters from the solve's statistics.)
+        ts = self.step_ts.astype(jnp.result_type(t1))
+        k = jnp.searchsorted(ts, t0, side="right")
+        t_next = ts[jnp.minimum(k, ts.size - 1)]
+        return jnp.where((k < ts.size) & (t_next < t1), t_next, t1)
 
     def init(self, terms, t0, t1, y0, dt0, args: Dataset, func, error_order):
         t1, pid_state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
         zero = jnp.zeros((), jnp.int32)
         cap = jnp.asarray(jnp.inf, jnp.result_type(t0, float))
-        return t1, EventState(
+        return self._clip(t0, t1), EventState(
             pid=pid_state, landings=zero, retries=zero, cap=cap, restarts=zero
         )
 
@@ -461,7 +474,7 @@ class EventController(_WrappedPID):
         # derivatives are stopped (as Diffrax's PID stops those of its step factor).
         # The derivatives of the events' times enter where the solver resolves them
         # (started crossings and entries, `SlidingReLU`), from the state itself.
-        next_t1 = jax.lax.stop_gradient(_after(next_t0, next_t1))
+        next_t1 = jax.lax.stop_gradient(_after(next_t0, self._clip(next_t0, next_t1)))
         return keep, next_t0, next_t1, made_jump, new_state, result
 
     @staticmethod

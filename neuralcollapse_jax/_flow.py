@@ -378,7 +378,7 @@ def _solve(
     if make_controller is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
     else:
-        controller = make_controller(rtol, atol, norm)
+        controller = make_controller(rtol, atol, norm, step_ts=ts)
     solver_stats = getattr(solver, "stats", None)
     controller_stats = getattr(controller, "stats", None)
     saveat = diffrax.SaveAt(
