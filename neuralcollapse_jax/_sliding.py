@@ -353,9 +353,9 @@ class SlidingReLU(AbstractTableauSolver):
         `crossings="land"` and in an `EventController` when `crossings="locate"`.
 
         With `correct_crossings=True`, steps also end at the times `step_ts` (if given;
-        `gradient_flow` passes its save times): inside a step with many corrected
-        crossings the dense output is third order, and was off by 6 to 8 times the
-        tolerance at save times there."""
+        `gradient_flow` passes its save times), so that saved values are steps' ends:
+        inside a step with many corrected crossings the dense output is only third
+        order in the step."""
         pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
         # Unset: each controller's own default budget.
         options = {} if self.crossing_budget is None else {"budget": self.crossing_budget}

@@ -1008,10 +1008,11 @@ def crossing_times(
         return jnp.zeros_like(Z0), jnp.zeros_like(Z0)
 
     def turned_back(slope, js, c, gram_ll):
-        # Pairs whose own jump turns them back at their crossing: the velocity on
-        # the far side, `slope + s c <x_l, P x_l>` (`slope` in step fractions),
-        # points back to the kink, and the near side's points to it. They slide
-        # from there (both sides attract).
+        # Pairs that their own jump turns back at their crossing: the velocity on
+        # the far side, `slope + s c <x_l, P x_l>` (`slope` in step fractions, with
+        # the earlier crossings' shift where given), points back to the kink, and
+        # the near side's points to it. They slide from there (both sides
+        # attract).
         far = slope + dt * js * c * gram_ll
         return (slope != 0) & (jnp.sign(far) != jnp.sign(slope))
 
