@@ -1,7 +1,9 @@
 """Kink events located inside steps against the previous crossing control.
 
 Compares, on the same problems and in the same run, the sliding solver with located
-kink events (`SlidingReLU(crossings="locate")`, `EventController`) with the previous
+kink events (`SlidingReLU(crossings="locate")`, `EventController`: steps end before
+each event), the default (the same with `correct_crossings=True`: transversal
+crossings corrected inside the steps) and the previous
 treatment (`crossings="land"`, `CrossingController`, with the tableau `solver="sliding"`
 picked: `Bosh3` from `rtol 1e-6` up, `Tsit5` below) and, on orthogonally separable
 data, with the regular field (`solver="regular"`), over a range of tolerances.
@@ -24,16 +26,17 @@ Problems:
 - `m300`: the issue's M300 targets (first 100 test images of each digit 0, 1, 2,
   centered, `h = 50`, std `1e-3`, `T = 1`, 11 save times from 0): the default call, plain
   Diffrax `Tsit5` at `rtol 1e-5` (in the full space, and in the row space the default
-  call now uses) and the default solver at `rtol 1e-11` as the reference, each timed
-  including its compilation, in one run.
+  call now uses), steps that end at the crossings (the previous default) and, as the
+  reference, the latter at `rtol 1e-11`, each timed including its compilation, in one
+  run.
 - `m300-table`: M300's accuracy-cost table and plot, `rtol 1e-3` to `1e-10`, for the
   default solver and the previous one (down to `1e-6`), against the default solver at
   `rtol 1e-11` and against gradient descent Richardson-extrapolated over learning
   rates 1e-5, 5e-6, 2.5e-6 (run in the row space of the data). The compiling call of
   each solver runs to `T / 1000`.
-- `tableaus`: the default solver with its `Tsit5` tableau against the same solver
+- `tableaus`: the located events with the `Tsit5` tableau against the same solver
   with `Bosh3`, at the default `rtol 1e-8`, on the four problems above, against the
-  default solver at `rtol 1e-11`.
+  located events at `rtol 1e-11`.
 - `defaults`: the call with every default (`solver`, `rtol`) on both problems and on
   the default `ncjax run` problem (`ncjax` alone: that one only; target at most 3,000
   steps, under 10% rejected).
@@ -174,12 +177,19 @@ def old_solver(rtol: float) -> nc.SlidingReLU:
 
 
 def new_solver(rtol: float) -> nc.SlidingReLU:
+    """Steps that end before each kink event (the references' method)."""
     return nc.SlidingReLU(inner=diffrax.Tsit5(), crossings="locate")
+
+
+def corrected_solver(rtol: float) -> nc.SlidingReLU:
+    """The default: transversal crossings corrected inside the steps."""
+    return nc.SlidingReLU(inner=diffrax.Tsit5(), crossings="locate", correct_crossings=True)
 
 
 SOLVERS = {
     "previous (land)": old_solver,
     "located events": new_solver,
+    "corrected crossings (default)": corrected_solver,
     "regular field": lambda rtol: "regular",
 }
 
@@ -324,9 +334,9 @@ def m300_targets(ref_rtol: float) -> None:
     """Issue targets on M300: the default call within 1e-6 of the same flow at
     `ref_rtol` and in no more wall time than plain Diffrax `Tsit5` at `rtol 1e-5`
     (full space, as a user of Diffrax would run it; also in the row space that
-    `gradient_flow` now uses by default), and the default solver with transversal
-    crossings corrected inside its steps (`correct_crossings=True`, not the default).
-    Every call is timed including its compilation, in this order, in this run."""
+    `gradient_flow` now uses by default), and steps that end at the crossings (the
+    previous default; at `ref_rtol` the reference). Every call is timed including
+    its compilation, in this order, in this run."""
     data, model, t1, ts = m300_problem()
     print(
         f"\n## M300 targets: n = {data.x.shape[0]}, D = {data.dim}, "
@@ -342,11 +352,11 @@ def m300_targets(ref_rtol: float) -> None:
             "plain Diffrax Tsit5, rtol 1e-5, row space",
             dict(solver=diffrax.Tsit5(), rtol=1e-5),
         ),
+        ("steps end at crossings", dict(solver=new_solver(None))),
         (
-            "option `correct_crossings=True`",
-            dict(solver=nc.SlidingReLU(crossings="locate", correct_crossings=True)),
+            f"steps end at crossings, rtol {ref_rtol:g} (reference)",
+            dict(solver=new_solver(None), rtol=ref_rtol),
         ),
-        (f"default solver, rtol {ref_rtol:g} (reference)", dict(rtol=ref_rtol)),
     ]
     results = []
     for label, kw in rows:
@@ -413,8 +423,14 @@ def m300_table(out_dir: str) -> None:
     for ax, ref, title in zip(
         axes, ("tight", "GD"), ("vs the default solver at rtol 1e-11", "vs extrapolated GD")
     ):
-        for label, marker in (("located events", "o-"), ("previous (land)", "s--")):
+        for label, marker in (
+            ("corrected crossings (default)", "o-"),
+            ("located events", "^:"),
+            ("previous (land)", "s--"),
+        ):
             mine = [r for r in rows if r["solver"] == label]
+            if not mine:
+                continue
             ax.loglog(
                 [r["evals"] for r in mine], [r[ref] for r in mine], marker, label=label
             )
@@ -486,6 +502,13 @@ def main() -> None:
     )
     parser.add_argument("--out", default=".", help="folder for the m300-table plot")
     parser.add_argument(
+        "--solvers",
+        default=None,
+        help="comma-separated labels of the tables' solvers (default: all of "
+        + ", ".join(SOLVERS)
+        + ")",
+    )
+    parser.add_argument(
         "--gd-cache",
         default=None,
         help="folder that keeps the gradient-descent reference runs between calls "
@@ -497,6 +520,14 @@ def main() -> None:
     print("# bench_events" + (" --quick" if args.quick else ""))
     print("device: " + device_line())
     problems = args.problems.split(",")
+    if args.solvers is not None:
+        keep = args.solvers.split(",")
+        unknown = [k for k in keep if k not in SOLVERS]
+        if unknown:
+            parser.error(f"unknown solver labels {unknown}; choose from {list(SOLVERS)}")
+        for k in list(SOLVERS):
+            if k not in keep:
+                del SOLVERS[k]
     if args.quick:  # the orthogonally separable problem and the default calls
         problems = [p for p in problems if p != "m60"] + ["defaults"]
     if "ortho" in problems:

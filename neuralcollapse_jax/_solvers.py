@@ -36,7 +36,8 @@ SLIDING_TABLEAUS: dict[str, type[diffrax.AbstractERK]] = {
     "sliding_bosh3": diffrax.Bosh3,
     "sliding_tsit5": diffrax.Tsit5,
 }
-# Sliding with the kink events located inside steps (`crossings="locate"`), Tsit5.
+# Sliding with the kink events located inside steps (`crossings="locate"`) and the
+# transversal crossings corrected inside them (`correct_crossings=True`), Tsit5.
 EVENTS = "events"
 
 SOLVER_NAMES: tuple[str, ...] = (
@@ -132,8 +133,9 @@ def resolve_solver(
     **Arguments:**
 
     - `solver`: `None` or `"auto"` (`auto_solver(data)`), `"events"` (`SlidingReLU`
-      with the `Tsit5` tableau and its kink events located inside steps,
-      `crossings="locate"`), `"sliding"` (`SlidingReLU`
+      with the `Tsit5` tableau, its kink events located inside steps,
+      `crossings="locate"`, and its transversal crossings corrected inside them,
+      `correct_crossings=True`), `"sliding"` (`SlidingReLU`
       with the tableau `sliding_tableau(rtol)`), `"sliding_bosh3"`, `"sliding_tsit5"`,
       `"regular"` (`Tsit5`), `"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"` (Diffrax's
       tableaus on the regular field `relu'(0) = 0`, run by `UnrolledERK`), `"heun"`,
@@ -148,7 +150,9 @@ def resolve_solver(
     solver = solver_name(solver, data, rtol)
     if isinstance(solver, str):
         if solver == EVENTS:
-            return SlidingReLU(inner=diffrax.Tsit5(), crossings="locate")
+            return SlidingReLU(
+                inner=diffrax.Tsit5(), crossings="locate", correct_crossings=True
+            )
         if solver in SLIDING_TABLEAUS:
             return SlidingReLU(inner=SLIDING_TABLEAUS[solver]())
         if solver in REGULAR_SOLVERS:

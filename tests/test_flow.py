@@ -452,7 +452,10 @@ def test_row_space_data_are_reduced_once_not_in_the_traced_call():
     """Data closed over by a jitted call are reduced to the row space in NumPy, once:
     the traced call holds no product of the data with the basis (two constants, which
     XLA would fold at every compilation: over a second for 300 MNIST digits), and gives
-    the eager call's numbers."""
+    the eager call's numbers: to rounding with steps that end at the crossings, and
+    to well within the tolerance with the default, whose accept-or-retry decisions
+    (a corrected crossing's time against a step's end) can turn on rounding (here
+    192 steps eager, 232 jitted, 3e-11 apart)."""
     k1, k2 = jax.random.split(jax.random.key(3))
     x = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 30))  # rank 4
     data = nc.Dataset(x, jnp.arange(12) % 3, 3)
@@ -466,9 +469,12 @@ def test_row_space_data_are_reduced_once_not_in_the_traced_call():
     ]
     assert products  # (the check below sees the products of the call)
     assert [(12, 30), (30, 4)] not in products
-    jitted = jax.jit(lambda m: nc.gradient_flow(m, data, **kw).models.W)(model)
-    eager = nc.gradient_flow(model, data, **kw).models.W
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=0)
+    for solver, bound in ((nc.SlidingReLU(crossings="locate"), 1e-12), (None, 1e-9)):
+        kw["solver"] = solver
+        jitted = jax.jit(lambda m: nc.gradient_flow(m, data, **kw).models.W)(model)
+        eager = nc.gradient_flow(model, data, **kw).models.W
+        err = np.abs(np.asarray(jitted) - np.asarray(eager)).max()
+        assert err <= bound * np.abs(np.asarray(eager)).max(), (solver, err)
 
 
 @pytest.mark.slow
