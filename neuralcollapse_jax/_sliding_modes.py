@@ -1724,8 +1724,13 @@ def exit_events(
         theta = jnp.where(jumped, jnp.broadcast_to(at, theta.shape), theta)
         cost = jnp.where(jumped, g * (1.0 - at) * jnp.abs(dt) * x_norm, cost)
     if crossings is not None:
-        theta_at, g_at = exits_between_crossings(
-            mode, used, lo0, hi0, lo1, hi1, x, *crossings
+        # (Only in steps with a corrected crossing of a neuron that has a sliding
+        # pair.)
+        with_slots = jnp.any(used, axis=1)[None, :]
+        theta_at, g_at = rare_cond(
+            jnp.any(crossings[0] & with_slots),
+            lambda: exits_between_crossings(mode, used, lo0, hi0, lo1, hi1, x, *crossings),
+            lambda: (jnp.full_like(lo0, jnp.inf), jnp.zeros_like(lo0)),
         )
         inside = theta_at < theta
         theta = jnp.where(inside, theta_at, theta)
