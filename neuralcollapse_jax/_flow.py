@@ -178,11 +178,15 @@ def gradient_flow(
       (`auto_solver`): `SlidingReLU` with the `Tsit5` tableau, which holds the pairs
       that slide on their kink `<x_i, w_j> = 0` there instead of chattering across it
       and locates the kink events (crossings, entries into sliding) inside its steps
-      (`crossings="locate"`; its controller, an `EventController`, replaces the
-      `PIDController`; see the docs page *Sliding*). `"regular"`: the `Tsit5` tableau
-      on the regular field `relu'(0) = 0`, run by `UnrolledERK`. `"sliding"`: the
-      sliding solver with the previous crossing control (`crossings="land"`), with the
-      `Bosh3` tableau when `rtol >= 1e-6` and `Tsit5` below (`sliding_tableau`). Or
+      (`crossings="locate"`; its controller, an `EventController` over a PI
+      controller, replaces the `PIDController`; see the docs page *Sliding*), with
+      the transversal crossings integrated inside the steps
+      (`correct_crossings=True`; steps end at the save times). Steps that end at
+      every event instead: `solver=SlidingReLU(crossings="locate")`. `"regular"`:
+      the `Tsit5` tableau on the regular field `relu'(0) = 0`, run by `UnrolledERK`.
+      `"sliding"`: the sliding solver with the previous crossing control
+      (`crossings="land"`), with the `Bosh3` tableau when `rtol >= 1e-6` and `Tsit5`
+      below (`sliding_tableau`). Or
       another name in `SOLVER_NAMES`, or a Diffrax solver instance.
     - `record`: diagnostics to record at the save times, `{name: fn(model, data)}`.
     - `save_params`: keep the parameters at every save time (default). Turn off for

@@ -319,11 +319,11 @@ class SlidingReLU(AbstractTableauSolver):
       three Jacobian-vector products for the response to them), so that a step
       across a crossing has a fourth-order local error; the field is evaluated again
       at the corrected end. Entries, exits and crossings that the correction itself
-      brings about still end the steps. Experimental and off by default: see the
-      docs page *Sliding* for what it gains and why it is not the default (where
-      crossings are few, many of its steps are rejected). Differentiable: the
-      crossing times carry their derivatives through the correction (docs page
-      *Differentiating the flow*).
+      brings about still end the steps. Off by default in this class; the default
+      solver of `gradient_flow` (`solver="events"`) sets it (docs page *Sliding*).
+      Its controller is a PI controller that also ends steps at given times (the
+      save times). Differentiable: the crossing times carry their derivatives
+      through the correction (docs page *Differentiating the flow*).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
