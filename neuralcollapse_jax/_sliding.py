@@ -879,17 +879,15 @@ class SlidingReLU(AbstractTableauSolver):
                 # its near side.)
                 again = jnp.any(event)
 
+                # `z` and `c` at the step's ends, with the slopes of `z` in the step.
+                ends = (Z0, Z1, m0, m1, fields[0].C, last.C)
+
                 def inside():
                     dW1, dW2, dV, dV_direct, R, eW_in, eV_in, th_in, across, turned = (
                         inside_crossings(
                             crossed,
                             theta,
-                            Z0,
-                            Z1,
-                            m0,
-                            m1,
-                            fields[0].C,
-                            last.C,
+                            *ends,
                             pattern,
                             W1,
                             V1,
@@ -919,12 +917,7 @@ class SlidingReLU(AbstractTableauSolver):
                         crossing_time_error(
                             across,
                             th_in,
-                            Z0,
-                            Z1,
-                            m0,
-                            m1,
-                            fields[0].C,
-                            last.C,
+                            *ends,
                             slope_switch(Z0, leak),
                             dW2,
                             data.x,
