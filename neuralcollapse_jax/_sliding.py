@@ -401,17 +401,13 @@ class SlidingReLU(AbstractTableauSolver):
         given; `gradient_flow` passes its save times), so that saved values are
         steps' ends: inside a step with many corrected crossings the dense output is
         only third order in the step."""
-        if self.crossings == "locate" and self.correct_crossings:
-            # A PI controller: with the crossings inside the steps, steps grow for
-            # long stretches and the plain I controller (Diffrax's default) overshoots
-            # every few steps. On the `ncjax run` problem 67 of 460 steps were
-            # rejected with it, 38 of 503 with these gains, for 6% more evaluations
-            # (the same on MNIST-60; docs page *Sliding*).
-            pid = diffrax.PIDController(
-                rtol=rtol, atol=atol, norm=norm, pcoeff=PI_GAINS[0], icoeff=PI_GAINS[1]
-            )
-        else:
-            pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
+        # With `correct_crossings` (which needs `"locate"`), a PI controller: with the
+        # crossings inside the steps, steps grow for long stretches and the plain I
+        # controller (Diffrax's default) overshoots every few steps. On the `ncjax
+        # run` problem 67 of 460 steps were rejected with it, 38 of 503 with these
+        # gains, for 6% more evaluations (the same on MNIST-60; docs page *Sliding*).
+        gains = dict(zip(("pcoeff", "icoeff"), PI_GAINS)) if self.correct_crossings else {}
+        pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm, **gains)
         # Unset: each controller's own default budget.
         options = {} if self.crossing_budget is None else {"budget": self.crossing_budget}
         if self.crossings == "locate":
@@ -1051,7 +1047,7 @@ class SlidingReLU(AbstractTableauSolver):
                 c_at = fields[0].C + (last.C - fields[0].C) * jnp.where(
                     crossed_in, th_in, 0.0
                 )
-                crossings = (crossed_in, th_in, slope_switch(Z0, leak) * c_at)
+                crossings = (crossed_in, th_in, jsign_c * c_at)
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             if not correct:
