@@ -161,6 +161,19 @@ def _at_end(model, data, loss, reduction, record):
     return loss_value(model, data, loss, reduction), values
 
 
+def _events(stats: dict) -> str:
+    """The kink events that the solver located and the steps they cost, for the run's
+    summary line ("" for a solver that locates none)."""
+    if "event_retries" not in stats:
+        return ""
+    crossings = stats.get("crossings_located", 0) + stats.get("crossings_started", 0)
+    return (
+        f"events: {crossings} kink crossings, {stats.get('sliding_entries', 0)} entries "
+        f"into sliding, {stats.get('sliding_exits', 0)} exits, "
+        f"{stats['event_retries']} steps retried to end before one; "
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.show_config:
@@ -242,6 +255,6 @@ def run(args: argparse.Namespace) -> int:
         f"{Status.message(status)}; loss {summary['initial_loss']:.4g} -> "
         f"{summary['final_loss']:.4g} at t = {flow.t1:g}; {summary['num_steps']} steps, "
         f"{summary['grad_evals']} gradient evaluations ({solver} solver), {wall:.1f} s; "
-        f"wrote {out}/"
+        f"{_events(summary['stats'])}wrote {out}/"
     )
     return 0 if status == Status.SUCCESS else 1

@@ -39,6 +39,12 @@ STAT_NAMES = {
     "num_rejected_steps": "rejected solver steps",
     "grad_evals": "gradient evaluations",
     "sliding_pairs": "neuron-sample pairs held on a kink by the sliding solver",
+    "sliding_entries": "entries of neuron-sample pairs into sliding on their kink",
+    "sliding_exits": "exits of neuron-sample pairs from sliding",
+    "crossings_located": "kink crossings located inside steps",
+    "crossings_started": "kink crossings started at the beginning of a step",
+    "event_retries": "steps rejected and retried to end before a located kink event",
+    "event_landings": "steps shortened to end before a predicted kink event",
 }
 
 REQUIRED = ("loss", "final_W", "final_V", "status", "x", "labels", "num_classes")

@@ -26,10 +26,18 @@ SMALL = [
 ]
 
 
-def test_run_writes_summary_trajectory_and_plot(tmp_path):
+def test_run_writes_summary_trajectory_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", *SMALL, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    # The summary line reports the kink events the default solver located, as in
+    # the stored statistics.
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    stats = summary["stats"]
+    crossings = stats["crossings_located"] + stats["crossings_started"]
+    assert crossings > 0
+    assert f"events: {crossings} kink crossings" in line, line
+    assert f"{stats['event_retries']} steps retried" in line, line
     for key in ("final_loss", "t1", "num_steps", "grad_evals", "wall_time_s", "status"):
         assert key in summary
     assert summary["status"].startswith("success")
