@@ -158,9 +158,9 @@ def _m3147() -> None:
     )
     status = "success" if int(traj.status) == nc.Status.SUCCESS else int(traj.status)
     print(f"| {status} | {loss[-1] / loss[0]:.4f} | {_stats(traj)} | {wall:.1f} |")
-    # Where the rejections come from: retries to end a step before an event (an
-    # entry or exit found inside it), the rest the error test.
-    s = {k: int(v) for k, v in traj.stats.items()}
+    # Where the rejections come from: retries to end a step before a located event,
+    # the rest the error test.
+    s = traj.stats_summary()
     retries = s.get("event_retries", 0)
     print(
         f"\nRejected steps: {s['num_rejected_steps']:,}, of which {retries:,} retried "
