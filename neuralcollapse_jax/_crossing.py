@@ -334,6 +334,10 @@ class EventController(_WrappedPID):
       its jump times the step (default 0.25); 0 when the solver corrects crossings
       inside its steps (`SlidingReLU(correct_crossings=True)`).
     - `step_ts`: times that steps end at (sorted), or `None`.
+    - `limit`: the most transversal crossings a step may hold, or `None`: the
+      proposed step ends before the crossing after the first `limit` predicted in it
+      (`SlidingReLU(correct_crossings=True)` passes its `crossing_limit`, and
+      retries a step that holds more).
 
     Its `landings` (steps shortened before a predicted event) and `retries` (steps
     rejected and retried to end before a located event) are reported as
@@ -346,6 +350,7 @@ class EventController(_WrappedPID):
     budget: float = eqx.field(static=True, default=EVENT_BUDGET)
     transversal: float = eqx.field(static=True, default=0.25)
     step_ts: Array | None = None
+    limit: int | None = eqx.field(static=True, default=None)
 
     def _clip(self, t0: Array, t1: Array) -> Array:
         """`t1`, or the first time of `step_ts` after `t0` where it lies before `t1`."""
@@ -443,6 +448,26 @@ class EventController(_WrappedPID):
         first = _first_over_budget(
             ahead, self._scaled(cost, y1_candidate.W, size), self.budget
         )
+        if self.limit is not None and frac.size > self.limit:
+            # The step ends before the crossing after the first `limit` predicted in
+            # it, where that one is later than the first (a step that ends before
+            # crossings all at one instant would end before them again and again):
+            # the solver retries a step that holds more than `limit` (on M3147 to `t
+            # = 0.002`, with this 5,568 evaluations against 7,384 without).
+            ahead_all = jnp.where(toward & (frac > 0) & (frac < 1.0), frac, jnp.inf)
+
+            def cut():
+                # (`top_k` of the negated fractions: the `limit + 1` earliest.)
+                flat = -ahead_all.reshape(-1)
+                earliest = -jax.lax.top_k(flat, self.limit + 1)[0]
+                after = earliest[self.limit]
+                return jnp.where(after > earliest[0], after, jnp.inf)
+
+            def none():
+                return jnp.asarray(jnp.inf, frac.dtype)
+
+            enough = jnp.sum(jnp.isfinite(ahead_all)) > self.limit
+            first = jnp.minimum(first, rare_cond(enough, cut, none))
         # Crossings and entries within `window` of the proposed step are left to the
         # solver, which starts them; a step shortened before a later event would
         # leave some of them inside it, unstarted (further than `window` of the

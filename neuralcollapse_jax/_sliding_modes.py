@@ -1232,6 +1232,7 @@ def inside_crossings(
     W0: Array,
     V0: Array,
     idx: Array,
+    size: int = EVENT_PAIRS_IN,
 ) -> tuple[Array, ...]:
     r"""The transversal crossings located inside a step whose stages all took the
     activation pattern of its start: `(dW1, dW2, dV2, dV_direct, R, eW, eV, theta,
@@ -1264,7 +1265,9 @@ def inside_crossings(
       start).
 
     Between two crossings of the step the later one is not yet switched: what the
-    far-side Jacobian counts wrongly there is subtracted (`interactions`).
+    far-side Jacobian counts wrongly there is subtracted (`interactions`). Up to
+    `size` crossings are moved and corrected jointly (`crossing_times`); the solver
+    retries a step with more.
 
     What is left is fourth order in the step; the error estimate is the third-order
     part (what the correction to second order would leave)."""
@@ -1294,6 +1297,7 @@ def inside_crossings(
         dt,
         projection=(idx, mode.ginv),
         after=after,
+        size=size,
     )
     rest = 1.0 - th
 

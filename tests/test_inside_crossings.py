@@ -167,9 +167,102 @@ def test_steps_end_at_the_save_times():
     assert plain.step_ts is None
 
 
+def _many_crossings_problem():
+    # As above, with more samples and neurons: 32 crossings by `T = 4`, several in
+    # one step at loose tolerances, none slides.
+    rng = np.random.default_rng(7)
+    X = np.abs(rng.normal(size=(12, 3))) + 0.3 * rng.normal(size=(12, 3))
+    W = rng.normal(size=(3, 8)) * 0.5
+    v = np.array([0.5, -0.4, 0.3, -0.6, 0.45, -0.35, 0.55, -0.5])
+    return nc.TwoLayerReLU(W, v[None, :]), nc.Dataset(X, np.ones(12, int), 2), X
+
+
+def _sign_changes_per_step(solver, rtol):
+    # Integrates the problem above with `solver`, saving every step's end; returns the
+    # number of pairs `(i, j)` whose `z_ij` changed sign inside each accepted step,
+    # with the statistics. (Not counted: a pair that a step ended just before, which
+    # the next step starts at its beginning, `|z|` there under 1% of its change.)
+    model, data, X = _many_crossings_problem()
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(nc.vector_field("exponential", None)),
+        solver,
+        0.0,
+        4.0,
+        None,
+        model,
+        args=data,
+        stepsize_controller=solver.controller(rtol, 1e-12),
+        saveat=diffrax.SaveAt(steps=True),
+        max_steps=4096,
+    )
+    keep = np.isfinite(np.asarray(sol.ts))
+    Z = np.einsum("nd,tdh->tnh", X, np.asarray(sol.ys.W)[keep])
+    Z = np.concatenate([(X @ np.asarray(model.W))[None], Z])
+    inside = np.abs(Z[:-1]) > 0.01 * np.abs(Z[1:] - Z[:-1])
+    return np.sum(((Z[1:] > 0) != (Z[:-1] > 0)) & inside, axis=(1, 2)), sol.stats
+
+
+def test_a_step_corrects_at_most_crossing_limit_crossings():
+    """A step that holds more crossings than `crossing_limit` is retried to end
+    before the next one: no accepted step changes more signs of `z` (counted from
+    the saved steps, not from the solver's statistics); without the limit some step
+    changes several. The result still agrees with SciPy."""
+    free, _ = _sign_changes_per_step(_corrected(), 1e-5)
+    assert free.max() >= 2, free
+    limited, stats = _sign_changes_per_step(
+        SlidingReLU(crossings="locate", correct_crossings=True, crossing_limit=1), 1e-5
+    )
+    assert limited.max() == 1, (limited, free)
+    assert int(stats["num_rejected_steps"]) > 0
+    model, data, X = _many_crossings_problem()
+    ts = np.linspace(0.0, 4.0, 9)
+    solver = SlidingReLU(crossings="locate", correct_crossings=True, crossing_limit=1)
+    traj = nc.gradient_flow(
+        model, data, t1=4.0, saveat=ts, loss="exponential", rtol=1e-7, solver=solver
+    )
+    ref = _scipy_exponential(model, X, ts)
+    err = np.linalg.norm(_saved(traj) - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() < 2e-6, err
+
+
+@pytest.mark.slow
+def test_derivatives_with_a_crossing_limit_match_scipy():
+    """With a limit of one crossing a step (retried and shortened steps throughout),
+    reverse-mode derivatives along the initial parameters and the data match central
+    differences of SciPy's flow with its crossings located."""
+    from test_derivatives import _check
+
+    model, data, _ = _many_crossings_problem()
+    solver = SlidingReLU(crossings="locate", correct_crossings=True, crossing_limit=1)
+    _check(data, model, 4.0, "exponential", nc.DEFAULT_RTOL, 1e-5, solver=solver)
+
+
+def test_crossings_beyond_the_limit():
+    """`beyond_first` against a sort: the pairs later than the `count`-th by time,
+    ties with it kept."""
+    from neuralcollapse_jax._sliding import beyond_first
+
+    rng = np.random.default_rng(3)
+    theta = rng.uniform(size=(40, 7))
+    theta[5, :3] = theta[9, 0]  # ties
+    mask = rng.uniform(size=(40, 7)) < 0.5
+    mask[5, :3] = mask[9, 0] = True
+    order = np.sort(theta[mask])
+    tie = int(np.searchsorted(order, theta[9, 0])) + 1
+    for count in (1, 5, tie, order.size - 1, order.size, 500):
+        got = np.asarray(beyond_first(jnp.asarray(mask), jnp.asarray(theta), count))
+        want = mask & (theta > order[count - 1]) if count <= order.size else 0 * mask
+        np.testing.assert_array_equal(got, want.astype(bool))
+    assert np.sum(np.asarray(beyond_first(jnp.asarray(mask), jnp.asarray(theta), tie))) == (
+        order.size - tie - 3
+    )
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="correct_crossings needs crossings='locate'"):
         SlidingReLU(crossings="land", correct_crossings=True)
+    with pytest.raises(ValueError, match="crossing_limit must be a positive integer"):
+        SlidingReLU(crossings="locate", correct_crossings=True, crossing_limit=0)
     # Its controller does not shorten steps before transversal crossings.
     controller = _corrected().controller(1e-6, 1e-8)
     assert isinstance(controller, nc.EventController) and controller.transversal == 0.0
