@@ -134,30 +134,36 @@ def test_under_jit_and_vmap():
         np.testing.assert_allclose(np.asarray(batched[k]), np.asarray(run(s)), rtol=1e-10)
 
 
+def _every_step(model, data, solver, controller):
+    # `(ends, W, stats)`: the ends of the accepted steps of the exponential-loss flow
+    # to `T = 4` with `solver` and `controller`, and `W` there.
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(nc.vector_field("exponential", None)),
+        solver,
+        0.0,
+        4.0,
+        None,
+        model,
+        args=data,
+        stepsize_controller=controller,
+        saveat=diffrax.SaveAt(steps=True),
+        max_steps=4096,
+    )
+    keep = np.isfinite(np.asarray(sol.ts))
+    return np.asarray(sol.ts)[keep], np.asarray(sol.ys.W)[keep], sol.stats
+
+
 def test_steps_end_at_the_save_times():
     """With `correct_crossings=True` the controller ends steps at the times it is
     given (`gradient_flow` gives its save times): each is a step's end, exactly;
     without them, steps end elsewhere. The default solver's controller takes none."""
     model, data, _ = _no_sliding_problem()
     solver = _corrected()
-    term = diffrax.ODETerm(nc.vector_field("exponential", None))
     ts = np.linspace(0.0, 4.0, 17)
     ends = {}
     for name, step_ts in (("free", None), ("save", ts)):
-        sol = diffrax.diffeqsolve(
-            term,
-            solver,
-            0.0,
-            4.0,
-            None,
-            model,
-            args=data,
-            stepsize_controller=solver.controller(1e-8, 1e-10, step_ts=step_ts),
-            saveat=diffrax.SaveAt(steps=True),
-            max_steps=4096,
-        )
-        t = np.asarray(sol.ts)
-        ends[name] = t[np.isfinite(t)]
+        controller = solver.controller(1e-8, 1e-10, step_ts=step_ts)
+        ends[name] = _every_step(model, data, solver, controller)[0]
     assert all(np.any(ends["save"] == s) for s in ts[1:])
     assert not all(np.any(ends["free"] == s) for s in ts[1:])
     # (A cut step is followed by the PI controller's growth from it: at most about a
@@ -183,23 +189,11 @@ def _sign_changes_per_step(solver, rtol):
     # with the statistics. (Not counted: a pair that a step ended just before, which
     # the next step starts at its beginning, `|z|` there under 1% of its change.)
     model, data, X = _many_crossings_problem()
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(nc.vector_field("exponential", None)),
-        solver,
-        0.0,
-        4.0,
-        None,
-        model,
-        args=data,
-        stepsize_controller=solver.controller(rtol, 1e-12),
-        saveat=diffrax.SaveAt(steps=True),
-        max_steps=4096,
-    )
-    keep = np.isfinite(np.asarray(sol.ts))
-    Z = np.einsum("nd,tdh->tnh", X, np.asarray(sol.ys.W)[keep])
+    _, W, stats = _every_step(model, data, solver, solver.controller(rtol, 1e-12))
+    Z = np.einsum("nd,tdh->tnh", X, W)
     Z = np.concatenate([(X @ np.asarray(model.W))[None], Z])
     inside = np.abs(Z[:-1]) > 0.01 * np.abs(Z[1:] - Z[:-1])
-    return np.sum(((Z[1:] > 0) != (Z[:-1] > 0)) & inside, axis=(1, 2)), sol.stats
+    return np.sum(((Z[1:] > 0) != (Z[:-1] > 0)) & inside, axis=(1, 2)), stats
 
 
 def test_a_step_corrects_at_most_crossing_limit_crossings():
