@@ -1078,11 +1078,11 @@ class SlidingReLU(AbstractTableauSolver):
                 # Crossings after the first `crossing_limit` of the step (in time
                 # order): `crossing_times` moves the times of that many jointly,
                 # and beyond that leaves all of them as located, and their
-                # interactions uncorrected. Charged at any cost:
-                # the step is retried to end before the first of them. (On M300 at
-                # `rtol 1e-5` one step corrected 265 crossings that way. Its error
-                # stayed within the tolerance, but it sat on a few neurons that the
-                # alignment amplifies: 1.3e-3 at `T = 1`. Docs page *Sliding*.)
+                # interactions uncorrected. Charged at an infinite cost: the step is
+                # retried to end before the first of them. (On M300 at `rtol 1e-5`
+                # one step corrected 265 crossings that way. Its error stayed within
+                # the tolerance, but it sat on a few neurons that the alignment
+                # amplifies: 1.3e-3 at `T = 1`. Docs page *Sliding*, item 14.)
                 unmoved = beyond_first(crossed, th_in, self.crossing_limit)
                 theta = jnp.where(unmoved, th_in, theta)
                 charged = charged | unmoved
