@@ -287,6 +287,13 @@ def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
     return jnp.where(jnp.any(over), first, jnp.inf)
 
 
+def earliest(values: Array, count: int) -> Array:
+    """The `count` smallest of `values` (over all axes, derivatives stopped), in
+    increasing order: `inf` where fewer are finite. (`top_k` of the negated values.)"""
+    flat = jax.lax.stop_gradient(values).reshape(-1)
+    return -jax.lax.top_k(-flat, count)[0]
+
+
 def _after(t0: Array, t: Array) -> Array:
     """`t`, or the first time representable after `t0` where `t` rounds to `t0` or
     before it. A step of length 0 is a fixed point of the controller (the PID scales
@@ -457,11 +464,9 @@ class EventController(_WrappedPID):
             ahead_all = jnp.where(toward & (frac > 0) & (frac < 1.0), frac, jnp.inf)
 
             def cut():
-                # (`top_k` of the negated fractions: the `limit + 1` earliest.)
-                flat = -ahead_all.reshape(-1)
-                earliest = -jax.lax.top_k(flat, self.limit + 1)[0]
-                after = earliest[self.limit]
-                return jnp.where(after > earliest[0], after, jnp.inf)
+                first_ones = earliest(ahead_all, self.limit + 1)
+                after = first_ones[self.limit]
+                return jnp.where(after > first_ones[0], after, jnp.inf)
 
             def none():
                 return jnp.asarray(jnp.inf, frac.dtype)
