@@ -13,9 +13,10 @@ compiled call (XLA's `memory_analysis`: what a call allocates besides its inputs
 outputs; in reverse mode mostly the checkpoints, about `checkpoints` times one solver
 state, with Diffrax's default `floor(sqrt(2 max_steps))`, 447 at `max_steps` 100,000).
 
-A table for the option `SlidingReLU(crossings="locate", correct_crossings=True)`
-follows (forward solve, reverse and forward mode at its defaults), then two reference
-tables, for what the 3x target asks of a reverse mode:
+A table for the default solver follows with its `derivative_safety` at the default
+and at 1 (the differentiated solve's steps sized as the value's): the steps of the
+solve and of the differentiated solve, forward solve, reverse and forward mode. Then
+two reference tables, for what the 3x target asks of a reverse mode:
 
 - **Diffrax's own reverse mode on a plain solve**: plain Diffrax `Tsit5` on the
   regular field (`solver=diffrax.Tsit5()`, whose derivative misses every jump term)
@@ -36,7 +37,7 @@ Problems:
 - MNIST-60 (20 test images per digit 0, 1, 2, centered, `h = 50`, init 1e-3), `T = 0.02`
   (a short horizon; not in `--quick`).
 
-Usage: `python benchmarks/bench_grad.py [--quick] [--option-only]`.
+Usage: `python benchmarks/bench_grad.py [--quick] [--default-only]`.
 """
 
 from __future__ import annotations
@@ -161,12 +162,16 @@ def plain(name, data, model, T, loss):
         )
 
 
-def corrected(name, data, model, T, loss):
-    """The option `SlidingReLU(correct_crossings=True)`: forward solve, reverse mode
-    (the default adjoint) and forward mode, against its own forward solve."""
-    solver = nc.SlidingReLU(crossings="locate", correct_crossings=True)
+def corrected(name, data, model, T, loss, safety):
+    """The default solver (crossings corrected inside the steps) with
+    `derivative_safety=safety`: forward solve, reverse mode (the default adjoint) and
+    forward mode, against the forward solve; the steps of the solve without a
+    transform and of the differentiated one (`for_derivatives`)."""
+    solver = nc.SlidingReLU(
+        crossings="locate", correct_crossings=True, derivative_safety=safety
+    )
 
-    def solve(m):
+    def solve(m, solver=solver):
         return nc.gradient_flow(m, data, t1=T, saveat=[T], loss=loss, solver=solver)
 
     forward = jax.jit(lambda m: solve(m).loss[-1])
@@ -175,24 +180,32 @@ def corrected(name, data, model, T, loss):
     jvp = jax.jit(lambda m: jax.jvp(lambda m: solve(m).loss[-1], (m,), (direction,)))
     stats = solve(model).stats
     steps, evals = int(stats["num_steps"]), int(stats["grad_evals"])
+    stats_d = solve(model, solver.for_derivatives()).stats
+    steps_d, evals_d = int(stats_d["num_steps"]), int(stats_d["grad_evals"])
     _, _, t_fwd = timed(lambda: forward(model))
     _, _, t_grad = timed(lambda: grad(model))
     _, _, t_jvp = timed(lambda: jvp(model))
     print(
-        f"| {name} | {T} | {steps} | {evals} | {t_fwd:.3f} | {t_grad:.3f} "
-        f"| {t_grad / t_fwd:.2f}x | {t_jvp:.3f} | {t_jvp / t_fwd:.2f}x |"
+        f"| {name} | {T} | {safety:g} | {steps} / {steps_d} | {evals} / {evals_d} "
+        f"| {t_fwd:.3f} | {t_grad:.3f} | {t_grad / t_fwd:.2f}x | {t_jvp:.3f} "
+        f"| {t_jvp / t_fwd:.2f}x |"
     )
 
 
-def option_table(problems):
-    print("The option SlidingReLU(crossings='locate', correct_crossings=True):")
+def default_table(problems):
+    print(
+        "The default solver (crossings corrected inside the steps): derivative_safety "
+        f"{nc.SlidingReLU().derivative_safety:g} (the default) and 1 (the "
+        "differentiated solve's steps sized as the value's):"
+    )
     print()
     table_header(
         [
             "problem",
             "T",
-            "steps",
-            "grad evals",
+            "derivative_safety",
+            "steps (solve / differentiated solve)",
+            "grad evals (same)",
             "forward s",
             "reverse (grad) s",
             "reverse/forward",
@@ -201,7 +214,8 @@ def option_table(problems):
         ]
     )
     for problem in problems:
-        corrected(*problem())
+        for safety in (nc.SlidingReLU().derivative_safety, 1.0):
+            corrected(*problem(), safety)
 
 
 def stages_alone(name, data, model, T, loss, steps=200):
@@ -250,20 +264,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip MNIST-60")
     parser.add_argument(
-        "--option-only",
+        "--default-only",
         action="store_true",
-        help="only the table of the option correct_crossings=True",
+        help="only the table of the default solver's derivative_safety",
     )
     args = parser.parse_args()
-    flags = [
-        f for f, on in (("--quick", args.quick), ("--option-only", args.option_only)) if on
-    ]
+    chosen = (("--quick", args.quick), ("--default-only", args.default_only))
+    flags = [f for f, on in chosen if on]
     print("# bench_grad" + "".join(" " + f for f in flags))
     print("device: " + device_line())
     print()
     problems = [crossing, ortho] + ([] if args.quick else [m60])
-    if args.option_only:
-        option_table(problems)
+    if args.default_only:
+        default_table(problems)
         return
     table_header(
         [
@@ -287,7 +300,7 @@ def main() -> None:
     for problem in problems:
         plain(*problem())
     print()
-    option_table(problems)
+    default_table(problems)
     print()
     print("The stages alone (Tsit5 tableau, fixed step, lax.scan):")
     print()

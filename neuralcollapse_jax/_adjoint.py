@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
@@ -29,6 +31,10 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
     residuals also gives the primal); `gradient_flow` passes `ForwardMode` itself when
     it sees the forward-mode transform directly around the call.
 
+    The solve whose derivative is taken runs the solver's `for_derivatives()` where
+    it has one (`SlidingReLU`: steps with crossings sized for the derivative's error
+    too); the value returned with the derivative comes from that solve.
+
     Second derivatives (a derivative of this derivative) are not supported: they
     raise.
 
@@ -55,9 +61,13 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
         reverse = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
         out_static = []
 
-        def run(adjoint, diff, nondiff):
-            """The inexact and the other arrays of the final state."""
-            state = adjoint.loop(**eqx.combine(diff, nondiff, static))
+        def run(adjoint, diff, nondiff, derivatives=False):
+            """The inexact and the other arrays of the final state; with
+            `derivatives`, of the solve whose derivative is taken (`for_derivatives`)."""
+            kwargs = eqx.combine(diff, nondiff, static)
+            if derivatives:
+                kwargs = dict(kwargs, solver=for_derivatives(kwargs["solver"]))
+            state = adjoint.loop(**kwargs)
             dynamic, state_static = eqx.partition(state, eqx.is_array)
             out_static[:] = [state_static]
             return eqx.partition(dynamic, eqx.is_inexact_array)
@@ -77,19 +87,27 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
                 lambda t: t is not None, t_pert, is_leaf=lambda x: x is None
             )
             pert, unpert = eqx.partition(diff, perturbed)
+            run_d = functools.partial(run, derivatives=True)
             inexact, vjp_fn, other = jax.vjp(
-                lambda p: run(reverse, eqx.combine(p, unpert), nondiff),
+                lambda p: run_d(reverse, eqx.combine(p, unpert), nondiff),
                 pert,
                 has_aux=True,
             )
             avals = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), inexact)
             t_inexact = eqxi.filter_primitive_bind(
-                _tangent_p, run, avals, pert, (unpert, nondiff), t_pert, vjp_fn
+                _tangent_p, run_d, avals, pert, (unpert, nondiff), t_pert, vjp_fn
             )
             return (inexact, other), (t_inexact, jtu.tree_map(lambda _: None, other))
 
         inexact, other = solve(diff, nondiff)
         return eqx.combine(inexact, other, out_static[0])
+
+
+def for_derivatives(solver):
+    """`solver.for_derivatives()` where the solver has it (the solver to use in a
+    solve that is differentiated), else `solver`."""
+    method = getattr(solver, "for_derivatives", None)
+    return solver if method is None else method()
 
 
 def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):

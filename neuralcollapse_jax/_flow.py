@@ -16,7 +16,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
-from ._adjoint import ForwardOrReverse
+from ._adjoint import ForwardOrReverse, for_derivatives
 from ._dataset import Dataset
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
@@ -210,7 +210,11 @@ def gradient_flow(
       the call). Pass `ForwardOrReverse(checkpoints=...)` to bound the memory of
       reverse mode.
       Derivatives carry the jump terms of the kink events with the default solver
-      (docs page *Differentiating the flow*).
+      (docs page *Differentiating the flow*). A solve that is differentiated (by the
+      default adjoint, or by a transform directly around the call) runs the solver's
+      `for_derivatives()`, whose steps with crossings are sized for the derivative's
+      error too: the value returned with a derivative comes from it, within the
+      tolerance of the undifferentiated call.
 
     **Returns:**
 
@@ -243,6 +247,13 @@ def gradient_flow(
     basis = row_space_default(data) if row_space is None else None
     if row_space or basis is not None:
         model, data, lift = reduce_to_row_space(model, data, basis)
+    if adjoint is None:
+        adjoint = default_adjoint(model, data, t1, ts)
+    if differentiated(model, data, t1, ts):
+        # A transform directly around the call differentiates this solve (whatever
+        # the adjoint; `ForwardOrReverse` also sees the transforms behind an outer
+        # `jit`).
+        solver = for_derivatives(solver)
     traj = _solve(
         model,
         data,
@@ -259,7 +270,7 @@ def gradient_flow(
         save_params=save_params,
         progress=progress,
         dt0=dt0,
-        adjoint=default_adjoint(model, data, t1, ts) if adjoint is None else adjoint,
+        adjoint=adjoint,
     )
     _warn_unless_reached(traj.status)
     _warn_if_held(traj.stats)
@@ -470,6 +481,27 @@ def _after_solve(fn, states, ts, data):
         return jnp.where(reached.reshape(reached.shape + (1,) * (x.ndim - 1)), x, jnp.inf)
 
     return jax.tree.map(unreached_inf, out)
+
+
+# The tracers of `jax.jvp` and of `jax.linearize` (which `jax.grad` and `jax.vjp`
+# use). JAX exports the first only; the second is looked up where it is defined and
+# left out if a version lacks it (then reverse mode directly around the call is seen
+# by `ForwardOrReverse` alone).
+_DIFFERENTIATING = tuple(
+    t
+    for t in (
+        jax.interpreters.ad.JVPTracer,
+        getattr(jax._src.interpreters.ad, "LinearizeTracer", None),
+    )
+    if isinstance(t, type)
+)
+
+
+def differentiated(*inputs) -> bool:
+    """Whether a leaf of `inputs` is being differentiated by a transform directly
+    around the call (`jax.jvp`, `jax.jacfwd`, `jax.grad`, `jax.vjp`; not one hidden
+    behind an outer `jax.jit`)."""
+    return any(isinstance(leaf, _DIFFERENTIATING) for leaf in jax.tree.leaves(inputs))
 
 
 def default_adjoint(*inputs) -> diffrax.AbstractAdjoint:

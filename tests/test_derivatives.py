@@ -160,20 +160,33 @@ def test_gradient_through_many_crossings_matches_scipy():
 
 
 def test_forward_mode_equals_reverse_mode():
+    """Forward mode equals reverse mode, with each adjoint; and the value returned
+    with a derivative is that of the solver's `for_derivatives()` (steps with a
+    corrected crossing weigh its error estimate by `derivative_safety`)."""
     data, model, _, _ = crossing_problem()
     dW, dV, dX, uW, uV = _directions(model, data.x)
     args = (model.W, model.V, jnp.asarray(data.x))
     tangents = tuple(jnp.asarray(a) for a in (dW, dV, dX))
     J = _objective(data, 2.0, uW, uV, "exponential")
-    g = jax.grad(J, argnums=(0, 1, 2))(*args)
+    value, g = jax.value_and_grad(J, argnums=(0, 1, 2))(*args)
     reverse = sum(float(jnp.sum(gi * ti)) for gi, ti in zip(g, tangents))
     J_fwd = _objective(data, 2.0, uW, uV, "exponential", adjoint=diffrax.ForwardMode())
-    _, forward = jax.jvp(J_fwd, args, tangents)
+    value_fwd, forward = jax.jvp(J_fwd, args, tangents)
     assert float(forward) == pytest.approx(reverse, rel=1e-9)
     # At the defaults forward mode works too (the default adjoint sees the JVP):
     # `jax.jvp` and `jax.jacfwd` of the same J.
-    _, forward_default = jax.jvp(J, args, tangents)
+    value_default, forward_default = jax.jvp(J, args, tangents)
     assert float(forward_default) == pytest.approx(reverse, rel=1e-9)
+    events = nc.SlidingReLU(crossings="locate", correct_crossings=True)
+    assert events.for_derivatives().crossing_safety == events.derivative_safety > 1
+    J_for = _objective(data, 2.0, uW, uV, "exponential", solver=events.for_derivatives())
+    plain, for_derivatives = float(J(*args)), float(J_for(*args))
+    for v in (value, value_fwd, value_default):
+        assert float(v) == pytest.approx(for_derivatives, rel=1e-13, abs=0)
+    # The crossing's step is sized differently without a transform (so the check
+    # above tells the two solves apart), both within the tolerance.
+    assert plain != for_derivatives
+    assert plain == pytest.approx(for_derivatives, rel=1e-6)
     jac = jax.jacfwd(J, argnums=1)(*args)
     np.testing.assert_allclose(np.asarray(jac), np.asarray(g[1]), rtol=1e-9)
     # Under an outer `jax.jit` the call does not see the JVP: the default adjoint
@@ -695,6 +708,21 @@ def test_sensitivity_to_the_data_geometry_matches_scipy(corrected):
     # its second-order derivative terms, 2.9e-5 and 1.9e-4 along W0, V0 and X; with
     # the default: mu_s 2.0e-6, mu_d 2.9e-6, W0 and V0 1.0e-6, X 4.6e-6).
     _check(data, model, T, "cross_entropy", nc.DEFAULT_RTOL, bound, solver=solver)
+
+
+@pytest.mark.slow
+def test_derivatives_along_the_data_where_crossings_share_steps():
+    """The geometry example of the test above at T = 0.75, where up to three
+    crossings share a step: the derivatives along `W0, V0` and along the data at the
+    defaults, against central differences of the SciPy flow, within 1e-5. (With the
+    steps sized for the value only, `derivative_safety=1`, the one along the data was
+    1.16e-5 off: a step's derivative through a crossing inside it is one order less
+    accurate than its value.)"""
+    K, per, dim = 3, 4, 15
+    model = nc.TwoLayerReLU.init(jax.random.key(1), dim, 6, K, 0.1)
+    data = nc.datasets.orthogonally_separable(jax.random.key(0), K, per, dim, 0.5, 0.2)
+    # Measured: W0, V0 1.9e-8, X 2.3e-6.
+    _check(data, model, 0.75, "cross_entropy", nc.DEFAULT_RTOL, 1e-5)
 
 
 def implicit_bias_problem():

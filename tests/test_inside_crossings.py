@@ -282,6 +282,10 @@ def test_bad_input():
         SlidingReLU(crossings="land", correct_crossings=True)
     with pytest.raises(ValueError, match="crossing_limit must be a positive integer"):
         SlidingReLU(crossings="locate", correct_crossings=True, crossing_limit=0)
+    for name in ("crossing_safety", "derivative_safety"):
+        for bad in (0.0, -1.0, float("inf"), "3"):
+            with pytest.raises(ValueError, match=f"{name} must be a positive number"):
+                SlidingReLU(**{name: bad})
     # Its controller does not shorten steps before transversal crossings.
     controller = _corrected().controller(1e-6, 1e-8)
     assert isinstance(controller, nc.EventController) and controller.transversal == 0.0
