@@ -598,7 +598,9 @@ def test_gradient_with_exits_at_crossings_matches_finite_differences():
     neuron's sliding weights jump out of their box). The gradient at the defaults
     along the initial parameters and along the data, against the median of central
     differences of the default solver at `rtol 1e-12` at four steps, which agree to
-    1e-5 (measured 3.2e-7 and 6.1e-5; 2e-2 when the exit's jump term was missing)."""
+    1e-5 (measured 1.2e-6 and 8.7e-6; 3.7e-6 and 1.1e-5 with the differentiated
+    solve's steps sized for the value only, `derivative_safety=1`; 2e-2 when the exit's
+    jump term was missing)."""
     from test_derivatives import _central, _directions, _objective
 
     data = nc.datasets.mnist(per_class=4)
