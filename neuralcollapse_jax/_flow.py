@@ -497,11 +497,16 @@ _DIFFERENTIATING = tuple(
 )
 
 
+def _traced_by(inputs, tracers) -> bool:
+    """Whether a leaf of `inputs` is a tracer of one of the types `tracers`."""
+    return any(isinstance(leaf, tracers) for leaf in jax.tree.leaves(inputs))
+
+
 def differentiated(*inputs) -> bool:
     """Whether a leaf of `inputs` is being differentiated by a transform directly
     around the call (`jax.jvp`, `jax.jacfwd`, `jax.grad`, `jax.vjp`; not one hidden
     behind an outer `jax.jit`)."""
-    return any(isinstance(leaf, _DIFFERENTIATING) for leaf in jax.tree.leaves(inputs))
+    return _traced_by(inputs, _DIFFERENTIATING)
 
 
 def default_adjoint(*inputs) -> diffrax.AbstractAdjoint:
@@ -511,7 +516,6 @@ def default_adjoint(*inputs) -> diffrax.AbstractAdjoint:
     reverse mode (`jax.grad`, `jax.vjp`) costs what Diffrax's
     `RecursiveCheckpointAdjoint` costs and forward mode works too, for transforms
     that an outer `jax.jit` or `jax.vmap` hides from the call."""
-    jvp_tracer = jax.interpreters.ad.JVPTracer
-    if any(isinstance(leaf, jvp_tracer) for leaf in jax.tree.leaves(inputs)):
+    if _traced_by(inputs, jax.interpreters.ad.JVPTracer):
         return diffrax.ForwardMode()
     return ForwardOrReverse()
