@@ -31,9 +31,11 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
     residuals also gives the primal); `gradient_flow` passes `ForwardMode` itself when
     it sees the forward-mode transform directly around the call.
 
-    The solve whose derivative is taken runs the solver's `for_derivatives()` where
-    it has one (`SlidingReLU`: steps with crossings sized for the derivative's error
-    too); the value returned with the derivative comes from that solve.
+    The solve whose derivative is taken runs the solver's and the step-size
+    controller's `for_derivatives()` where they have one (`SlidingReLU`: steps with
+    crossings sized for the derivative's error too; `EventController`: no retries
+    just past crossings); the value returned with the derivative comes from that
+    solve.
 
     Second derivatives (a derivative of this derivative) are not supported: they
     raise.
@@ -66,7 +68,11 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
             `derivatives`, of the solve whose derivative is taken (`for_derivatives`)."""
             kwargs = eqx.combine(diff, nondiff, static)
             if derivatives:
-                kwargs = dict(kwargs, solver=for_derivatives(kwargs["solver"]))
+                kwargs = dict(
+                    kwargs,
+                    solver=for_derivatives(kwargs["solver"]),
+                    stepsize_controller=for_derivatives(kwargs["stepsize_controller"]),
+                )
             state = adjoint.loop(**kwargs)
             dynamic, state_static = eqx.partition(state, eqx.is_array)
             out_static[:] = [state_static]
@@ -103,11 +109,11 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
         return eqx.combine(inexact, other, out_static[0])
 
 
-def for_derivatives(solver):
-    """`solver.for_derivatives()` where the solver has it (the solver to use in a
-    solve that is differentiated), else `solver`."""
-    method = getattr(solver, "for_derivatives", None)
-    return solver if method is None else method()
+def for_derivatives(part):
+    """`part.for_derivatives()` where the solver or step-size controller `part` has
+    it (what to use in a solve that is differentiated), else `part`."""
+    method = getattr(part, "for_derivatives", None)
+    return part if method is None else method()
 
 
 def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):

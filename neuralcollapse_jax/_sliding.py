@@ -383,6 +383,8 @@ class SlidingReLU(AbstractTableauSolver):
     crossing_limit: int = eqx.field(static=True, default=EVENT_PAIRS_IN)
     crossing_safety: float = eqx.field(static=True, default=INSIDE_SAFETY)
     derivative_safety: float = eqx.field(static=True, default=DERIVATIVE_SAFETY)
+    # Set by `for_derivatives` (not an argument to pass).
+    differentiated: bool = eqx.field(static=True, default=False)
 
     term_structure: ClassVar = diffrax.AbstractTerm
 
@@ -435,9 +437,11 @@ class SlidingReLU(AbstractTableauSolver):
 
     def for_derivatives(self) -> SlidingReLU:
         """This solver for a solve that is differentiated: the corrected crossings'
-        error estimate weighs `max(crossing_safety, derivative_safety)`."""
+        error estimate weighs `max(crossing_safety, derivative_safety)`, and its
+        controller retries no step just past its crossings
+        (`EventController.for_derivatives`)."""
         safety = max(self.crossing_safety, self.derivative_safety)
-        return dataclasses.replace(self, crossing_safety=safety)
+        return dataclasses.replace(self, crossing_safety=safety, differentiated=True)
 
     @property
     def interpolation_cls(self):  # pyright: ignore
@@ -475,7 +479,12 @@ class SlidingReLU(AbstractTableauSolver):
             if self.correct_crossings:
                 # Transversal crossings are integrated inside the steps: they do not
                 # shorten steps.
-                options = dict(options, transversal=0.0, limit=self.crossing_limit)
+                options = dict(
+                    options,
+                    transversal=0.0,
+                    limit=self.crossing_limit,
+                    past=not self.differentiated,
+                )
                 if step_ts is not None:
                     options = dict(options, step_ts=jnp.sort(jnp.asarray(step_ts)))
             return EventController(pid, window=self.crossing_window, **options)
@@ -1122,6 +1131,18 @@ class SlidingReLU(AbstractTableauSolver):
                     crossed_in, th_in, 0.0
                 )
                 crossings = (crossed_in, th_in, jsign_c * c_at)
+                inside_error = TwoLayerReLU(
+                    self.crossing_safety * eW_in, self.crossing_safety * eV_in, leak
+                )
+                # (Stopped: the controller's decisions carry no derivative.)
+                theta_in = jax.lax.stop_gradient(
+                    jnp.stack(
+                        [
+                            jnp.min(jnp.where(crossed_in, th_in, jnp.inf)),
+                            jnp.max(jnp.where(crossed_in, th_in, -jnp.inf)),
+                        ]
+                    )
+                )
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
             if not correct:
@@ -1131,6 +1152,8 @@ class SlidingReLU(AbstractTableauSolver):
                 theta_switch = None
                 crossings = None
                 unmoved = None
+                inside_error = TwoLayerReLU(jnp.zeros_like(W1), jnp.zeros_like(V1), leak)
+                theta_in = jnp.asarray([jnp.inf, -jnp.inf], dtype)
             cost = jnp.where(charged, jnp.abs(dt) * jump * weight, 0.0)
             if unmoved is not None:
                 cost = jnp.where(unmoved, jnp.inf, cost)
@@ -1182,6 +1205,8 @@ class SlidingReLU(AbstractTableauSolver):
                 # and the field at the corrected y1, each product counted as one
                 # evaluation.)
                 restarted=restarted.astype(dtype) + 4.0 * again.astype(dtype),
+                inside=inside_error,
+                theta_in=theta_in,
             )
             located = jnp.sum(event, dtype=jnp.int32)
             # How transversal this step's events are: the near-side speed of z_ij

@@ -1481,6 +1481,8 @@ class Located(eqx.Module):
     C: Float[Array, "n h"]  # c_ij at the end of the step
     sliding: Float[Array, "n h"]  # 1 on the step's sliding pairs (float: Diffrax casts)
     restarted: Float[Array, ""]  # 1 if the step evaluated its first stage again
+    inside: object  # the part of `model` from the crossings corrected inside the step
+    theta_in: Float[Array, " 2"]  # first and last corrected crossing (fractions)
 
 
 def with_derivatives(field: Field, W: Array, V: Array, data: Dataset, loss, leak) -> Field:

@@ -45,6 +45,8 @@ STAT_NAMES = {
     "crossings_started": "kink crossings started at the beginning of a step",
     "event_retries": "steps rejected and retried to end before a located kink event",
     "event_landings": "steps shortened to end before a predicted kink event",
+    "event_retries_past": "steps rejected for the error of the kink crossings "
+    "corrected inside them and retried to end just past the first",
 }
 
 REQUIRED = ("loss", "final_W", "final_V", "status", "x", "labels", "num_classes")
