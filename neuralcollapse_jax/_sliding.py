@@ -368,6 +368,9 @@ class SlidingReLU(AbstractTableauSolver):
       steps that carry crossings are shortened where derivatives are taken. The
       value returned with a derivative then comes from that solve, within the
       tolerance of the undifferentiated one.
+    - `differentiated`: set by `for_derivatives` (default `False`): the controller
+      it builds then retries no step just past its corrected crossings
+      (`EventController(past=...)`), whose derivatives would be less accurate.
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()

@@ -162,7 +162,8 @@ def test_gradient_through_many_crossings_matches_scipy():
 def test_forward_mode_equals_reverse_mode():
     """Forward mode equals reverse mode, with each adjoint; and the value returned
     with a derivative is that of the solver's `for_derivatives()` (steps with a
-    corrected crossing weigh its error estimate by `derivative_safety`)."""
+    corrected crossing weigh its error estimate by `derivative_safety`, and no step
+    is retried just past its crossing)."""
     data, model, _, _ = crossing_problem()
     dW, dV, dX, uW, uV = _directions(model, data.x)
     args = (model.W, model.V, jnp.asarray(data.x))
@@ -179,6 +180,9 @@ def test_forward_mode_equals_reverse_mode():
     assert float(forward_default) == pytest.approx(reverse, rel=1e-9)
     events = nc.SlidingReLU(crossings="locate", correct_crossings=True)
     assert events.for_derivatives().crossing_safety == events.derivative_safety > 1
+    # ... and its controller retries no step just past a crossing (page *Sliding*).
+    assert events.controller(1e-8, 1e-9).past
+    assert not events.for_derivatives().controller(1e-8, 1e-9).past
     J_for = _objective(data, 2.0, uW, uV, "exponential", solver=events.for_derivatives())
     plain, for_derivatives = float(J(*args)), float(J_for(*args))
     for v in (value, value_fwd, value_default):
