@@ -441,9 +441,6 @@ class EventController(_WrappedPID):
         # step it had proposed: it gets at most the step it proposed before.
         next_t1 = jnp.where(keep, jnp.minimum(next_t1, next_t0 + state.cap), next_t1)
         pid_dt = next_t1 - next_t0
-        # A step rejected for the error of the crossings corrected inside it, which
-        # the PID would retry to end before them (and take them again in a long
-        # step after): retried to end just past them instead.
         if self.past:
             # A step rejected for its corrected crossings' error, which the PID would
             # retry to end before them (and then take them in a long step again,
@@ -465,6 +462,8 @@ class EventController(_WrappedPID):
                     )
                 )
 
+            # (Diffrax's PID keeps its scaled error to itself: the step's whole error
+            # is scaled again here, one pass over the parameters.)
             e_in = scaled(located.inside)
             th_first, th_last = located.theta_in[0], located.theta_in[1]
             keep_part = jnp.clip(
