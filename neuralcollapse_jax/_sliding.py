@@ -63,6 +63,7 @@ from ._sliding_modes import (
     nonzero,
     pairs_of,
     project,
+    return_roots,
     shifted_first,
     sliding_violations,
     slope_switch,
@@ -1030,6 +1031,8 @@ class SlidingReLU(AbstractTableauSolver):
                         jnp.zeros_like(crossed),
                     )
 
+                # (The near-side velocity at the stages' y1, for `after_switch`.)
+                zdot1_near = zdot1
                 # (`crossed_in`: the crossings that the correction took, less those
                 # that the crossings before them in the step held back.)
                 (
@@ -1094,24 +1097,47 @@ class SlidingReLU(AbstractTableauSolver):
                 # crossing for the rest of the step: the step is retried to end
                 # before it, and the next step corrects it.
                 induced = free & ~event & ((last.Z > 0) != (Z0 > 0))
+                # The first crossing corrected inside the step, per neuron.
+                theta_switch = jnp.min(jnp.where(crossed_in, th_in, jnp.inf), axis=0)
+
+                def after_switch(pairs, theta_cubic, side):
+                    # A pair turned across its kink by a corrected crossing of its
+                    # neuron is on its side (`side`) until the first of them: its
+                    # field is continuous until then. The cubic from the step's
+                    # start to the corrected y1 has no kink there and put such a
+                    # crossing early (rank-4 data: 26 steps in a row, each retried
+                    # to end a tenth of the way to it). Located on the line from
+                    # the near-side interpolant at the switch to the corrected y1.
+                    th_s = jnp.broadcast_to(theta_switch[None, :], Z0.shape)
+                    has = pairs & jnp.isfinite(th_s)
+                    th_s = jnp.where(has, th_s, 0.0)
+                    z_s = _hermite(th_s, Z0, dt * zdot_start, Z1, dt * zdot1_near)
+                    still = (z_s > 0) == side
+                    frac = jnp.clip(z_s / nonzero(z_s - last.Z), 0.0, 1.0)
+                    th = jnp.where(still, th_s + (1.0 - th_s) * frac, th_s)
+                    return jax.lax.stop_gradient(jnp.where(has, th, theta_cubic))
+
                 theta_induced = rare_cond(
                     jnp.any(induced),
-                    lambda: jnp.clip(
-                        event_roots(
-                            induced,
-                            Z0,
-                            last.Z,
-                            dt * jnp.where(induced, zdot_start, 0.0),
-                            dt * jnp.where(induced, zdot1, 0.0),
+                    lambda: after_switch(
+                        induced,
+                        jnp.clip(
+                            event_roots(
+                                induced,
+                                Z0,
+                                last.Z,
+                                dt * jnp.where(induced, zdot_start, 0.0),
+                                dt * jnp.where(induced, zdot1, 0.0),
+                            ),
+                            0.0,
+                            1.0,
                         ),
-                        0.0,
-                        1.0,
+                        Z0 > 0,
                     ),
                     lambda: jnp.zeros_like(theta),
                 )
-                # The first crossing corrected inside the step, per neuron.
-                theta_switch = jnp.min(jnp.where(crossed_in, th_in, jnp.inf), axis=0)
-                # Its time, for the next step (an exit there is placed at it).
+                # The first corrected crossing's time, for the next step (an exit
+                # there is placed at it).
                 switched = jnp.isfinite(theta_switch)
                 t_switch = t0 + jnp.where(switched, theta_switch, 0.0) * dt
                 switch_time = jnp.where(switched, t_switch, jnp.inf)
@@ -1148,6 +1174,7 @@ class SlidingReLU(AbstractTableauSolver):
                 )
             x_norm = jnp.linalg.norm(data.x, axis=1)[:, None]
             jump = (1.0 - leak) * jnp.abs(last.C) * x_norm
+            z_scale_start = x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :]
             if not correct:
                 # (With `correct_crossings` the weights were set after the correction.)
                 weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
@@ -1157,6 +1184,35 @@ class SlidingReLU(AbstractTableauSolver):
                 unmoved = None
                 inside_error = TwoLayerReLU(jnp.zeros_like(W1), jnp.zeros_like(V1), leak)
                 theta_in = jnp.asarray([jnp.inf, -jnp.inf], dtype)
+            # Pairs that left sliding at the step's start, to the side of their exit,
+            # and are across their kink again at its end: not free (their z at the
+            # start is rounding), so neither events nor induced crossings above. A
+            # crossing inside the step can turn such a pair back at once (rank-4
+            # data: a pair left, another pair of its neuron crossed at 80% of the
+            # step and the first came back into sliding; held on its exit side, it
+            # left 7e-4 of its neuron behind in one step). Located on the cubic
+            # from its kink and charged as an entry: the step is retried to end
+            # before it. (Rounding of a pair still on its kink is not a return.)
+            left = exiting_start & ~started.mask
+            returned = (
+                left
+                & ((last.Z > 0) != above_start)
+                & (jnp.abs(last.Z) > 64.0 * jnp.finfo(dtype).eps * z_scale_start)
+            )
+
+            def returns():
+                th = return_roots(
+                    last.Z,
+                    dt * jnp.where(returned, zdot_start, 0.0),
+                    dt * jnp.where(returned, zdot1, 0.0),
+                    above_start,
+                )
+                return after_switch(returned, th, above_start) if correct else th
+
+            theta_ret = rare_cond(jnp.any(returned), returns, lambda: jnp.zeros_like(theta))
+            theta = jnp.where(returned, theta_ret, theta)
+            weight = jnp.where(returned, 1.0 - theta_ret, weight)
+            charged = charged | returned
             cost = jnp.where(charged, jnp.abs(dt) * jump * weight, 0.0)
             if unmoved is not None:
                 cost = jnp.where(unmoved, jnp.inf, cost)

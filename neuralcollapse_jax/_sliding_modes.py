@@ -475,6 +475,9 @@ def could_enter(
     return jnp.where(f.Z > 0, active, inactive)
 
 
+QP_SWEEPS = 64  # projected Gauss-Seidel sweeps of `update_mode`'s fallback
+
+
 def update_mode(
     state: SlidingState,
     old: Array,
@@ -566,8 +569,73 @@ def update_mode(
         k, _, _, done = carry
         return ~done & (k < iterations)
 
-    start = (jnp.zeros((), jnp.int32), slot, slope_d, jnp.zeros((), bool))
-    _, used, side, _ = jax.lax.while_loop(more, body, start)
+    def rounds(used, side):
+        start = (jnp.zeros((), jnp.int32), used, side, jnp.zeros((), bool))
+        _, used, side, _ = jax.lax.while_loop(more, body, start)
+        return used, side
+
+    used, side = rounds(slot, slope_d)
+    # The rounds drop every pair out of its box at once, and never take one back: a
+    # neuron's decision can leave out a pair whose kink attracts from both sides
+    # (rank-4 data: a pair reaching its kink next to a sliding one put both weights
+    # out, -1.1 and 2.3; both were dropped, the first crossed where it should have
+    # entered, and the solver retried steps ever closer to it). The weights solve a
+    # box-constrained quadratic programme: minimise `eta G eta / 2 + b eta` with
+    # `s = eta / c` in `[leak, 1]`, whose gradient `b + G eta` is the velocity of the
+    # slots' `z` (up to positive factors). A pair left out whose `z` would move down
+    # at `s = 1` and up at `s = leak` is attracted from both sides: where the rounds
+    # left one, the programme is solved (projected Gauss-Seidel, from the rounds'
+    # weights; Optimistix and Lineax have no bound-constrained solver) and the rounds
+    # run again from its interior set.
+    part = slot & (c_d < 0)
+    lo = c_d * (1.0 + tol)
+    hi = c_d * (leak - tol)
+    b = q_d - jnp.einsum("jmk,jk->jm", G_d, c_d * slope_d)
+    diag = jnp.diagonal(G_d, axis1=1, axis2=2)
+
+    def coefficients(used, side):
+        w = c_d * (slope_d - jnp.where(used, 0.0, side))
+        q = q_d - jnp.einsum("jmk,jk->jm", G_d, w)
+        eta = tied_weights(
+            -jnp.einsum("jmk,jk->jm", masked_inverse(G_d, used), q),
+            c_d,
+            collinear(G_d, used),
+            leak,
+        )
+        return jnp.where(used, eta, c_d * side)
+
+    eta = coefficients(used, side)
+    v = b + jnp.einsum("jmk,jk->jm", G_d, eta)
+    # The velocity at either bound of the pair's own weight.
+    v_up = v + diag * (c_d - eta)
+    v_down = v + diag * (leak * c_d - eta)
+    slack = tol * jnp.abs(c_d) * diag
+    attracted = part & ~used & (v_up < -slack) & (v_down > slack)
+    wrong = jnp.any(attracted, axis=1)
+
+    def solved():
+        inv_diag = 1.0 / jnp.where(diag > 0, diag, 1.0)
+
+        def sweep(_, e):
+            def one(k, e):
+                g = b[:, k] + jnp.einsum("jm,jm->j", G_d[:, k, :], e)
+                new = jnp.clip(e[:, k] - g * inv_diag[:, k], lo[:, k], hi[:, k])
+                return e.at[:, k].set(jnp.where(part[:, k], new, e[:, k]))
+
+            return jax.lax.fori_loop(0, m, one, e)
+
+        e = jax.lax.fori_loop(
+            0, QP_SWEEPS, sweep, jnp.where(part, jnp.clip(eta, lo, hi), eta)
+        )
+        inner = part & (e > lo) & (e < hi)
+        # (Pairs at a bound: sliding pairs leave to it; candidates stay on their side.)
+        side_qp = jnp.where(was & part & (e <= lo), 1.0, slope_d)
+        side_qp = jnp.where(was & part & (e >= hi), leak, side_qp).astype(slope_d.dtype)
+        used_qp, side_qp = rounds(inner, side_qp)
+        pick = wrong[:, None]
+        return jnp.where(pick, used_qp, used), jnp.where(pick, side_qp, side)
+
+    used, side = rare_cond(jnp.any(wrong), solved, lambda: (used, side))
     ginv = masked_inverse(G, used)
     new_idx = jnp.where(used, idx, -1)
     mask = slot_mask(new_idx, n)
@@ -945,6 +1013,34 @@ def hermite_roots(
     )
     denom = fb - fa
     return jnp.where(denom != 0, (a * fb - b * fa) / jnp.where(denom != 0, denom, 1.0), a)
+
+
+def return_roots(z1: Array, m0: Array, m1: Array, above: Array) -> Array:
+    """The time (fraction of the step) at which a pair that left its kink at the
+    step's start, to the side `above` (the active side, else the inactive one), is
+    back on its kink: the root in `(0, 1]` of its cubic Hermite interpolant `p` with
+    `p(0) = 0`, `p'(0) = m0`, `p(1) = z1` (on the other side), `p'(1) = m1`.
+
+    `p(t) = t q(t)` with `q(t) = m0 + b t + c t^2` quadratic (`b = 3 z1 - 2 m0 -
+    m1`, `c = m0 + m1 - 2 z1`), so the root is `q`'s, in closed form (the stable
+    quadratic formula; an iteration from `q(0) = 0`, a pair leaving at zero speed,
+    would start at its other root). With `q` on the exit side at 0 and on the other
+    at 1 it has one root in `(0, 1)`; leaving at zero speed, the larger of 0 and the
+    other; `0` where `m0` points back (the pair returns at once)."""
+    sign = jnp.where(above, 1.0, -1.0).astype(z1.dtype)
+    q0 = jnp.maximum(sign * m0, 0.0)
+    b = sign * (3.0 * z1 - 2.0 * m0 - m1)
+    c = sign * (m0 + m1 - 2.0 * z1)
+    disc = jnp.maximum(b * b - 4.0 * c * q0, 0.0)
+    qq = -0.5 * (b + jnp.where(b >= 0, 1.0, -1.0) * jnp.sqrt(disc))
+    r1 = qq / jnp.where(c != 0, c, 1.0)
+    r1 = jnp.where(c != 0, r1, -1.0)
+    r2 = q0 / jnp.where(qq != 0, qq, 1.0)
+    r2 = jnp.where(qq != 0, r2, -1.0)
+    ok1 = (r1 >= 0.0) & (r1 <= 1.0)
+    ok2 = (r2 >= 0.0) & (r2 <= 1.0)
+    root = jnp.maximum(jnp.where(ok1, r1, 0.0), jnp.where(ok2, r2, 0.0))
+    return jax.lax.stop_gradient(root)
 
 
 EVENT_PAIRS_IN = 256  # crossings inside a step whose times are moved jointly
@@ -1700,10 +1796,11 @@ def exit_events(
     inside the ends of the step: on MNIST-60 at `rtol 1e-11` a crossing at 15% of a
     step put a sliding pair out (to the inactive side), another at 95% put it back,
     and the pair, held on its kink for the step, left `1e-8` of its neuron behind
-    (relative error 7e-8, 7e-9 after the next step). The violation just after each
-    crossing, the smooth part linear between the step's ends plus the jumps so far,
-    locates such an exit at the crossing (weights tied on a line are taken untied
-    here).
+    (relative error 7e-8, 7e-9 after the next step). The violation just before and
+    just after each crossing, the smooth part linear between the step's ends plus the
+    jumps so far, locates such an exit at the crossing, or inside the stretch before it
+    where the smooth part took the weight out first (weights tied on a line are taken
+    untied here).
     """
     used = idx >= 0
     safe = jnp.maximum(idx, 0)
@@ -1762,33 +1859,62 @@ def exit_events(
 
 
 def exits_between_crossings(mode, used, lo0, hi0, lo1, hi1, x, crossed, theta, amount):
-    """`(theta, g)` per slot (`h x m`; `inf`, 0 where none): the first corrected
-    crossing of the slot's neuron just after which the slot's weight lies beyond its
-    level (`exit_events`), and the violation there. The slots inside their box at the
-    step's start only. A crossing of sample `i` moves `X_S A` by `X_S x_i` times its
-    term `amount`, so `eta` by `-G^{-1} X_S x_i amount`; the crossings are taken in
-    their order in the step (sorted per neuron) and their jumps summed."""
+    """`(theta, g)` per slot (`h x m`; `inf`, 0 where none): the first time at which
+    the slot's weight passes its level (`exit_events`), and the violation there: inside
+    a stretch between the corrected crossings of the slot's neuron (on the linear
+    interpolant there) or at one of those crossings (just after it). The slots inside
+    their box at the step's start only. A crossing of sample `i` moves `X_S A` by
+    `X_S x_i` times its term `amount`, so `eta` by `-G^{-1} X_S x_i amount`; the
+    crossings are taken in their order in the step (sorted per neuron) and their jumps
+    summed."""
     P = jnp.einsum("jmd,nd->jmn", mode.xs, x)  # <x_{S_j a}, x_i>
     term = jnp.where(crossed, amount, 0.0).T  # h x n
     deta = -jnp.einsum("jab,jbn->jan", mode.ginv, P * term[:, None, :])  # h x m x n
     t_c = jnp.where(crossed, theta, jnp.inf).T  # h x n
     order = jnp.argsort(t_c, axis=1)
     t_sorted = jnp.take_along_axis(t_c, order, axis=1)[:, None, :]
-    cum = jnp.cumsum(jnp.take_along_axis(deta, order[:, None, :], axis=2), axis=2)
+    d_sorted = jnp.take_along_axis(deta, order[:, None, :], axis=2)
+    cum = jnp.cumsum(d_sorted, axis=2)
     total = cum[:, :, -1]
     valid = jnp.isfinite(t_sorted)
     ts = jnp.where(valid, t_sorted, 0.0)
     # Just after each crossing: the smooth part (without the jumps) linear between
-    # the step's ends, plus the jumps so far.
+    # the step's ends, plus the jumps so far; just before it, less its own jump.
     lo_at = lo0[..., None] + ((lo1 - total) - lo0)[..., None] * ts + cum
     hi_at = hi0[..., None] + ((hi1 + total) - hi0)[..., None] * ts - cum
-    g_at = jnp.maximum(lo_at, hi_at)
+    lo_before, hi_before = lo_at - d_sorted, hi_at + d_sorted
     inside0 = used & (jnp.maximum(lo0, hi0) <= 0)
-    out = valid & inside0[..., None] & (g_at > 0)
+    # The start of each stretch between crossings (the step's start, then just after
+    # each crossing).
+    t_prev = jnp.concatenate([jnp.zeros_like(ts[..., :1]), ts[..., :-1]], axis=2)
+
+    def first_out(g0, before, after):
+        # A weight can leave its box inside a stretch, before the crossing that ends
+        # it (and be brought back by that crossing, unseen at both ends of the step:
+        # a sliding pair whose neuron drifted it out, put back by a crossing late in
+        # the step, held on its kink in between: relative error 9e-6 in one step on
+        # rank-4 data), or at a crossing's jump. The first of either, in time order.
+        prev = jnp.concatenate([g0[..., None], after[..., :-1]], axis=2)
+        in_stretch = valid & (prev <= 0) & (before > 0)
+        frac = prev / jnp.where(in_stretch, prev - before, -1.0)
+        theta = jnp.where(
+            in_stretch,
+            t_prev + (ts - t_prev) * frac,
+            jnp.where(valid & (after > 0), ts, jnp.inf),
+        )
+        g = jnp.where(in_stretch, before, after)
+        return theta, g
+
+    th_lo, g_lo = first_out(lo0, lo_before, lo_at)
+    th_hi, g_hi = first_out(hi0, hi_before, hi_at)
+    use_lo = th_lo <= th_hi
+    theta = jnp.where(use_lo, th_lo, th_hi)
+    g = jnp.where(use_lo, g_lo, g_hi)
+    out = inside0[..., None] & jnp.isfinite(theta)
     first = jnp.argmax(out, axis=2)[..., None]
     found = jnp.any(out, axis=2)
-    theta_out = jnp.where(found, jnp.take_along_axis(ts, first, axis=2)[..., 0], jnp.inf)
-    g_out = jnp.where(found, jnp.take_along_axis(g_at, first, axis=2)[..., 0], 0.0)
+    theta_out = jnp.where(found, jnp.take_along_axis(theta, first, axis=2)[..., 0], jnp.inf)
+    g_out = jnp.where(found, jnp.take_along_axis(g, first, axis=2)[..., 0], 0.0)
     return theta_out, g_out
 
 

@@ -975,3 +975,62 @@ def test_a_step_ending_just_past_a_crossing_is_not_left_off_by_its_stages(correc
     else:
         assert err[0] < 1e-10, err  # before the crossing: both far below the tolerance
         assert err[1] < 1e-8, err
+
+
+@pytest.mark.slow
+def test_rank_deficient_data_exits_returns_and_swaps_at_the_tolerance():
+    """Rank-4 data (12 samples in 30 dimensions, 3 classes), `T = 0.5`: pairs leave
+    sliding and come back within a step, a crossing turns a sliding pair out and
+    back inside a step, and a pair reaches its kink as a sliding neighbour leaves
+    (their joint weights -1.1 and 2.3: the entering pair slides, the other leaves).
+    The reference ends its steps at every event (`crossings="locate"`, `rtol 1e-12`)
+    and is confirmed by gradient descent, whose distance to it halves with the
+    step. The default call lies within 5x `rtol` of it at every save time from
+    `1e-8` to `1e-11` (measured before these events were resolved: 4.1e-7 at
+    `rtol 1e-8`, 1.3e-8 at 1e-10, and `max_steps` at 1e-11)."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 30))
+    data = nc.Dataset(x, jnp.arange(12) % 3, 3)
+    model = nc.TwoLayerReLU.init(jax.random.key(4), 30, 6, 3, 1e-2)
+    T = 0.5
+    ts = np.linspace(0.05, T, 10)
+    ref = nc.gradient_flow(model, data, t1=T, saveat=ts, rtol=1e-12, solver=_locate())
+    assert int(ref.stats["sliding_entries"]) >= 10
+    assert int(ref.stats["sliding_exits"]) >= 5
+    W_ref = np.asarray(ref.models.W)
+    scale = np.linalg.norm(W_ref.reshape(len(ts), -1), axis=1)
+
+    dists = []
+    for lr in (4e-5, 2e-5, 1e-5):
+        gd = _descent(model, data, lr, int(round(T / lr)), loss="cross_entropy")
+        dists.append(np.linalg.norm(gd - _flat(ref.final)) / np.linalg.norm(gd))
+    rates = np.log2(np.array(dists[:-1]) / np.array(dists[1:]))
+    np.testing.assert_allclose(rates, 1.0, atol=0.2), (dists, rates)
+
+    out = {}
+    for rtol in (1e-8, 1e-10, 1e-11):
+        tr = nc.gradient_flow(model, data, t1=T, saveat=ts, rtol=rtol)
+        assert int(tr.status) == nc.Status.SUCCESS, rtol
+        W = np.asarray(tr.models.W)
+        err = np.linalg.norm((W - W_ref).reshape(len(ts), -1), axis=1) / scale
+        out[rtol] = (err.max(), int(tr.stats["num_steps"]))
+        assert err.max() <= 5 * rtol, out
+
+
+def test_return_roots_closed_form():
+    """`return_roots` on cubics `p(t) = t q(t)` from the kink with known roots of `q`:
+    leaving at a speed (`q(t) = (0.3 - t)(2 - t)`, root 0.3) and at zero speed
+    (`q(t) = t (0.4 - t)`, root 0.4), to either side, against the roots."""
+    from neuralcollapse_jax._sliding_modes import return_roots
+
+    # (z1, m0, m1) = (p(1), p'(0), p'(1)) of each cubic, and its root.
+    cases = [((-0.7, 0.6, -1.0), 0.3), ((-0.6, 0.0, -2.2), 0.4)]
+    for (z1, m0, m1), root in cases:
+        for sign in (1.0, -1.0):
+            got = return_roots(
+                jnp.asarray([sign * z1]),
+                jnp.asarray([sign * m0]),
+                jnp.asarray([sign * m1]),
+                jnp.asarray([sign > 0]),
+            )
+            np.testing.assert_allclose(np.asarray(got), [root], atol=1e-9)

@@ -453,9 +453,10 @@ def test_row_space_data_are_reduced_once_not_in_the_traced_call():
     the traced call holds no product of the data with the basis (two constants, which
     XLA would fold at every compilation: over a second for 300 MNIST digits), and gives
     the eager call's numbers: to rounding with steps that end at the crossings, and
-    to well within the tolerance with the default, whose accept-or-retry decisions
+    to within the tolerance with the default, whose accept-or-retry decisions
     (a corrected crossing's time against a step's end) can turn on rounding (here
-    192 steps eager, 232 jitted, 3e-11 apart)."""
+    213 steps each, 2.8e-11 of the largest weight apart; 181 and 199 steps, 1.3e-9
+    apart, before the events of these data were resolved: docs page *Sliding*)."""
     k1, k2 = jax.random.split(jax.random.key(3))
     x = jax.random.normal(k1, (12, 4)) @ jax.random.normal(k2, (4, 30))  # rank 4
     data = nc.Dataset(x, jnp.arange(12) % 3, 3)
@@ -469,7 +470,7 @@ def test_row_space_data_are_reduced_once_not_in_the_traced_call():
     ]
     assert products  # (the check below sees the products of the call)
     assert [(12, 30), (30, 4)] not in products
-    for solver, bound in ((nc.SlidingReLU(crossings="locate"), 1e-12), (None, 1e-9)):
+    for solver, bound in ((nc.SlidingReLU(crossings="locate"), 1e-12), (None, 1e-8)):
         kw["solver"] = solver
         jitted = jax.jit(lambda m: nc.gradient_flow(m, data, **kw).models.W)(model)
         eager = nc.gradient_flow(model, data, **kw).models.W
