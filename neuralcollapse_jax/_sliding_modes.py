@@ -538,7 +538,7 @@ def update_mode(
     # the inverse of the chosen set is then formed outside the loop, differentiably.
     G_d, q_d, c_d, slope_d = jax.lax.stop_gradient((G, q_full, cs, slope))
 
-    def check(used, side, ginv):
+    def weights(used, side, ginv):
         # A sliding pair that a round drops counts in the next rounds on the side it
         # leaves to (`side`: active past the weight 1, inactive below `leak`), not on
         # the side the rounding of its `z_ij = 0` puts it: counted on the wrong side,
@@ -546,9 +546,12 @@ def update_mode(
         # of its term and dropped them too (on MNIST, a weight of 0.64 read as 1.23).
         w = c_d * (slope_d - jnp.where(used, 0.0, side))
         q = q_d - jnp.einsum("jmk,jk->jm", G_d, w)
-        eta = tied_weights(
+        return tied_weights(
             -jnp.einsum("jmk,jk->jm", ginv, q), c_d, collinear(G_d, used), leak
         )
+
+    def check(used, side, ginv):
+        eta = weights(used, side, ginv)
         kept = used & _in_box(eta, c_d, leak, tol)
         # (A dropped pair with `c < 0` has its weight outside `[leak, 1]`.)
         s = eta / jnp.where(c_d < 0, c_d, -1.0)
@@ -593,18 +596,7 @@ def update_mode(
     b = q_d - jnp.einsum("jmk,jk->jm", G_d, c_d * slope_d)
     diag = jnp.diagonal(G_d, axis1=1, axis2=2)
 
-    def coefficients(used, side):
-        w = c_d * (slope_d - jnp.where(used, 0.0, side))
-        q = q_d - jnp.einsum("jmk,jk->jm", G_d, w)
-        eta = tied_weights(
-            -jnp.einsum("jmk,jk->jm", masked_inverse(G_d, used), q),
-            c_d,
-            collinear(G_d, used),
-            leak,
-        )
-        return jnp.where(used, eta, c_d * side)
-
-    eta = coefficients(used, side)
+    eta = jnp.where(used, weights(used, side, masked_inverse(G_d, used)), c_d * side)
     v = b + jnp.einsum("jmk,jk->jm", G_d, eta)
     # The velocity at either bound of the pair's own weight.
     v_up = v + diag * (c_d - eta)
