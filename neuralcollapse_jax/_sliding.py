@@ -369,9 +369,12 @@ class SlidingReLU(AbstractTableauSolver):
       steps that carry crossings are shortened where derivatives are taken. The
       value returned with a derivative then comes from that solve, within the
       tolerance of the undifferentiated one.
-    - `differentiated`: set by `for_derivatives` (default `False`): the controller
-      it builds then retries no step just past its corrected crossings
-      (`EventController(past=...)`), whose derivatives would be less accurate.
+    - `differentiated`: set by `for_derivatives` (default `False`): with
+      `crossings="locate"` every entry into sliding then ends a step, whatever
+      `crossing_budget`, so that the next step starts it with its jump term, and
+      the controller it builds is `EventController.for_derivatives()`: no retries
+      just past corrected crossings, whose derivatives would be less accurate, and
+      a budget of at most `EVENT_BUDGET`.
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -441,9 +444,10 @@ class SlidingReLU(AbstractTableauSolver):
 
     def for_derivatives(self) -> SlidingReLU:
         """This solver for a solve that is differentiated: the corrected crossings'
-        error estimate weighs `max(crossing_safety, derivative_safety)`, and its
-        controller retries no step just past its crossings
-        (`EventController.for_derivatives`)."""
+        error estimate weighs `max(crossing_safety, derivative_safety)`, its
+        controller is `EventController.for_derivatives()`, and every entry into
+        sliding ends a step (an entry left inside a step has no jump term in its
+        derivative)."""
         safety = max(self.crossing_safety, self.derivative_safety)
         return dataclasses.replace(self, crossing_safety=safety, differentiated=True)
 
@@ -487,11 +491,12 @@ class SlidingReLU(AbstractTableauSolver):
                     options,
                     transversal=0.0,
                     limit=self.crossing_limit,
-                    past=not self.differentiated,
+                    past=True,
                 )
                 if step_ts is not None:
                     options = dict(options, step_ts=jnp.sort(jnp.asarray(step_ts)))
-            return EventController(pid, window=self.crossing_window, **options)
+            controller = EventController(pid, window=self.crossing_window, **options)
+            return controller.for_derivatives() if self.differentiated else controller
         if self.crossings == "land":
             return CrossingController(pid, window=self.crossing_window, **options)
         return pid
@@ -1082,11 +1087,8 @@ class SlidingReLU(AbstractTableauSolver):
                 # step uncorrected: charged as an uncorrected crossing.
                 back = jnp.where(Z1 > 0, zdot1 < 0, zdot1 > 0)
                 back = back | ((last.Z > 0) == (Z0 > 0))
-                weight = jnp.where(
-                    (back & (last.C < 0)) | entering,
-                    1.0 - theta,
-                    jnp.where(crossed, 0.0, 0.25),
-                )
+                entry = event & ((back & (last.C < 0)) | entering)
+                weight = jnp.where(entry, 1.0 - theta, jnp.where(crossed, 0.0, 0.25))
                 # Crossings that the correction itself brings about: a pair that the
                 # near-side stages left on its side but that the corrected y1 puts
                 # across (another crossing of its neuron inside the step turned it).
@@ -1177,7 +1179,8 @@ class SlidingReLU(AbstractTableauSolver):
             z_scale_start = x_norm * jnp.linalg.norm(y0.W, axis=0)[None, :]
             if not correct:
                 # (With `correct_crossings` the weights were set after the correction.)
-                weight = jnp.where(back & (last.C < 0), 1.0 - theta, 0.25)
+                entry = event & back & (last.C < 0)
+                weight = jnp.where(entry, 1.0 - theta, 0.25)
                 charged = event
                 theta_switch = None
                 crossings = None
@@ -1216,6 +1219,15 @@ class SlidingReLU(AbstractTableauSolver):
             cost = jnp.where(charged, jnp.abs(dt) * jump * weight, 0.0)
             if unmoved is not None:
                 cost = jnp.where(unmoved, jnp.inf, cost)
+            if self.differentiated:
+                # In a solve that is differentiated, an entry into sliding (or a
+                # pair back on its kink) that a step would keep inside it within
+                # the budget ends the step instead, and the next step starts it
+                # with its jump term. Kept inside, its value is within the budget
+                # but its derivative has no jump term, and that term does not
+                # shrink with the entry's cost: the cost is small where the entry
+                # lies near the step's end, the jump term `delta d t_e` is not.
+                cost = jnp.where((entry | returned) & (cost > 0), jnp.inf, cost)
             # Exits from sliding inside the step (sliding pairs only, so they do not
             # collide with the events above): the controller ends the step just past
             # them, and the next step decides them at its start.
