@@ -123,10 +123,12 @@ def descent(model, data, lr, steps, row_space=False):
     return traj.final
 
 
-def timed(fn: Callable[[], Any], repeat: bool = True) -> tuple[Any, float, float | None]:
+def timed(
+    fn: Callable[[], Any], repeat: bool = True, repeats: int = 3
+) -> tuple[Any, float, float | None]:
     """Time `fn()`: a first call (compilation included), then, if `repeat`, compiled
-    calls, repeated up to three times while they take less than `SHORT` seconds (short
-    runs suffer most from a busy machine).
+    calls, repeated up to `repeats` times while they take less than `SHORT` seconds
+    (short runs suffer most from a busy machine).
 
     **Returns:**
 
@@ -139,7 +141,7 @@ def timed(fn: Callable[[], Any], repeat: bool = True) -> tuple[Any, float, float
     if not repeat:
         return out, first, None
     best = None
-    for _ in range(3):
+    for _ in range(repeats):
         t = time.perf_counter()
         out = jax.block_until_ready(fn())
         wall = time.perf_counter() - t

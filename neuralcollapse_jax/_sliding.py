@@ -372,9 +372,12 @@ class SlidingReLU(AbstractTableauSolver):
     - `differentiated`: set by `for_derivatives` (default `False`): with
       `crossings="locate"` every entry into sliding then ends a step, whatever
       `crossing_budget`, so that the next step starts it with its jump term, and
-      the controller it builds is `EventController.for_derivatives()`: no retries
-      just past corrected crossings, whose derivatives would be less accurate, and
-      a budget of at most `EVENT_BUDGET`.
+      the controller it builds is `EventController.for_derivatives()`: a step
+      failed by its corrected crossings is retried to end just before the first
+      of them rather than just past it (a crossing at the end of a long step has a
+      less accurate derivative), and the budget is at most `EVENT_BUDGET`; with
+      `correct_crossings`, crossings within `crossing_window` of a step's start
+      are then started there (the one such a retry ends before, above all).
     """
 
     inner: diffrax.AbstractERK = diffrax.Tsit5()
@@ -445,9 +448,10 @@ class SlidingReLU(AbstractTableauSolver):
     def for_derivatives(self) -> SlidingReLU:
         """This solver for a solve that is differentiated: the corrected crossings'
         error estimate weighs `max(crossing_safety, derivative_safety)`, its
-        controller is `EventController.for_derivatives()`, and every entry into
+        controller is `EventController.for_derivatives()`, every entry into
         sliding ends a step (an entry left inside a step has no jump term in its
-        derivative)."""
+        derivative), and crossings within `crossing_window` of a step's start are
+        started there."""
         safety = max(self.crossing_safety, self.derivative_safety)
         return dataclasses.replace(self, crossing_safety=safety, differentiated=True)
 
@@ -701,14 +705,19 @@ class SlidingReLU(AbstractTableauSolver):
         if self.crossings != "none":
             before = first
             # (With `correct_crossings` the crossings are corrected where they
-            # lie in the step, near its start too: none is started.)
+            # lie in the step, near its start too: none is started. Except in a
+            # solve that is differentiated, whose controller retries a step failed
+            # by its corrected crossings to end just before the first of them
+            # (`EventController(before=True)`): started there, with its jump term
+            # exact, that crossing costs the next step nothing, where corrected
+            # at the step's start it would cost it the cube of the whole step.)
             first, started = start_crossings(
                 first,
                 mode,
                 data.x,
                 dt,
                 leak,
-                0.0 if correct else self.crossing_window,
+                0.0 if correct and not self.differentiated else self.crossing_window,
                 zdot0,
             )
             if locate:

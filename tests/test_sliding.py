@@ -531,8 +531,8 @@ def test_crossing_control_bad_input():
     with pytest.raises(ValueError, match="crossing_budget"):
         SlidingReLU(crossing_budget=0.0)
     assert SlidingReLU(crossing_budget=0.2).controller(1e-6, 1e-9).budget == 0.2
-    # A differentiated solve keeps at most the default event budget, and retries no
-    # step just past its corrected crossings.
+    # A differentiated solve keeps at most the default event budget, and retries
+    # steps to end before their corrected crossings, not just past them.
     for solver in (
         SlidingReLU(crossings="locate", crossing_budget=1e6),
         SlidingReLU(crossings="locate", correct_crossings=True, crossing_budget=1e6),
@@ -541,6 +541,7 @@ def test_crossing_control_bad_input():
         differentiated = solver.for_derivatives().controller(1e-6, 1e-9)
         assert plain.budget == 1e6 and plain.past == solver.correct_crossings
         assert differentiated.budget == 0.01 and not differentiated.past
+        assert differentiated.before == solver.correct_crossings
         assert plain.for_derivatives() == differentiated
     small = SlidingReLU(crossings="locate", crossing_budget=1e-3).for_derivatives()
     assert small.controller(1e-6, 1e-9).budget == 1e-3
