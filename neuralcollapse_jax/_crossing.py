@@ -494,13 +494,14 @@ class EventController(_WrappedPID):
             # is scaled again here, one pass over the parameters.)
             e_in = scaled(located.inside)
             th_first, th_last = located.theta_in[0], located.theta_in[1]
-            keep_part = jnp.clip(
-                PAST_SAFETY * jnp.maximum(e_in, 1e-30) ** (-1.0 / 3.0), *PAST_CLIP
-            )
-            t_past = t0 + dt_taken * (th_first + (1.0 - th_first) * keep_part)
             if self.before:
                 # (Ended `margin` before the first crossing: the solver starts it.)
                 t_past = _after(t0, t0 + dt_taken * th_first * (1.0 - self.margin))
+            else:
+                keep_part = jnp.clip(
+                    PAST_SAFETY * jnp.maximum(e_in, 1e-30) ** (-1.0 / 3.0), *PAST_CLIP
+                )
+                t_past = t0 + dt_taken * (th_first + (1.0 - th_first) * keep_part)
             same = t0 == state.past_t0
             past = (
                 ~keep
