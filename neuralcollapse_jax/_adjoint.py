@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import diffrax
 import equinox as eqx
@@ -68,9 +69,11 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
             `derivatives`, of the solve whose derivative is taken (`for_derivatives`)."""
             kwargs = eqx.combine(diff, nondiff, static)
             if derivatives:
+                solver = solver_for_derivatives(kwargs["solver"])
+                check_same_events(kwargs["solver"], solver)
                 kwargs = dict(
                     kwargs,
-                    solver=for_derivatives(kwargs["solver"]),
+                    solver=solver,
                     stepsize_controller=for_derivatives(kwargs["stepsize_controller"]),
                 )
             state = adjoint.loop(**kwargs)
@@ -114,6 +117,42 @@ def for_derivatives(part):
     it (what to use in a solve that is differentiated), else `part`."""
     method = getattr(part, "for_derivatives", None)
     return part if method is None else method()
+
+
+def solver_for_derivatives(solver, warn=True, stacklevel=4):
+    """The solver of a solve that is differentiated: `solver.for_derivatives()`
+    where it has one. A solver without it (Diffrax's and the regular-field solvers:
+    `"regular"`, `"tsit5"`, ...) differentiates each step with its activation
+    pattern frozen, which misses the jump term of every kink crossing: a
+    `RuntimeWarning` says so (with `warn`; when the solve is traced)."""
+    if warn and getattr(solver, "for_derivatives", None) is None:
+        warnings.warn(
+            f"gradient_flow: the derivative through {type(solver).__name__} is taken "
+            "with each step's activation pattern frozen and misses the jump term of "
+            "every kink crossing (on the one-neuron problem of the docs, of the wrong "
+            "sign); the default solver carries them (docs page Differentiating the "
+            "flow)",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+    return for_derivatives(solver)
+
+
+def check_same_events(solver, solver_d):
+    """Raise where the solver of a solve that is differentiated (`solver_d`) locates
+    events that the given `solver` does not (`SlidingReLU.for_derivatives` of
+    `crossings="land"`): the solve's state, its controller and the outputs of this
+    adjoint's custom rule are those of `solver`, so the adjoint cannot switch.
+    `gradient_flow` switches before the solve where it sees the transform."""
+    if getattr(solver, "crossings", None) != getattr(solver_d, "crossings", None):
+        raise ValueError(
+            f"gradient_flow: a derivative through SlidingReLU(crossings="
+            f"{solver.crossings!r}) (solver='sliding') needs its kink crossings "
+            "located, which only a call that sees the transform can switch to; "
+            "here the transform stands behind an outer jax.jit or jax.vmap. Put it "
+            "directly around the call (jax.jit(jax.grad(f)) rather than "
+            "jax.grad(jax.jit(f))), or use the default solver"
+        )
 
 
 def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):

@@ -16,7 +16,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
-from ._adjoint import ForwardOrReverse, for_derivatives
+from ._adjoint import ForwardOrReverse, solver_for_derivatives
 from ._dataset import Dataset
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
@@ -252,8 +252,10 @@ def gradient_flow(
     if differentiated(model, data, t1, ts):
         # A transform directly around the call differentiates this solve (whatever
         # the adjoint; `ForwardOrReverse` also sees the transforms behind an outer
-        # `jit`).
-        solver = for_derivatives(solver)
+        # `jit`; it warns about a solver that drops the jump terms itself).
+        solver = solver_for_derivatives(
+            solver, warn=not isinstance(adjoint, ForwardOrReverse), stacklevel=3
+        )
     traj = _solve(
         model,
         data,
