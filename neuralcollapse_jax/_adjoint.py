@@ -69,7 +69,7 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
             `derivatives`, of the solve whose derivative is taken (`for_derivatives`)."""
             kwargs = eqx.combine(diff, nondiff, static)
             if derivatives:
-                solver = solver_for_derivatives(kwargs["solver"])
+                solver = for_derivatives(kwargs["solver"])
                 check_same_events(kwargs["solver"], solver)
                 kwargs = dict(
                     kwargs,
@@ -119,23 +119,82 @@ def for_derivatives(part):
     return part if method is None else method()
 
 
-def solver_for_derivatives(solver, warn=True, stacklevel=4):
-    """The solver of a solve that is differentiated: `solver.for_derivatives()`
-    where it has one. A solver without it (Diffrax's and the regular-field solvers:
-    `"regular"`, `"tsit5"`, ...) differentiates each step with its activation
-    pattern frozen, which misses the jump term of every kink crossing: a
-    `RuntimeWarning` says so (with `warn`; when the solve is traced)."""
-    if warn and getattr(solver, "for_derivatives", None) is None:
+def derivative_defect(solver) -> str | None:
+    """What is wrong with a derivative through `solver` as it steps: `"frozen"` for a
+    solver without `for_derivatives` (Diffrax's and the regular-field solvers:
+    `"regular"`, `"tsit5"`, ...), which differentiates each step with its
+    activation pattern frozen and misses the jump term of every kink crossing;
+    `"switch"` where `for_derivatives()` locates events that `solver` does not
+    (`SlidingReLU(crossings="land")`, `solver="sliding"`), which only a call that
+    sees the transform can switch to; `None` where it is right."""
+    if getattr(solver, "for_derivatives", None) is None:
+        return "frozen"
+    if getattr(solver, "crossings", None) != getattr(
+        solver.for_derivatives(), "crossings", None
+    ):
+        return "switch"
+    return None
+
+
+_FROZEN = (
+    "gradient_flow: the derivative through {} is taken with each step's activation "
+    "pattern frozen and misses the jump term of every kink crossing (on the "
+    "one-neuron problem of the docs, of the wrong sign); the default solver carries "
+    "them (docs page Differentiating the flow)"
+)
+_SWITCH = (
+    "gradient_flow: a derivative through SlidingReLU(crossings={!r}) "
+    "(solver='sliding') needs its kink crossings located, which only a call that "
+    "sees the transform can switch to; here the transform stands behind an outer "
+    "jax.jit or jax.vmap. Put it directly around the call (jax.jit(jax.grad(f)) "
+    "rather than jax.grad(jax.jit(f))), or use the default solver"
+)
+
+
+def solver_for_derivatives(solver, stacklevel=3):
+    """The solver of a solve that is differentiated (by a transform that the call
+    sees): `solver.for_derivatives()` where it has one, and a `RuntimeWarning`
+    where the derivative misses the jump terms (`derivative_defect`: `"frozen"`)."""
+    if derivative_defect(solver) == "frozen":
         warnings.warn(
-            f"gradient_flow: the derivative through {type(solver).__name__} is taken "
-            "with each step's activation pattern frozen and misses the jump term of "
-            "every kink crossing (on the one-neuron problem of the docs, of the wrong "
-            "sign); the default solver carries them (docs page Differentiating the "
-            "flow)",
-            RuntimeWarning,
-            stacklevel=stacklevel,
+            _FROZEN.format(type(solver).__name__), RuntimeWarning, stacklevel=stacklevel
         )
     return for_derivatives(solver)
+
+
+def guard_derivatives(solver, inputs):
+    """`inputs` (the inexact arrays among them) through an identity whose derivative
+    rule reports a derivative through `solver` that would be wrong
+    (`derivative_defect`): a `RuntimeWarning` for `"frozen"`, a `ValueError` for
+    `"switch"`. For a call that does not see the transform (behind an outer
+    `jax.jit` or `jax.vmap`): the rule runs wherever JAX differentiates the solve,
+    in either mode, whatever the adjoint. Costs nothing when nothing is
+    differentiated, and returns `inputs` unchanged where the derivative is right."""
+    kind = derivative_defect(solver)
+    if kind is None:
+        return inputs
+    if kind == "frozen":
+        message = _FROZEN.format(type(solver).__name__)
+    else:
+        message = _SWITCH.format(solver.crossings)
+    guard = functools.partial(_guard, (kind, message))
+    return jax.tree.map(lambda x: guard(x) if eqx.is_inexact_array(x) else x, inputs)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _guard(report, x):
+    del report
+    return x
+
+
+@_guard.defjvp
+def _guard_jvp(report, primals, tangents):
+    kind, message = report
+    if kind == "frozen":
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    else:
+        raise ValueError(message)
+    return primals[0], tangents[0]
 
 
 def check_same_events(solver, solver_d):
@@ -145,14 +204,7 @@ def check_same_events(solver, solver_d):
     adjoint's custom rule are those of `solver`, so the adjoint cannot switch.
     `gradient_flow` switches before the solve where it sees the transform."""
     if getattr(solver, "crossings", None) != getattr(solver_d, "crossings", None):
-        raise ValueError(
-            f"gradient_flow: a derivative through SlidingReLU(crossings="
-            f"{solver.crossings!r}) (solver='sliding') needs its kink crossings "
-            "located, which only a call that sees the transform can switch to; "
-            "here the transform stands behind an outer jax.jit or jax.vmap. Put it "
-            "directly around the call (jax.jit(jax.grad(f)) rather than "
-            "jax.grad(jax.jit(f))), or use the default solver"
-        )
+        raise ValueError(_SWITCH.format(solver.crossings))
 
 
 def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):
@@ -179,6 +231,18 @@ def _tangent_jvp(primals, tangents):
 
 def _tangent_transpose(inputs, cts_out):
     run, avals, pert, const, t_pert, vjp_fn = inputs
+    # Under `jax.vmap` (`jax.grad(jax.vmap(f))`) Equinox's batched primitive passes
+    # the symbolic-zero cotangents across its `vmap` as `None`, after its own
+    # materialisation of zeros: zeros of the outputs' shapes here (`vjp_fn` takes
+    # the whole tree; the `None` of the output's partition stay `None`).
+    cts_out = jtu.tree_map(
+        lambda ct, aval: (
+            jnp.zeros(aval.shape, aval.dtype) if ct is None and aval is not None else ct
+        ),
+        cts_out,
+        avals,
+        is_leaf=lambda x: x is None,
+    )
     (ct_pert,) = vjp_fn(cts_out)
     none = lambda tree: jtu.tree_map(lambda _: None, tree)  # noqa: E731
     return (none(run), none(avals), none(pert), none(const), ct_pert, none(vjp_fn))

@@ -16,7 +16,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
-from ._adjoint import ForwardOrReverse, solver_for_derivatives
+from ._adjoint import ForwardOrReverse, guard_derivatives, solver_for_derivatives
 from ._dataset import Dataset
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
@@ -252,10 +252,14 @@ def gradient_flow(
     if differentiated(model, data, t1, ts):
         # A transform directly around the call differentiates this solve (whatever
         # the adjoint; `ForwardOrReverse` also sees the transforms behind an outer
-        # `jit`; it warns about a solver that drops the jump terms itself).
-        solver = solver_for_derivatives(
-            solver, warn=not isinstance(adjoint, ForwardOrReverse), stacklevel=3
-        )
+        # `jit`).
+        solver = solver_for_derivatives(solver)
+    else:
+        # A transform behind an outer `jit` or `vmap` that this call cannot see: a
+        # derivative through a solver whose derivative misses jump terms is
+        # reported where JAX takes it (a warning, or an error where the solver
+        # would have to switch).
+        model, data, t1, ts = guard_derivatives(solver, (model, data, t1, ts))
     traj = _solve(
         model,
         data,

@@ -459,8 +459,8 @@ class SlidingReLU(AbstractTableauSolver):
         modes leave the crossings within their budget to the stages, whose value
         is within the tolerance but whose derivative has no jump term. A call of
         `gradient_flow` that sees the transform switches to it (and builds its
-        controller); behind an outer `jax.jit` or `jax.vmap` the default adjoint
-        cannot switch the solve's state, and raises."""
+        controller); behind an outer `jax.jit` or `jax.vmap` it cannot switch the
+        solve's state, and the derivative raises (`guard_derivatives`)."""
         safety = max(self.crossing_safety, self.derivative_safety)
         if self.crossings != "locate":
             # On the geometry example of the docs page *Differentiating the flow*

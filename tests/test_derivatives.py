@@ -138,7 +138,7 @@ def test_frozen_pattern_derivative_is_wrong_there():
     """The plain solver on the regular field differentiates each step with its
     activation pattern frozen: it misses the jump term (the check above can fail),
     and a warning says so, with the default adjoint and with another, with the
-    transform around the call and behind an outer `jax.jit`."""
+    transform around the call and behind an outer `jax.jit`, in either mode."""
     data, model, _, _ = crossing_problem()
     frozen = "activation pattern frozen"
     with pytest.raises(AssertionError), pytest.warns(RuntimeWarning, match=frozen):
@@ -149,9 +149,13 @@ def test_frozen_pattern_derivative_is_wrong_there():
     J = _objective(data, 2.0, uW, uV, "exponential", solver="regular", adjoint=adjoint)
     with pytest.warns(RuntimeWarning, match=frozen):
         jax.grad(J)(*args)
+    with pytest.warns(RuntimeWarning, match=frozen):
+        jax.grad(jax.jit(J))(*args)
     J = _objective(data, 2.0, uW, uV, "exponential", solver="regular")
     with pytest.warns(RuntimeWarning, match=frozen):
         jax.grad(jax.jit(J))(*args)
+    with pytest.warns(RuntimeWarning, match=frozen):
+        jax.jvp(jax.jit(J), args, args)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -162,7 +166,8 @@ def test_the_sliding_solvers_derivative_carries_the_jump_terms(jit):
     steps that end at events. Measured on the one-neuron problem: 1.15e-7 along
     `W0, V0` and 1.1e-8 along `X`, against 3.7e-6 and 7.2e-7 before. The call
     switches where it sees the transform (also under an outer `jax.jit`); behind
-    it, the default adjoint cannot switch the solve's state, and raises."""
+    it, it cannot switch the solve's state, and the derivative raises, in either
+    mode, with any adjoint."""
     data, model, _, _ = crossing_problem()
     sliding = nc.SlidingReLU()
     assert sliding.for_derivatives().crossings == "locate"
@@ -176,6 +181,12 @@ def test_the_sliding_solvers_derivative_carries_the_jump_terms(jit):
     np.testing.assert_allclose(
         np.asarray(jax.jit(jax.grad(J))(*args)), np.asarray(jax.grad(J)(*args)), rtol=1e-12
     )
+    with pytest.raises(ValueError, match="behind an outer jax.jit"):
+        jax.grad(jax.jit(J))(*args)
+    with pytest.raises(ValueError, match="behind an outer jax.jit"):
+        jax.jvp(jax.jit(J), args, args)
+    adjoint = diffrax.RecursiveCheckpointAdjoint()
+    J = _objective(data, 2.0, uW, uV, "exponential", solver="sliding", adjoint=adjoint)
     with pytest.raises(ValueError, match="behind an outer jax.jit"):
         jax.grad(jax.jit(J))(*args)
 
@@ -365,6 +376,28 @@ def test_derivative_in_the_horizon_is_the_velocity():
     ts = jax.jit(lambda T: default_call(T).ts)(T)
     np.testing.assert_allclose(ts, nc.log_times(2.0), rtol=1e-15, atol=0)
     assert float(ts[-1]) == 2.0
+
+
+@pytest.mark.slow
+def test_gradients_of_a_vmapped_flow_equal_single_calls():
+    """`jax.grad(jax.vmap(f))` and `jax.jvp(jax.vmap(f))` (the call sees the batch,
+    not the derivative: the default adjoint takes it) equal the single calls. The
+    first raised until 2026-12-07: the batched transpose received the cotangents
+    of the unused outputs as `None`."""
+    data, model, _, _ = crossing_problem()
+    _, _, _, uW, uV = _directions(model, data.x)
+    J = _objective(data, 2.0, uW, uV, "exponential")
+    x = jnp.asarray(data.x)
+
+    def f(s):
+        return J(model.W * s, model.V, x)
+
+    scales = jnp.asarray([1.0, 1.01])
+    single = jnp.stack([jax.grad(f)(s) for s in scales])
+    batched = jax.grad(lambda s: jnp.sum(jax.vmap(f)(s)))(scales)
+    np.testing.assert_allclose(batched, single, rtol=1e-12)
+    _, tangent = jax.jvp(jax.vmap(f), (scales,), (jnp.ones(2),))
+    np.testing.assert_allclose(tangent, single, rtol=1e-9)
 
 
 @pytest.mark.slow
