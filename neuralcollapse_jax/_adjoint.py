@@ -49,8 +49,10 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
       the `n x h` arrays of the pairs, about 1 MB for 60 MNIST digits and `h = 50`).
       Fewer checkpoints recompute more steps. `checkpoints` equal to `gradient_flow`'s
       `max_steps` stores every step: the backward pass then never recomputes forward
-      and skips what the steps compute for the primal only (the least work), at the
-      memory of `max_steps` solver states, allocated up front.
+      and skips what the steps compute for the primal only, at the memory of
+      `max_steps` solver states, allocated up front (where the default number
+      already holds every step of a solve, that gains nothing measurable: docs
+      page *Differentiating the flow*, *Cost*).
     """
 
     checkpoints: int | None = None
@@ -143,8 +145,9 @@ _FROZEN = (
     "them (docs page Differentiating the flow)"
 )
 _SWITCH = (
-    "gradient_flow: a derivative through SlidingReLU(crossings={!r}) "
-    "(solver='sliding') needs its kink crossings located, which only a call that "
+    "gradient_flow: a derivative through SlidingReLU(crossings={!r}) (solver="
+    "'sliding' is crossings='land') needs its kink crossings located, which only a "
+    "call that "
     "sees the transform can switch to; here the transform stands behind an outer "
     "jax.jit or jax.vmap. Put it directly around the call (jax.jit(jax.grad(f)) "
     "rather than jax.grad(jax.jit(f))), or use the default solver"
