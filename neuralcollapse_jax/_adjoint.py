@@ -71,11 +71,15 @@ class ForwardOrReverse(diffrax.AbstractAdjoint):
             `derivatives`, of the solve whose derivative is taken (`for_derivatives`)."""
             kwargs = eqx.combine(diff, nondiff, static)
             if derivatives:
-                solver = for_derivatives(kwargs["solver"])
-                check_same_events(kwargs["solver"], solver)
+                # A solver whose differentiated form locates events that it does
+                # not (`derivative_defect`: "switch") would need another state and
+                # controller than this solve's: reported, not switched. (Behind
+                # `gradient_flow` its guard on the inputs reports it first.)
+                if derivative_defect(kwargs["solver"]) == "switch":
+                    raise ValueError(_defect_message("switch", kwargs["solver"]))
                 kwargs = dict(
                     kwargs,
-                    solver=solver,
+                    solver=for_derivatives(kwargs["solver"]),
                     stepsize_controller=for_derivatives(kwargs["stepsize_controller"]),
                 )
             state = adjoint.loop(**kwargs)
@@ -145,13 +149,20 @@ _FROZEN = (
     "them (docs page Differentiating the flow)"
 )
 _SWITCH = (
-    "gradient_flow: a derivative through SlidingReLU(crossings={!r}) (solver="
-    "'sliding' is crossings='land') needs its kink crossings located, which only a "
-    "call that "
-    "sees the transform can switch to; here the transform stands behind an outer "
-    "jax.jit or jax.vmap. Put it directly around the call (jax.jit(jax.grad(f)) "
-    "rather than jax.grad(jax.jit(f))), or use the default solver"
+    "gradient_flow: a derivative through SlidingReLU(crossings={!r}) "
+    "(solver='sliding' is crossings='land') needs its kink crossings located, which "
+    "only a call that sees the transform can switch to; here the transform stands "
+    "behind an outer jax.jit or jax.vmap. Put it directly around the call "
+    "(jax.jit(jax.grad(f)) rather than jax.grad(jax.jit(f))), or use the default "
+    "solver"
 )
+
+
+def _defect_message(kind: str, solver) -> str:
+    """The report of `derivative_defect`'s `kind` for `solver`."""
+    if kind == "frozen":
+        return _FROZEN.format(type(solver).__name__)
+    return _SWITCH.format(solver.crossings)
 
 
 def solver_for_derivatives(solver, stacklevel=3):
@@ -160,7 +171,7 @@ def solver_for_derivatives(solver, stacklevel=3):
     where the derivative misses the jump terms (`derivative_defect`: `"frozen"`)."""
     if derivative_defect(solver) == "frozen":
         warnings.warn(
-            _FROZEN.format(type(solver).__name__), RuntimeWarning, stacklevel=stacklevel
+            _defect_message("frozen", solver), RuntimeWarning, stacklevel=stacklevel
         )
     return for_derivatives(solver)
 
@@ -176,11 +187,7 @@ def guard_derivatives(solver, inputs):
     kind = derivative_defect(solver)
     if kind is None:
         return inputs
-    if kind == "frozen":
-        message = _FROZEN.format(type(solver).__name__)
-    else:
-        message = _SWITCH.format(solver.crossings)
-    guard = functools.partial(_guard, (kind, message))
+    guard = functools.partial(_guard, (kind, _defect_message(kind, solver)))
     return jax.tree.map(lambda x: guard(x) if eqx.is_inexact_array(x) else x, inputs)
 
 
@@ -198,16 +205,6 @@ def _guard_jvp(report, primals, tangents):
     else:
         raise ValueError(message)
     return primals[0], tangents[0]
-
-
-def check_same_events(solver, solver_d):
-    """Raise where the solver of a solve that is differentiated (`solver_d`) locates
-    events that the given `solver` does not (`SlidingReLU.for_derivatives` of
-    `crossings="land"`): the solve's state, its controller and the outputs of this
-    adjoint's custom rule are those of `solver`, so the adjoint cannot switch.
-    `gradient_flow` switches before the solve where it sees the transform."""
-    if getattr(solver, "crossings", None) != getattr(solver_d, "crossings", None):
-        raise ValueError(_SWITCH.format(solver.crossings))
 
 
 def _tangent_impl(run, avals, pert, const, t_pert, vjp_fn):
