@@ -27,7 +27,7 @@ from . import datasets, metrics
 # The solver registry (names, the default rtol, and how `auto` and `sliding` are
 # resolved for a data set and an rtol): `ncjax run` and the sweep plan take it from here.
 from ._flow import default_rtol
-from ._solvers import SOLVER_NAMES
+from ._solvers import SOLVER_NAMES, resolve_solver
 from ._solvers import auto_solver as auto_solver
 from ._solvers import solver_name as solver_name
 
@@ -166,10 +166,19 @@ def solver(key, v):
             return "auto"
         if v not in SOLVER_NAMES:
             fail(key, f"must be one of {list(SOLVER_NAMES)}, got {v!r}")
-        return v
-    if isinstance(v, diffrax.AbstractSolver):
-        return v
-    fail(key, f"must be a solver name or a Diffrax solver, got {v!r}")
+        v_solver = resolve_solver(v) if v not in ("auto", "sliding") else None
+    elif isinstance(v, diffrax.AbstractSolver):
+        v_solver = v
+    else:
+        fail(key, f"must be a solver name or a Diffrax solver, got {v!r}")
+    # Runs and sweeps adapt their steps to the tolerance and take no fixed step.
+    if v_solver is not None and not isinstance(v_solver, diffrax.AbstractAdaptiveSolver):
+        fail(
+            key,
+            f"{v!r} gives no error estimate, so its steps cannot adapt: choose "
+            "an adaptive solver",
+        )
+    return v
 
 
 def _key(default, check: Callable, kind: str, doc: str):

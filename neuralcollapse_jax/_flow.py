@@ -48,7 +48,8 @@ def default_rtol(dtype) -> float:
 
 
 def default_atol(model: TwoLayerReLU, rtol: ArrayLike) -> Array:
-    """Scale-free absolute tolerance `rtol * rms(theta(0))`.
+    """Scale-free absolute tolerance `rtol * rms(theta(0))` (`rtol` where `theta(0)` is
+    zero, a fixed point of the flow).
 
     The state starts at size `eps` (down to 1e-12) and grows by orders of magnitude, so
     a fixed absolute tolerance is either meaningless at the start or wasteful later.
@@ -62,8 +63,16 @@ def default_atol(model: TwoLayerReLU, rtol: ArrayLike) -> Array:
 # first call (docs page *Benchmarks*, *Start-up*).
 @jax.jit
 def _atol(W: Array, V: Array, rtol: Array) -> Array:
-    """`rtol` times the root mean square entry of `(W, V)`."""
-    return rtol * jnp.sqrt((jnp.sum(W**2) + jnp.sum(V**2)) / (W.size + V.size))
+    """`rtol` times the root mean square entry of `(W, V)`; `rtol` itself (scale 1)
+    where every entry is zero."""
+    mean_square = (jnp.sum(W**2) + jnp.sum(V**2)) / (W.size + V.size)
+    # The zero network is a fixed point of the flow (every `z_ij` is zero and so is
+    # every output, so the gradient vanishes): its steps' error estimates are exactly
+    # zero, and any positive scale accepts them, while a zero `atol` made each error
+    # ratio 0/0 and rejected every step. (The `where` before the root keeps the
+    # derivative finite there.)
+    nonzero = mean_square > 0
+    return rtol * jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, mean_square, 1.0)), 1.0)
 
 
 @jax.jit
@@ -192,7 +201,10 @@ def gradient_flow(
     - `save_params`: keep the parameters at every save time (default). Turn off for
       long runs on large data and rely on `record` and `Trajectory.final`.
     - `progress`: show a progress bar (log-scaled in time).
-    - `dt0`: initial step (default: chosen automatically).
+    - `dt0`: initial step (default: chosen automatically). For a solver without an
+      error estimate (`"euler"`), which cannot adapt its steps, the fixed step, and
+      required: `solver="euler", dt0=lr` is gradient descent with learning rate `lr`
+      at the times `k lr`.
     - `row_space`: integrate in the row space of `data.x` (`RowSpace`): exact, and
       cheaper when `rank(X) < D`, as for MNIST (784 pixels; 554 is the rank of the
       3147 centered test digits {0, 1, 2}, and `n - 1` for fewer centered samples). The
@@ -234,6 +246,12 @@ def gradient_flow(
         rtol = default_rtol(model.W.dtype)
     check_flow_args(t1, saveat, rtol, atol, max_steps)
     solver = resolve_solver(solver, data, rtol)
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver) and dt0 is None:
+        raise ValueError(
+            f"solver {type(solver).__name__} gives no error estimate, so its steps "
+            "cannot adapt to a tolerance: pass dt0 for fixed steps of that size "
+            "(max_steps at least t1 / dt0), or choose an adaptive solver"
+        )
     dtype = model.W.dtype
     t1 = jnp.asarray(t1, dtype=dtype)
     ts = jnp.asarray(saveat, dtype=dtype)
@@ -396,7 +414,10 @@ def _solve(
         norm = lambda e: optx.rms_norm(e) * shrink  # noqa: E731
     # The sliding solver brings its own controller (steps that end before crossings).
     make_controller = getattr(solver, "controller", None)
-    if make_controller is None:
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        # No error estimate (`"euler"`): fixed steps of `dt0`, checked by the caller.
+        controller = diffrax.ConstantStepSize()
+    elif make_controller is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
     else:
         controller = make_controller(rtol, atol, norm, step_ts=ts)

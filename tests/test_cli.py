@@ -83,6 +83,7 @@ def test_config_file_and_flag_override(tmp_path):
         (["run", "--set", "model.t1=3"], "belongs in 'flow'"),
         (["run", "--set", "data.block_dim=3"], "data.block_dim"),
         (["run", "--set", "flow.solver=rk4"], "flow.solver"),
+        (["run", "--set", "flow.solver=euler"], "flow.solver 'euler' gives no error"),
         (["run", "--set", "t1"], "SECTION.KEY=VALUE"),
         (["run", "--loss", "exponential"], "binary"),
     ],

@@ -60,6 +60,7 @@ def test_defaults_are_the_library_defaults():
         ({"model": {"init": "xavier"}}, "model.init must be one of"),
         ({"model": {"t1": 3}}, "model.t1 is not a key of the schema (it belongs in"),
         ({"flow": {"solver": "rk4"}}, "flow.solver must be one of"),
+        ({"flow": {"solver": "euler"}}, "flow.solver 'euler' gives no error estimate"),
         ({"data": {"generator": "mnist", "dim": 5}}, "data.dim is not an argument"),
         ({"flow": {"atol": 1e-9, "atol_per_scale": 1e-6}}, "flow.atol and"),
         ({"model": {"leak": 1.5}}, "model.leak must be in [0, 1)"),

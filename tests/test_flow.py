@@ -355,6 +355,47 @@ def test_bad_inputs(small_problem):
         nc.gradient_flow(model, small_problem.astype(jnp.float32), t1=1.0)
 
 
+def test_the_zero_network_is_a_fixed_point(small_problem):
+    # Every z_ij and every output is zero, so the gradient vanishes and the flow
+    # stays at zero, where the sum cross-entropy of n samples over K classes is
+    # n log K. (The default absolute tolerance, rtol times the initial RMS entry, was
+    # zero there: every step's error ratio was 0/0 and every step was rejected.)
+    zero = nc.TwoLayerReLU(jnp.zeros((12, 8)), jnp.zeros((3, 8)))
+    n = small_problem.x.shape[0]
+    for solver in (None, "regular"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            traj = nc.gradient_flow(zero, small_problem, t1=T1, saveat=TS, solver=solver)
+        assert int(traj.status) == nc.Status.SUCCESS
+        np.testing.assert_allclose(traj.loss, n * np.log(3.0), rtol=1e-14)
+        assert not np.any(np.asarray(traj.models.W))
+        assert not np.any(np.asarray(traj.models.V))
+    assert float(nc.default_atol(zero, 1e-8)) == 1e-8
+    model = nc.TwoLayerReLU.init(jax.random.key(12), 12, 8, 3, 1e-3)
+    rms = np.sqrt(np.mean(_flat(model) ** 2))
+    np.testing.assert_allclose(float(nc.default_atol(model, 1e-8)), 1e-8 * rms, rtol=1e-14)
+
+
+def test_euler_takes_fixed_steps_and_is_gradient_descent(small_problem):
+    # Diffrax's Euler has no error estimate: without dt0 the call names the fix
+    # (it raised Diffrax's RuntimeError from inside the controller before); with
+    # dt0 it takes fixed steps, which are the steps of gradient descent (Optax SGD).
+    model = nc.TwoLayerReLU.init(jax.random.key(12), 12, 8, 3, 0.3)
+    with pytest.raises(ValueError, match="no error estimate.*dt0"):
+        nc.gradient_flow(model, small_problem, t1=1.0, solver="euler")
+    lr = 0.01
+    flow = nc.gradient_flow(
+        model, small_problem, t1=1.0, saveat=[0.25, 1.0], solver="euler", dt0=lr
+    )
+    gd = nc.gradient_descent(
+        model, small_problem, learning_rate=lr, steps=100, save_steps=[25, 100]
+    )
+    assert int(flow.stats["num_steps"]) == 100
+    np.testing.assert_allclose(flow.models.W, gd.models.W, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(flow.models.V, gd.models.V, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(flow.loss, gd.loss, rtol=1e-12)
+
+
 def test_log_times():
     ts = nc.log_times(100.0, 5)
     assert ts[0] == 0.0 and ts[-1] == 100.0 and len(ts) == 6
