@@ -132,10 +132,14 @@ class Trajectory(eqx.Module):
         )
 
     def model_at(self, index: int) -> TwoLayerReLU:
-        """The model at save index `index` (for an un-batched trajectory)."""
-        if self.models is None:
-            raise ValueError("parameters were not saved: run with save_params=True")
-        return TwoLayerReLU(self.models.W[index], self.models.V[index], self.models.leak)
+        """The model at save index `index`: `traj[index]` for one index (an index out
+        of range raises `IndexError`)."""
+        if np.ndim(_concrete_index(index)) != 0:
+            raise ValueError(
+                f"model_at takes one save index, got {index!r}; index the trajectory "
+                "for several"
+            )
+        return self[index]
 
     def weight_norm(self) -> Float[Array, " T"]:
         """`||theta(t)||_F = sqrt(||W||_F^2 + ||V||_F^2)` at the save times."""

@@ -396,6 +396,18 @@ def test_euler_takes_fixed_steps_and_is_gradient_descent(small_problem):
     np.testing.assert_allclose(flow.loss, gd.loss, rtol=1e-12)
 
 
+def test_model_at_takes_one_index_in_range(small_problem):
+    model = nc.TwoLayerReLU.init(jax.random.key(12), 12, 8, 3, 0.3)
+    traj = nc.gradient_flow(model, small_problem, t1=1.0, saveat=[0.0, 1.0])
+    np.testing.assert_array_equal(traj.model_at(0).W, model.W)
+    np.testing.assert_allclose(traj.model_at(-1).W, traj.final.W, rtol=1e-14, atol=1e-15)
+    # JAX clamps an index out of range: model_at(5) gave the last model before.
+    with pytest.raises(IndexError):
+        traj.model_at(5)
+    with pytest.raises(ValueError, match="one save index"):
+        traj.model_at(np.array([0, 1]))
+
+
 def test_log_times():
     ts = nc.log_times(100.0, 5)
     assert ts[0] == 0.0 and ts[-1] == 100.0 and len(ts) == 6

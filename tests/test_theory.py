@@ -394,6 +394,18 @@ def test_separation_time_sequences():
     assert np.isinf(theory.separation_time(ts, rec))
     batch = jax.vmap(theory.separation_time, in_axes=(None, 0))(ts, jnp.stack([sep, ~sep]))
     np.testing.assert_array_equal(batch, [3.0, np.inf])
+    # Batched arrays are read along their last axis, as the vmap reads them (the
+    # argmax over all entries gave one time for the whole batch before).
+    np.testing.assert_array_equal(
+        theory.separation_time(ts, jnp.stack([sep, ~sep])), [3.0, np.inf]
+    )
+    per_run = jnp.stack([ts, 2 * ts])
+    np.testing.assert_array_equal(
+        theory.separation_time(per_run, jnp.stack([sep, sep])), [3.0, 6.0]
+    )
+    # One value per save time, or a clear error (it returned a time before).
+    with pytest.raises(ValueError, match="one value of `separated` per save time"):
+        theory.separation_time(ts, sep[:4])
 
 
 def test_trajectory_separation_time():

@@ -94,7 +94,7 @@ def separation_time(
     ts: Float[ArrayLike, " T"],
     separated: Bool[ArrayLike, " T"],
     persistent: bool = True,
-) -> Float[Array, ""]:
+) -> Float[Array, "..."]:
     r"""The measured separation time `T*` from saved values of `metrics.is_separated`.
 
     `T*` is the first save time at which every neuron is active on at most one class and
@@ -102,16 +102,28 @@ def separation_time(
     `persistent` (default), the first save time from which this holds at every later
     save time (the theory says separation, once reached, lasts; this ignores transient
     coincidences). `inf` if never. Resolution is that of the save times. Works under
-    `jit`/`vmap` (e.g. over a batch of trajectories).
+    `jit`/`vmap` (e.g. over a batch of trajectories), and along the last axis of
+    batched arrays (`ts` broadcast against `separated`: one time per run).
     """
     ts = jnp.asarray(ts)
     sep = jnp.asarray(separated)
+    try:
+        shape = jnp.broadcast_shapes(ts.shape, sep.shape)
+    except ValueError:
+        shape = None
+    if ts.ndim == 0 or sep.ndim == 0 or shape is None or ts.shape[-1] != sep.shape[-1]:
+        raise ValueError(
+            "separation_time needs one value of `separated` per save time (the last "
+            f"axis): got ts of shape {ts.shape} and separated of shape {sep.shape}"
+        )
     if sep.dtype != bool:
         sep = sep == 1  # recorded as floats; `inf` marks save times after a failure
+    sep = jnp.broadcast_to(sep, shape)
     if persistent:
-        sep = jnp.flip(jnp.cumprod(jnp.flip(sep).astype(jnp.int32)) > 0)
-    idx = jnp.argmax(sep)
-    return jnp.where(jnp.any(sep), ts[idx], jnp.inf)
+        sep = jnp.flip(jnp.cumprod(jnp.flip(sep, -1).astype(jnp.int32), axis=-1) > 0, -1)
+    idx = jnp.argmax(sep, axis=-1)
+    first = jnp.take_along_axis(jnp.broadcast_to(ts, shape), idx[..., None], axis=-1)
+    return jnp.where(jnp.any(sep, axis=-1), first[..., 0], jnp.inf)
 
 
 def trajectory_separation_time(
