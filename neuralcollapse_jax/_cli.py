@@ -16,10 +16,19 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ncjax",
         description="Exact gradient-flow dynamics of shallow ReLU networks.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"ncjax (neuralcollapse_jax) {_version()}"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     # Each subcommand's module adds a parser whose `func(args) -> int` runs it.

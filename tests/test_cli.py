@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import neuralcollapse_jax as nc
 from neuralcollapse_jax.cli import main
 
 
@@ -118,6 +119,13 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "width" in proc.stderr
+    version = subprocess.run(
+        [sys.executable, "-m", "neuralcollapse_jax", "--version"],
+        capture_output=True,
+        text=True,
+    )
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"ncjax (neuralcollapse_jax) {nc.__version__}"
 
 
 @pytest.mark.slow

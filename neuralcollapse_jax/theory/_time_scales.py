@@ -94,7 +94,7 @@ def separation_time(
     ts: Float[ArrayLike, " T"],
     separated: Bool[ArrayLike, " T"],
     persistent: bool = True,
-) -> Float[Array, "..."]:
+) -> Float[Array, " *batch"]:
     r"""The measured separation time `T*` from saved values of `metrics.is_separated`.
 
     `T*` is the first save time at which every neuron is active on at most one class and
