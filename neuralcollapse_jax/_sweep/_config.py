@@ -130,10 +130,10 @@ class SweepConfig:
     - `flow`: `t1`, `rtol`, `atol` (or `atol_per_scale`: `atol = atol_per_scale *
       scale`; neither: `gradient_flow`'s scale-free default), `loss`, `reduction`,
       `max_steps`, `num_saves`, `t_min_ratio` (saves at `log_times(t1, num_saves,
-      t_min_ratio * t1)`), `solver` (`auto`, also spelled `default`: `regular` on
-      orthogonally separable data, `sliding` otherwise, decided per data set before
-      anything runs; `sliding`'s tableau is chosen per run from its rtol; or a name of
-      `gradient_flow`'s solvers). Unset `rtol`: `gradient_flow`'s default.
+      t_min_ratio * t1)`), `solver` (`auto`, also spelled `default`: `events` on any
+      data, as `gradient_flow`'s default; `sliding`'s tableau is chosen per run from
+      its rtol, before anything runs; or a name of `gradient_flow`'s solvers with an
+      error estimate). Unset `rtol`: `gradient_flow`'s default.
     - `record`: names from `neuralcollapse_jax.metrics.RECORDERS`, `"standard"`, or
       (from Python) a dict `{name: fn(model, data)}`.
     - `grid`: `{parameter: values}`, swept as a Cartesian product. Values are a list
