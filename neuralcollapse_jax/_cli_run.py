@@ -161,6 +161,17 @@ def _at_end(model, data, loss, reduction, record):
     return loss_value(model, data, loss, reduction), values
 
 
+def _where_ended(traj, t1: float, status: int) -> str:
+    """Where the final model of the summary line lies: at `t1`, or, for a run that
+    stopped early (the trajectory keeps no time for its final state), past the last
+    save time it reached."""
+    if status == Status.SUCCESS:
+        return f"at t = {t1:g}"
+    reached = np.asarray(traj.ts)[np.isfinite(np.asarray(traj.loss))]
+    past = f" (past the save time t = {reached[-1]:g})" if reached.size else ""
+    return f"where the run stopped, before t = {t1:g}{past}"
+
+
 def _events(stats: dict) -> str:
     """The kink events that the solver located and the steps they cost, for the run's
     summary line ("" for a solver that locates none)."""
@@ -253,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     write_run(out, traj, data, model, summary, opts)
     print(
         f"{Status.message(status)}; loss {summary['initial_loss']:.4g} -> "
-        f"{summary['final_loss']:.4g} at t = {flow.t1:g}; {summary['num_steps']} steps, "
+        f"{summary['final_loss']:.4g} {_where_ended(traj, flow.t1, status)}; "
+        f"{summary['num_steps']} steps, "
         f"{summary['grad_evals']} gradient evaluations ({solver} solver), {wall:.1f} s; "
         f"{_events(summary['stats'])}wrote {out}/"
     )

@@ -53,6 +53,19 @@ def test_run_writes_summary_trajectory_and_plot(tmp_path, capsys):
     assert np.all(np.isfinite(ds["W"].values))
 
 
+def test_a_run_that_stops_early_exits_1_and_says_where(tmp_path, capsys):
+    # The final model of a run that ran out of steps lies before t1: the summary
+    # line said "at t = t1" before.
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--set", "flow.max_steps=3", "--out", str(out)]) == 1
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("max_steps reached"), line
+    assert "where the run stopped, before t = 50 (past the save time t = " in line, line
+    assert "at t = 50" not in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status_code"] == 1
+
+
 @pytest.mark.slow
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "cfg.yaml"
