@@ -269,7 +269,7 @@ def test_forward_mode_equals_reverse_mode():
     assert float(forward_jit) == pytest.approx(reverse, rel=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_checkpoints_bound_the_memory_of_reverse_mode():
     """`ForwardOrReverse(checkpoints=k)` stores `k` solver states: the compiled
     gradient's temporary memory (XLA's `memory_analysis`, no run) grows with `k`, by
@@ -313,7 +313,7 @@ def test_checkpoints_bound_the_memory_of_reverse_mode():
     assert float(forward) == pytest.approx(reverse, rel=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_forward_mode_under_an_outer_jit_at_the_defaults():
     """`jax.jacfwd(jax.jit(J))` hides the forward-mode transform from
     `gradient_flow`; the default adjoint (`ForwardOrReverse`) still differentiates
@@ -350,7 +350,7 @@ def test_forward_mode_under_an_outer_jit_at_the_defaults():
         jax.hessian(lambda V: J(args[0], V, args[2]))(args[1])
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_derivative_in_the_horizon_is_the_velocity():
     """`d L(theta(T)) / dT = -|grad L(theta(T))|^2`, after the crossing."""
     data, model, _, _ = crossing_problem()
@@ -378,7 +378,7 @@ def test_derivative_in_the_horizon_is_the_velocity():
     assert float(ts[-1]) == 2.0
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_gradients_of_a_vmapped_flow_equal_single_calls():
     """`jax.grad(jax.vmap(f))` and `jax.jvp(jax.vmap(f))` (the call sees the batch,
     not the derivative: the default adjoint takes it) equal the single calls. The
@@ -400,7 +400,7 @@ def test_gradients_of_a_vmapped_flow_equal_single_calls():
     np.testing.assert_allclose(tangent, single, rtol=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_vmap_of_gradients_over_init_scales_and_seeds_equals_single_calls():
     data, _ = _orthogonal_problem()
 
@@ -478,7 +478,7 @@ def test_gradient_descent_reverse_mode_equals_forward_and_freezes_the_pattern():
     assert abs(reverse - flow) > 0.5 * abs(flow)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_gradient_through_sliding_matches_finite_differences_of_the_flow():
     """Orthogonally separable data where three pairs enter sliding and leave it before
     T = 8 (no independent integrator slides): the gradient at rtol 1e-10 against
@@ -541,7 +541,7 @@ def test_gradient_on_mnist_with_entries_and_exits_matches_finite_differences():
         assert abs(ad - fine) <= 1e-4 * abs(fine), (ad, fine)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_gradient_on_mnist_width_10_matches_most_finite_differences():
     """MNIST digits (4 each of 0, 1, 2, width 10, T = 2: 11 entries into sliding, 7
     exits, one of them forced by an entry): the gradient at the defaults along the
@@ -773,8 +773,13 @@ def test_touch_without_crossing_is_reported(alpha):
     assert float(tr.stats["min_event_gap"]) == np.inf
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("corrected", [False, True])
+@pytest.mark.parametrize(
+    "corrected",
+    [
+        pytest.param(False, marks=pytest.mark.long),
+        pytest.param(True, marks=pytest.mark.slow),
+    ],
+)
 def test_sensitivity_to_the_data_geometry_matches_scipy(corrected):
     """The docs page's worked use on the data geometry: `d <u, theta(T)> / d mu_s` and
     `/ d mu_d` through `datasets.orthogonally_separable` and the flow (23 crossings up

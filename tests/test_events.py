@@ -873,7 +873,7 @@ def test_a_pair_leaving_to_the_active_side_does_not_take_its_neighbours():
     assert len(counts) == 1, counts
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_neighbour_put_past_its_bound_by_an_entry_leaves_to_its_side():
     """MNIST-60 (20 digits each of 0, 1, 2, 50 neurons, init `1e-3`): near `t = 0.2325`
     one pair of neuron 19 reaches its kink and enters sliding, and its entry puts a

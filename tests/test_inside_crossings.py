@@ -560,7 +560,7 @@ def test_ncjax_run_problem_at_its_save_times():
     assert err.max() < 2e-8, err
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_corrected_step_differentiates_through_its_crossing():
     """The Jacobian of one step across a crossing (at 40% of it), forward and reverse
     mode: equal to central differences of the same step map (measured 4e-10; 8 dt off
@@ -660,7 +660,7 @@ def test_gradient_through_sliding_matches_finite_differences():
     assert abs(ad - fine) <= 1e-5 * abs(fine), (ad, fine)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_gradient_with_exits_at_crossings_matches_finite_differences():
     """MNIST digits (4 each of 0, 1, 2, width 10, `T = 2`): 11 entries into sliding
     and 7 exits, some of them at a crossing of the neuron (the crossing makes the

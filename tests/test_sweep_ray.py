@@ -34,7 +34,7 @@ def ray_instance():
         ray.shutdown()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_ray_backend_equals_local(ray_instance, tmp_path):
     local = nc.sweep(CONFIG, progress=False)
     remote = nc.sweep(CONFIG, tmp_path / "ray.nc", backend="ray", progress=False)
