@@ -8,9 +8,9 @@ the time of the kernels XLA ran is summed by kind and divided by the steps taken
 
 - **products with the data**: matrix-product kernels (XLA's `dot`/`dot_general` and
   the YNNPACK fusions `ynn_fusion`, a product with elementwise work fused into it)
-  with the data matrix (`n x r` in the row space the default call integrates in) as
-  an operand, found in the compiled HLO: `X W` and `X^T G`, two per gradient
-  evaluation, and the velocities `X dW` of the events;
+  with the data matrix (`n x r` in the row space, where the default call integrates
+  in it, else `n x D`) as an operand, found in the compiled HLO: `X W` and `X^T G`,
+  two per gradient evaluation, and the velocities `X dW` of the events;
 - **other matrix products**: the small ones (with the `n x K` outputs, the `K x h`
   output weights, the sliding sets);
 - **everything else**: the elementwise fusions, reductions, scatters and copies of the
@@ -20,7 +20,14 @@ Kernels inside a `cond` are counted once (as themselves, not as the `cond`). The
 compiled call is run once before it is profiled. The trace holds at most a million
 events (about 800 steps on M300): the default horizon stays within it.
 
-Usage: `python benchmarks/profile_step.py [--t1 0.002] [--problem m300|m60]`.
+With `--by-line TOP`, also the `TOP` lines of the source that take the most kernel
+time (as in `profile_batch.py`).
+
+M3147 (`--problem m3147`) is all 3147 test digits {0, 1, 2}; a horizon of `1e-4`
+stays within the trace.
+
+Usage: `python benchmarks/profile_step.py [--t1 0.002] [--problem m300|m60|m3147]
+[--by-line TOP]`.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np  # noqa: E402
 from common import device_line, kernel_times, table_header  # noqa: E402
 
 import neuralcollapse_jax as nc  # noqa: E402
+from neuralcollapse_jax._flow import row_space_default  # noqa: E402
 
 
 PRODUCTS = ("ynn_fusion", "dot", "dot_general")
@@ -66,10 +74,19 @@ def data_kernels(hlo: str, shape: tuple[int, int]) -> set[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--t1", type=float, default=0.002, help="horizon (default 0.002)")
-    parser.add_argument("--problem", default="m300", choices=["m300", "m60"])
+    parser.add_argument("--problem", default="m300", choices=["m300", "m60", "m3147"])
+    parser.add_argument(
+        "--by-line",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="also the TOP lines of the source that take the most kernel time",
+    )
     args = parser.parse_args()
-    per_class = 100 if args.problem == "m300" else 20
-    data = nc.datasets.mnist(per_class=per_class)
+    if args.problem == "m3147":
+        data = nc.datasets.mnist()
+    else:
+        data = nc.datasets.mnist(per_class=100 if args.problem == "m300" else 20)
     model = nc.TwoLayerReLU.init(jax.random.key(0), data.dim, 50, 3, 1e-3)
     T = args.t1
     # Compiled once: the kernels' names in the trace are those of this executable.
@@ -88,7 +105,10 @@ def main() -> None:
         times, _ = kernel_times(trace_dir, "use a shorter --t1")
     n, h = data.x.shape[0], model.W.shape[1]
     rank = int(np.linalg.matrix_rank(np.asarray(data.x)))
-    with_data = data_kernels(solve.as_text(), (n, rank))
+    # The columns of the data the call integrates with: `rank` in the row space,
+    # which the default takes where the rank is small enough (M300), else all.
+    cols = rank if row_space_default(data) is not None else data.dim
+    with_data = data_kernels(solve.as_text(), (n, cols))
     groups = collections.Counter()
     calls = collections.Counter()
     for name, (us, c) in times.items():
@@ -103,7 +123,8 @@ def main() -> None:
     print("device: " + device_line())
     print(
         f"\n## The default call on {args.problem.upper()} to T = {T}: n = {n}, "
-        f"rank {rank}, h = {h}; {steps} steps, {evals} gradient evaluations "
+        f"rank {rank} (integrated in {cols} dimensions), h = {h}; {steps} steps, "
+        f"{evals} gradient evaluations "
         f"({evals / steps:.2f} per step), {wall:.2f} s compiled "
         f"({1e3 * wall / steps:.2f} ms per step)\n"
     )
@@ -127,6 +148,12 @@ def main() -> None:
         kind_calls[kind] += c
     for kind, us in kinds.most_common(10):
         print(f"| {kind} | {us / 1e3 / steps:.3f} | {kind_calls[kind] / steps:.1f} |")
+    if args.by_line:
+        # (The attribution of `profile_batch.py`: each kernel to the line of this
+        # package that its instruction comes from.)
+        from profile_batch import instruction_lines, report
+
+        report(times, instruction_lines(solve.as_text()), steps, args.by_line, True)
 
 
 if __name__ == "__main__":

@@ -297,11 +297,49 @@ def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
     return jnp.where(jnp.any(over), first, jnp.inf)
 
 
+# How many entries `gather_present` keeps: the pairs with an event in one step are a
+# few hundred on M3147 (at most `crossing_limit` corrected ones, 256 by default).
+GATHERED = 4096
+
+
+def gather_present(values: Array, size: int = GATHERED) -> tuple[Array, Array, Array]:
+    """`(kept, index, count)`: the entries of `values` (flattened) other than `+inf`,
+    in their order, padded with `+inf` to `size` (`kept`, exact when `count <= size`);
+    the flat index of each entry kept (`values.size` in the padding); and how many
+    there are (`count`).
+
+    Selecting or sorting the few events of a step among all `n x h` pairs costs XLA's
+    `top_k` or `sort` of the whole array, about 13 ms for M3147's 157,350 pairs on a
+    CPU (2 cores), against 1 ms for this gather and the same operation on `size`
+    entries. JAX has no compaction primitive (`jnp.nonzero` with a `size` builds
+    on a `cumsum`, which XLA lowers to a slower reduce-window on a CPU), hence this
+    one: a running count by `associative_scan` places each entry kept."""
+    flat = values.reshape(-1)
+    present = flat != jnp.inf
+    slot = jax.lax.associative_scan(jnp.add, present.astype(jnp.int32)) - 1
+    to = jnp.where(present, slot, size)  # (`size` and beyond: dropped)
+    kept = jnp.full(size, jnp.inf, flat.dtype).at[to].set(flat, mode="drop")
+    index = (
+        jnp.full(size, flat.size, jnp.int32)
+        .at[to]
+        .set(jnp.arange(flat.size, dtype=jnp.int32), mode="drop")
+    )
+    return kept, index, slot[-1] + 1
+
+
 def earliest(values: Array, count: int) -> Array:
     """The `count` smallest of `values` (over all axes, derivatives stopped), in
-    increasing order: `inf` where fewer are finite. (`top_k` of the negated values.)"""
+    increasing order: `inf` where fewer are finite. (`top_k` of the negated values,
+    of those `gather_present` keeps where that is all of them.)"""
     flat = jax.lax.stop_gradient(values).reshape(-1)
-    return -jax.lax.top_k(-flat, count)[0]
+    if flat.size <= 2 * GATHERED or count > GATHERED:
+        return -jax.lax.top_k(-flat, count)[0]
+    kept, _, present = gather_present(flat)
+    return rare_cond(
+        present > GATHERED,
+        lambda: -jax.lax.top_k(-flat, count)[0],
+        lambda: -jax.lax.top_k(-kept, count)[0],
+    )
 
 
 def _after(t0: Array, t: Array) -> Array:

@@ -39,7 +39,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._autodiff import with_tangent
 from ._batching import rare_cond
-from ._crossing import jointly_turned_back, transversal_approach
+from ._crossing import GATHERED, gather_present, jointly_turned_back, transversal_approach
 from ._dataset import Dataset
 from ._loss import AbstractLoss
 
@@ -1642,7 +1642,8 @@ def event_gap(
     switches one term of its own neuron's equation); two events of one neuron at the
     same instant have no derivative (their order decides it). Only in steps with
     events: a step holds a handful, which are gathered (up to `size`) and compared
-    pairwise; with more, one sort of the `n x h` times per neuron."""
+    pairwise; with more (up to `GATHERED`), they are gathered and sorted by neuron and
+    time; with more still, one sort of the `n x h` times per neuron."""
     # (A sort of all `n x h` times in every step with events was a noticeable part of
     # an early step on MNIST: the alignment phase has events in almost every step.)
     finite = jnp.isfinite(times)
@@ -1667,11 +1668,38 @@ def event_gap(
         latest = jnp.max(jnp.where(finite, times, -jnp.inf), axis=0)
         return jnp.min(d), jnp.maximum(last, latest)
 
+    def gathered():
+        # (The step's events and each neuron's latest before it, sorted by neuron,
+        # then time: the same gaps as `dense`, between neighbours of one neuron.)
+        h = times.shape[1]
+        t, index, _ = gather_present(jnp.where(finite, times, jnp.inf))
+        j = jnp.where(index < times.size, index % h, h)  # (`h`: the padding)
+        jj, tt = jax.lax.sort(
+            (
+                jnp.concatenate([j, jnp.arange(h, dtype=j.dtype)]),
+                jnp.concatenate([t, last]),
+            ),
+            num_keys=2,
+        )
+        d = tt[1:] - tt[:-1]
+        d = jnp.where(
+            (jj[1:] == jj[:-1]) & jnp.isfinite(tt[1:]) & jnp.isfinite(tt[:-1]), d, jnp.inf
+        )
+        latest = last.at[j].max(jnp.where(j < h, t, -jnp.inf), mode="drop")
+        return jnp.min(d), latest
+
     def none():
         return jnp.full((), jnp.inf, times.dtype), last
 
+    if times.size <= 2 * GATHERED:
+        many = dense
+    else:
+
+        def many():
+            return rare_cond(count > GATHERED, dense, gathered)
+
     branch = jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2))
-    return jax.lax.switch(branch, [none, sparse, dense])
+    return jax.lax.switch(branch, [none, sparse, many])
 
 
 def closest_approach(

@@ -845,6 +845,46 @@ def test_event_gap_is_the_smallest_gap_between_events_of_one_neuron(events):
     np.testing.assert_array_equal(np.asarray(new_last), latest)
 
 
+@pytest.mark.parametrize("events", [0, 40, 700, 4096, 4097, 9000])
+def test_events_gathered_from_many_pairs_give_the_gap_and_the_earliest(events):
+    """On `n x h` pairs beyond twice `GATHERED` (M3147 has 157,350) the per-step gap
+    and the earliest events are taken from the events gathered out of all pairs (up
+    to `GATHERED` of them; a sort or `top_k` of all pairs beyond): against NumPy's
+    sort of all of them, ties and `-inf` included, bit for bit."""
+    from neuralcollapse_jax._crossing import GATHERED, earliest
+    from neuralcollapse_jax._sliding_modes import event_gap
+
+    rng = np.random.default_rng(events)
+    n, h = 400, 50
+    assert n * h > 2 * GATHERED
+    times = np.full((n, h), np.inf)
+    flat = rng.choice(n * h, size=events, replace=False)
+    times.flat[flat] = rng.random(events)
+    times.flat[flat[: events // 10]] = 0.5  # ties
+    last = np.where(rng.random(h) < 0.5, rng.random(h) * 0.1, -np.inf)
+    with_last = np.sort(np.concatenate([last[None, :], times]), axis=0)
+    with np.errstate(invalid="ignore"):  # (`inf - inf`, masked below)
+        gaps = np.diff(with_last, axis=0)
+    finite = np.isfinite(with_last[1:]) & np.isfinite(with_last[:-1])
+    expected = np.min(np.where(finite, gaps, np.inf))
+    latest = np.maximum(last, np.max(np.where(np.isfinite(times), times, -np.inf), axis=0))
+    gap, new_last = jax.jit(event_gap)(jnp.asarray(times), jnp.asarray(last))
+    assert float(gap) == expected
+    np.testing.assert_array_equal(np.asarray(new_last), latest)
+
+    values = times.copy()
+    values.flat[flat[-3:]] = -np.inf
+    for count in (1, 257):
+        got = jax.jit(earliest, static_argnums=1)(jnp.asarray(values), count)
+        np.testing.assert_array_equal(np.asarray(got), np.sort(values.ravel())[:count])
+    # Batched, one array with few events and one with more than `GATHERED`.
+    many = np.where(rng.random((n, h)) < 0.3, rng.random((n, h)), np.inf)
+    batch = np.stack([times, many])
+    got = jax.vmap(lambda v: earliest(v, 257))(jnp.asarray(batch))
+    for b in range(2):
+        np.testing.assert_array_equal(np.asarray(got[b]), np.sort(batch[b].ravel())[:257])
+
+
 @pytest.mark.slow
 def test_a_pair_leaving_to_the_active_side_does_not_take_its_neighbours():
     """30 MNIST digits, 12 neurons, to `t = 30`: near `t = 15` one sliding pair of a
