@@ -302,6 +302,13 @@ def _first_over_budget(theta: Array, cost: Array, budget: float) -> Array:
 GATHERED = 4096
 
 
+def gathering_pays(size: int) -> bool:
+    """Whether `n x h` pairs (`size` of them) are worth `gather_present` before a
+    `top_k` or `sort`: above twice `GATHERED`. Below, the operation on all pairs is
+    cheap, and the program stays the one without the gather."""
+    return size > 2 * GATHERED
+
+
 def gather_present(values: Array, size: int = GATHERED) -> tuple[Array, Array, Array]:
     """`(kept, index, count)`: the entries of `values` (flattened) other than `+inf`,
     in their order, padded with `+inf` to `size` (`kept`, exact when `count <= size`);
@@ -332,7 +339,7 @@ def earliest(values: Array, count: int) -> Array:
     increasing order: `inf` where fewer are finite. (`top_k` of the negated values,
     of those `gather_present` keeps where that is all of them.)"""
     flat = jax.lax.stop_gradient(values).reshape(-1)
-    if flat.size <= 2 * GATHERED or count > GATHERED:
+    if not gathering_pays(flat.size) or count > GATHERED:
         return -jax.lax.top_k(-flat, count)[0]
     kept, _, present = gather_present(flat)
     return rare_cond(

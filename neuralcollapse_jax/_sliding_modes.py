@@ -39,7 +39,13 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._autodiff import with_tangent
 from ._batching import rare_cond
-from ._crossing import GATHERED, gather_present, jointly_turned_back, transversal_approach
+from ._crossing import (
+    GATHERED,
+    gather_present,
+    gathering_pays,
+    jointly_turned_back,
+    transversal_approach,
+)
 from ._dataset import Dataset
 from ._loss import AbstractLoss
 
@@ -1691,12 +1697,13 @@ def event_gap(
     def none():
         return jnp.full((), jnp.inf, times.dtype), last
 
-    if times.size <= 2 * GATHERED:
-        many = dense
-    else:
+    if gathering_pays(times.size):
 
         def many():
             return rare_cond(count > GATHERED, dense, gathered)
+
+    else:
+        many = dense
 
     branch = jnp.where(count == 0, 0, jnp.where(count <= size, 1, 2))
     return jax.lax.switch(branch, [none, sparse, many])
