@@ -37,12 +37,26 @@ Problems:
 - MNIST-60 (20 test images per digit 0, 1, 2, centered, `h = 50`, init 1e-3), `T = 0.02`
   (a short horizon; not in `--quick`).
 
-Usage: `python benchmarks/bench_grad.py [--quick] [--default-only]`.
+With `--compile-only`, only the time to a first result at the defaults: tracing
+and lowering (JAX's transforms, in Python), XLA's compilation and the first run of
+the forward solve, the gradient and the forward-mode derivative, each in a fresh
+`jax.jit`.
+
+With `--cache-dir DIR`, JAX's persistent compilation cache is kept in `DIR`: run
+`--compile-only` twice, the second time in a new process, to see XLA's compilation
+read from it. JAX does not cache a program with host callbacks, and Diffrax checks
+the save times with Equinox's `error_if`, a host callback unless `EQX_ON_ERROR=nan`
+is set (docs page *Getting started*, *Compilation*).
+
+Usage: `python benchmarks/bench_grad.py [--quick] [--default-only | --compile-only]
+[--cache-dir DIR]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 import jax
 
@@ -262,6 +276,41 @@ def stages_alone(name, data, model, T, loss, steps=200):
     )
 
 
+def compile_times(name, data, model, T, loss):
+    """The time to a first result at the defaults: tracing and lowering
+    (`jax.jit(f).lower`, JAX's Python side: the transforms), compiling (XLA) and the
+    first run, for the forward solve, the reverse-mode gradient and the forward-mode
+    derivative of the final loss, each in a fresh `jax.jit`; and the compiled call
+    (best of three), for scale."""
+
+    def solve(m):
+        return nc.gradient_flow(m, data, t1=T, saveat=[T], loss=loss).loss[-1]
+
+    direction = jax.tree.map(jnp.ones_like, model)
+    calls = (
+        ("forward solve", solve),
+        ("reverse (grad)", jax.grad(solve)),
+        ("forward mode (jvp)", lambda m: jax.jvp(solve, (m,), (direction,))),
+    )
+    for what, fn in calls:
+        t = time.perf_counter()
+        lowered = jax.jit(fn).lower(model)
+        t_lower = time.perf_counter() - t
+        t = time.perf_counter()
+        call = lowered.compile()
+        t_compile = time.perf_counter() - t
+        t = time.perf_counter()
+        jax.block_until_ready(call(model))
+        t_first = time.perf_counter() - t
+        _, _, t_call = timed(lambda: call(model))
+        total = t_lower + t_compile + t_first
+        print(
+            f"| {name} | {what} | {t_lower:.1f} | {t_compile:.1f} | {t_first:.3f} "
+            f"| {total:.1f} | {t_call:.4f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip MNIST-60")
@@ -270,8 +319,27 @@ def main() -> None:
         action="store_true",
         help="only the table of the default solver's derivative_safety",
     )
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only the table of the time to trace, compile and first run each call",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="JAX's persistent compilation cache in DIR (with --compile-only: run "
+        "twice to see a warm cache; programs with host callbacks are not cached, so "
+        "set EQX_ON_ERROR=nan, docs page Getting started, Compilation)",
+    )
     args = parser.parse_args()
-    chosen = (("--quick", args.quick), ("--default-only", args.default_only))
+    if args.cache_dir:
+        os.makedirs(args.cache_dir, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    chosen = (
+        ("--quick", args.quick),
+        ("--default-only", args.default_only),
+        ("--compile-only", args.compile_only),
+    )
     flags = [f for f, on in chosen if on]
     print("# bench_grad" + "".join(" " + f for f in flags))
     print("device: " + device_line())
@@ -279,6 +347,32 @@ def main() -> None:
     problems = [crossing, ortho] + ([] if args.quick else [m60])
     if args.default_only:
         default_table(problems)
+        return
+    if args.compile_only:
+        cache = (
+            "JAX's persistent compilation cache in --cache-dir "
+            f"({len(os.listdir(args.cache_dir))} entries at the start), "
+            if args.cache_dir
+            else "no persistent compilation cache, "
+        )
+        print(
+            "Time to a first result at the defaults, each call in a fresh jax.jit; "
+            f"{cache}EQX_ON_ERROR={os.environ.get('EQX_ON_ERROR', '(unset)')}:"
+        )
+        print()
+        table_header(
+            [
+                "problem",
+                "call",
+                "trace and lower s",
+                "compile s",
+                "first run s",
+                "to first result s",
+                "compiled call s",
+            ]
+        )
+        for problem in problems:
+            compile_times(*problem())
         return
     table_header(
         [

@@ -480,6 +480,12 @@ def _solve(
         & all_finite(field(None, final, data))
         & jnp.isfinite(loss_value(final, data, loss))
     )
+    # Diffrax checks the save times with `eqx.error_if`, a host callback that raises,
+    # or, under `EQX_ON_ERROR=nan` (which lets JAX cache the compiled program on
+    # disk), passes and leaves `inf` at every save time. Save times traced under an
+    # outer `jax.jit` (concrete ones are checked before the solve) that fail its
+    # check fail the run here instead of reporting success.
+    ts_ok = jnp.all(ts[1:] >= ts[:-1]) & jnp.all((ts >= 0) & (ts <= t1))
     models = None
     if save_params:
         W, V = saved["params"]
@@ -491,7 +497,7 @@ def _solve(
         records=saved["records"],
         final=final,
         stats=stats,
-        status=_status(sol.result, ok),
+        status=jnp.where(ts_ok, _status(sol.result, ok), Status.FAILED).astype(jnp.int32),
     )
 
 

@@ -23,13 +23,18 @@ class Status:
     NONFINITE = 2
     """The state or the loss became NaN or infinite."""
     FAILED = 3
-    """Another solver failure (step size underflow, internal error)."""
+    """Another solver failure (step size underflow, internal error), or save times
+    traced under an outer `jax.jit` that are out of order or outside `[0, t1]`
+    (which Diffrax reports as an error unless `EQX_ON_ERROR=nan`)."""
 
     MESSAGES = {
         SUCCESS: "success: horizon reached",
         MAX_STEPS: "max_steps reached before the horizon: raise max_steps or loosen rtol",
         NONFINITE: "non-finite values (NaN/inf) in the state or the loss",
-        FAILED: "solver failure (step size underflow or internal error)",
+        FAILED: (
+            "solver failure (step size underflow or internal error), or traced save "
+            "times out of order or outside [0, t1]"
+        ),
     }
 
     @classmethod

@@ -2,6 +2,9 @@
 conservation law, jit/vmap, status reporting, and input validation."""
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 
 import diffrax
@@ -217,6 +220,50 @@ def test_nonfinite_is_reported(getkey):
         )
     assert int(traj.status) == nc.Status.NONFINITE
     assert "non-finite" in traj.message()
+
+
+_CACHEABLE = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+import neuralcollapse_jax as nc
+
+X = np.array([[1.0, 0.0], [np.cos(1.2), np.sin(1.2)]])
+data = nc.Dataset(X, np.array([1, 1]), 2)
+model = nc.TwoLayerReLU(jnp.asarray([[0.6], [-0.45]]), jnp.asarray([[0.5]]))
+run = jax.jit(
+    lambda ts: nc.gradient_flow(model, data, t1=2.0, saveat=ts, loss="exponential")
+)
+ts = jnp.asarray([0.5, 2.0])
+assert "callback" not in run.lower(ts).as_text()
+print(int(run(ts).status))
+for bad in ([1.0, 0.5], [0.5, 3.0], [-0.5, 1.0]):
+    traj = run(jnp.asarray(bad))
+    print(int(traj.status), bool(np.all(np.isinf(np.asarray(traj.loss)))))
+"""
+
+
+def test_under_eqx_on_error_nan_the_program_has_no_host_callback_and_bad_save_times_fail():
+    """With `EQX_ON_ERROR=nan` (docs page *Getting started*, *Compilation*: it lets
+    JAX's persistent cache keep the compiled program, which it does not for a
+    program with host callbacks), the flow's program has no host callback, and save
+    times traced under an outer `jax.jit` that are out of order, past `t1` or
+    negative fail the run (`Status.FAILED`), which Diffrax's check no longer raises
+    on. (Equinox reads the variable when it is imported: a new process.)"""
+    env = dict(os.environ, EQX_ON_ERROR="nan")
+    out = subprocess.run(
+        [sys.executable, "-c", _CACHEABLE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split()
+    assert lines[0] == str(nc.Status.SUCCESS)
+    failed = f"{nc.Status.FAILED}"
+    assert lines[1:] == [failed, "True"] * 3
 
 
 def test_float32_default_call_takes_the_float32_tolerance():
