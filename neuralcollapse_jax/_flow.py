@@ -88,8 +88,9 @@ def _pairs_on_kink(x: Array, W: Array) -> Array:
     return jnp.sum(jnp.abs(x @ W) <= bound, dtype=jnp.int32)
 
 
-def _status(result, final_ok: Array) -> Array:
-    """Map a Diffrax result and the finiteness of the final state to a `Status` code."""
+def _status(result, final_ok: Array, ts_ok: Array) -> Array:
+    """Map a Diffrax result, the finiteness of the final state and the validity of
+    the save times to a `Status` code."""
     code = jnp.where(
         result == diffrax.RESULTS.successful,
         Status.SUCCESS,
@@ -97,7 +98,8 @@ def _status(result, final_ok: Array) -> Array:
             result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.FAILED
         ),
     )
-    return jnp.where(final_ok, code, Status.NONFINITE).astype(jnp.int32)
+    code = jnp.where(final_ok, code, Status.NONFINITE)
+    return jnp.where(ts_ok, code, Status.FAILED).astype(jnp.int32)
 
 
 def all_finite(tree) -> Array:
@@ -497,7 +499,7 @@ def _solve(
         records=saved["records"],
         final=final,
         stats=stats,
-        status=jnp.where(ts_ok, _status(sol.result, ok), Status.FAILED).astype(jnp.int32),
+        status=_status(sol.result, ok, ts_ok),
     )
 
 
