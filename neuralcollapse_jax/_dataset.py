@@ -119,3 +119,29 @@ Dataset.__init__.__doc__ = """**Arguments:**
 
 **Raises:** `ValueError` naming the problem.
 """
+
+
+class WithTranspose(Dataset):
+    """A `Dataset` that also holds `x.T`, formed once: the `args` of a solve.
+
+    XLA on CPU runs a product `x.T @ G` with `x` stored by rows about a third slower
+    than the same product with the transpose stored (3147 x 784 float64 times 50
+    columns: 4.2 ms against 3.2 ms). Data closed over by an outer `jax.jit` are
+    constants, whose transpose XLA forms at compile time; data passed as an argument
+    were transposed inside every product of every step, since XLA folds a transpose
+    into the product it feeds rather than hoisting it out of the loop. Formed before
+    the solve's loop, the transpose is computed once (`transposed`)."""
+
+    xt: Float[Array, "D n"]
+
+    def __init__(self, data: Dataset):
+        # (No checks: `data` was checked when it was made.)
+        self.x = data.x
+        self.y = data.y
+        self.num_classes = data.num_classes
+        self.xt = jnp.transpose(data.x)
+
+
+def transposed(data: Dataset) -> Array:
+    """`data.x.T`: the stored transpose where `data` holds one (`WithTranspose`)."""
+    return data.xt if isinstance(data, WithTranspose) else data.x.T

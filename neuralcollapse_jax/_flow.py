@@ -17,7 +17,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
 from ._adjoint import ForwardOrReverse, guard_derivatives, solver_for_derivatives
-from ._dataset import Dataset
+from ._dataset import Dataset, WithTranspose
 from ._field import GradientField
 from ._loss import AbstractLoss, as_loss
 from ._loss import loss as loss_value
@@ -378,6 +378,26 @@ def row_space_default(data: Dataset) -> np.ndarray | None:
     return Q if Q.shape[1] <= ROW_SPACE_RATIO * data.dim else None
 
 
+# From how many samples the solve's `args` hold the data's transpose on CPU
+# (`WithTranspose`). XLA's CPU product `X^T G` (`n x D` data, 50 columns, float64)
+# is faster with `X` stored by rows below about 450 samples (1.2x at `n = 300`) and
+# with the transpose stored above (0.74x at 1000 and at 3147): docs page *Benchmarks*,
+# `bench_args.py`. On other devices (not measured) the data go in as they are.
+TRANSPOSE_FROM = 512
+# `None`: by `TRANSPOSE_FROM`; `True`/`False` force it (for `benchmarks/bench_args.py`;
+# read when `_solve` is traced: clear JAX's caches after changing it).
+TRANSPOSE_ONCE: bool | None = None
+
+
+def solve_args(data: Dataset) -> Dataset:
+    """The `args` of the solve: `data`, with its transpose formed once where that
+    makes the products faster (`TRANSPOSE_FROM`)."""
+    once = TRANSPOSE_ONCE
+    if once is None:
+        once = jax.default_backend() == "cpu" and data.x.shape[-2] >= TRANSPOSE_FROM
+    return WithTranspose(data) if once else data
+
+
 @eqx.filter_jit
 def _solve(
     model,
@@ -439,7 +459,7 @@ def _solve(
         t1=t1,
         dt0=dt0,
         y0=model,
-        args=data,
+        args=solve_args(data),
         saveat=saveat,
         stepsize_controller=controller,
         max_steps=max_steps,

@@ -31,7 +31,7 @@ from ._crossing import (
     jointly_turned_back,
     transversal_approach,
 )
-from ._dataset import Dataset
+from ._dataset import Dataset, transposed
 from ._field import term_loss
 from ._model import TwoLayerReLU
 from ._rk import AbstractTableauSolver, explicit_stages, weighted_sum
@@ -163,7 +163,7 @@ def correction_ramps(s, theta, a0, a1, norm_x):
 
 
 def crossing_time_error(
-    crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, dW2, x, dt, size=EVENT_PAIRS_IN
+    crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, dW2, x, dt, size=EVENT_PAIRS_IN, xt=None
 ):
     """An estimate of the error that the crossing times of a corrected step leave in
     `W`: the times are moved by the earlier crossings' jumps (`crossing_times`), but
@@ -194,7 +194,7 @@ def crossing_time_error(
     delta = jnp.clip(-rho / nonzero(slope), -t_at, 1.0 - t_at)
     amount = jnp.where(valid, a0 + a1 * t_at, 0.0) * delta
     coef = jnp.zeros_like(Z0).at[i, j].add(amount)
-    return x.T @ coef
+    return (x.T if xt is None else xt) @ coef
 
 
 def beyond_first(mask: Array, theta: Array, count: int) -> Array:
@@ -1030,6 +1030,7 @@ class SlidingReLU(AbstractTableauSolver):
                             data.x,
                             dt,
                             size=self.crossing_limit,
+                            xt=transposed(data),
                         )
                     )
                     V1c = V1 + jnp.sum(dV, axis=0) + dV_direct

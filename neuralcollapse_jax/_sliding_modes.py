@@ -46,7 +46,7 @@ from ._crossing import (
     jointly_turned_back,
     transversal_approach,
 )
-from ._dataset import Dataset
+from ._dataset import Dataset, transposed
 from ._loss import AbstractLoss
 
 
@@ -422,7 +422,7 @@ def of_hidden(
     R = loss.residual(H @ V.T, data)
     C = R @ V
     dV = R.T @ H
-    A = data.x.T @ jnp.where(mode.mask, 0.0, C * slope)
+    A = transposed(data) @ jnp.where(mode.mask, 0.0, C * slope)
     dW = project(A, mode.xs, mode.ginv)
     return Field(dW=dW, dV=dV, Z=Z, C=C, A=A)
 
@@ -1365,7 +1365,7 @@ def inside_crossings(
 
     What is left is fourth order in the step; the error estimate is the third-order
     part (what the correction to second order would leave)."""
-    x = data.x
+    x, xt = data.x, transposed(data)
     jsign = slope_switch(Z0, leak)
 
     # (With their derivatives: see `crossing_times`.)
@@ -1398,7 +1398,7 @@ def inside_crossings(
     def switched(coef):
         # The crossed pairs' switched `w`-terms with coefficients `coef` (times their
         # `c_ij`), projected like the field.
-        return project(x.T @ jnp.where(crossed, jsign * coef, 0.0), mode.xs, mode.ginv)
+        return project(xt @ jnp.where(crossed, jsign * coef, 0.0), mode.xs, mode.ginv)
 
     # The second-order part `int_theta^1 J(t) delta(t) dt` (and the same for `Delta
     # H`), with the far-side Jacobian `J` linear between the ends of the step and
