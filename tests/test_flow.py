@@ -668,3 +668,78 @@ def test_default_solver_is_auto(small_problem):
     assert "crossings_located" in out.stats
     with pytest.raises(ValueError, match="unknown solver"):
         nc.gradient_flow(m, small_problem, t1=1.0, solver="automatic")
+
+
+@pytest.fixture
+def transpose_stored(monkeypatch):
+    """The solve's `args` hold the data's transpose whatever the number of samples
+    (the default stores it from `_flow.TRANSPOSE_FROM` samples on, on CPU; the test
+    problems are smaller). The constant is read when the solve is traced: the
+    compiled programs are dropped before and after."""
+    from neuralcollapse_jax import _flow
+
+    monkeypatch.setattr(_flow, "TRANSPOSE_ONCE", True)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+def test_the_solve_holds_the_datas_transpose_from_transpose_from_samples_on(getkey):
+    """`solve_args` stores `X^T` for `TRANSPOSE_FROM` samples and more, on CPU, and
+    `transposed` reads it (equal to `x.T`); below, the data go in as they are."""
+    from neuralcollapse_jax import _flow
+    from neuralcollapse_jax._dataset import WithTranspose, transposed
+
+    n = _flow.TRANSPOSE_FROM
+    x = jax.random.normal(getkey(), (n, 4))
+    y = jnp.arange(n) % 3
+    big, small = nc.Dataset(x, y), nc.Dataset(x[:-1], y[:-1])
+    args = _flow.solve_args(big)
+    assert isinstance(args, WithTranspose) == (jax.default_backend() == "cpu")
+    assert not isinstance(_flow.solve_args(small), WithTranspose)
+    stored = WithTranspose(big)
+    np.testing.assert_array_equal(transposed(stored), np.asarray(x).T)
+    np.testing.assert_array_equal(transposed(small), np.asarray(x[:-1]).T)
+    assert stored.num_classes == big.num_classes and stored.x is big.x
+
+
+def test_with_the_transpose_stored_the_default_call_matches_scipy(
+    small_problem, transpose_stored
+):
+    """The default call with the data's transpose in the solve's `args`: relative
+    error at most 1e-6 at every save time against SciPy's DOP853 (as
+    `test_accuracy_against_scipy_dop853`)."""
+    from neuralcollapse_jax import _flow
+    from neuralcollapse_jax._dataset import WithTranspose
+
+    assert isinstance(_flow.solve_args(small_problem), WithTranspose)
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, 1e-5)
+    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS)
+    assert int(traj.status) == nc.Status.SUCCESS
+    ref = _scipy_reference(model, small_problem, TS)
+    for k in range(len(TS)):
+        ours = _flat(traj.model_at(k))
+        err = np.linalg.norm(ours - ref[k]) / np.linalg.norm(ref[k])
+        assert err <= 1e-6, (TS[k], err)
+    assert int(traj.stats["crossings_located"] + traj.stats["crossings_started"]) > 0
+
+
+def test_with_the_transpose_stored_vmap_over_data_equals_single_calls(transpose_stored):
+    """`jax.vmap` over data sets (traced data: the transpose is formed per run inside
+    the batched solve) against single calls, within the tolerance."""
+    datas = [
+        datasets.orthogonally_separable(jax.random.key(k), 3, 4, 9, 0.5, 0.2)
+        for k in (0, 5)
+    ]
+    y = datas[0].y
+    assert all(np.array_equal(d.y, y) for d in datas)
+    model = nc.TwoLayerReLU.init(jax.random.key(1), 9, 6, 3, scale=0.1)
+
+    def run(x):
+        return nc.gradient_flow(model, nc.Dataset(x, y, 3), t1=1.0, saveat=[1.0]).final
+
+    batched = jax.jit(jax.vmap(run))(jnp.stack([d.x for d in datas]))
+    for b, d in enumerate(datas):
+        single = _flat(run(d.x))
+        got = _flat(nc.TwoLayerReLU(batched.W[b], batched.V[b]))
+        assert np.linalg.norm(got - single) <= 1e-6 * np.linalg.norm(single)
