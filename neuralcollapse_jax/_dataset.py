@@ -124,13 +124,11 @@ Dataset.__init__.__doc__ = """**Arguments:**
 class WithTranspose(Dataset):
     """A `Dataset` that also holds `x.T`, formed once: the `args` of a solve.
 
-    XLA on CPU runs a product `x.T @ G` with `x` stored by rows about a third slower
-    than the same product with the transpose stored (3147 x 784 float64 times 50
-    columns: 4.2 ms against 3.2 ms). Data closed over by an outer `jax.jit` are
-    constants, whose transpose XLA forms at compile time; data passed as an argument
-    were transposed inside every product of every step, since XLA folds a transpose
-    into the product it feeds rather than hoisting it out of the loop. Formed before
-    the solve's loop, the transpose is computed once (`transposed`)."""
+    Data passed to a compiled solve as an argument would otherwise be transposed
+    inside every product `x.T @ G` of every step (XLA folds a transpose into the
+    product it feeds rather than hoisting it out of the loop), and on CPU the product
+    with `x` stored by rows is the slower one for many samples (`_flow.TRANSPOSE_FROM`
+    says when the solve uses this). `transposed` reads the stored transpose."""
 
     xt: Float[Array, "D n"]
 

@@ -163,7 +163,7 @@ def correction_ramps(s, theta, a0, a1, norm_x):
 
 
 def crossing_time_error(
-    crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, dW2, x, dt, size=EVENT_PAIRS_IN, xt=None
+    crossed, theta, Z0, Z1, m0, m1, C0, C1, jsign, dW2, x, xt, dt, size=EVENT_PAIRS_IN
 ):
     """An estimate of the error that the crossing times of a corrected step leave in
     `W`: the times are moved by the earlier crossings' jumps (`crossing_times`), but
@@ -194,7 +194,7 @@ def crossing_time_error(
     delta = jnp.clip(-rho / nonzero(slope), -t_at, 1.0 - t_at)
     amount = jnp.where(valid, a0 + a1 * t_at, 0.0) * delta
     coef = jnp.zeros_like(Z0).at[i, j].add(amount)
-    return (x.T if xt is None else xt) @ coef
+    return xt @ coef
 
 
 def beyond_first(mask: Array, theta: Array, count: int) -> Array:
@@ -1028,9 +1028,9 @@ class SlidingReLU(AbstractTableauSolver):
                             slope_switch(Z0, leak),
                             dW2,
                             data.x,
+                            transposed(data),
                             dt,
                             size=self.crossing_limit,
-                            xt=transposed(data),
                         )
                     )
                     V1c = V1 + jnp.sum(dV, axis=0) + dV_direct

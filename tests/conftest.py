@@ -29,3 +29,17 @@ def getkey():
         return jax.random.key(next(counter))
 
     return _getkey
+
+
+@pytest.fixture
+def transpose_stored(monkeypatch):
+    """The solve's `args` hold the data's transpose whatever the number of samples
+    (the default stores it from `_flow.TRANSPOSE_FROM` samples on, on CPU; the test
+    problems are smaller). The constant is read when the solve is traced: the
+    compiled programs are dropped before and after."""
+    from neuralcollapse_jax import _flow
+
+    monkeypatch.setattr(_flow, "TRANSPOSE_ONCE", True)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()

@@ -831,7 +831,7 @@ def test_sensitivity_to_the_data_geometry_matches_scipy(corrected):
 
 
 @pytest.mark.slow
-def test_derivatives_with_the_datas_transpose_stored(monkeypatch):
+def test_derivatives_with_the_datas_transpose_stored(transpose_stored):
     """The geometry example's derivative along `X` (default solver, default rtol, 23
     crossings) with the data's transpose in the solve's `args`
     (`WithTranspose`, which the default call uses from `_flow.TRANSPOSE_FROM` samples
@@ -841,23 +841,18 @@ def test_derivatives_with_the_datas_transpose_stored(monkeypatch):
     from neuralcollapse_jax import _flow
     from neuralcollapse_jax._dataset import WithTranspose
 
-    monkeypatch.setattr(_flow, "TRANSPOSE_ONCE", True)
-    jax.clear_caches()
-    try:
-        K, per, dim, T = 3, 4, 15, 1.0
-        model = nc.TwoLayerReLU.init(jax.random.key(1), dim, 6, K, 0.1)
-        data = nc.datasets.orthogonally_separable(jax.random.key(0), K, per, dim, 0.5, 0.2)
-        assert isinstance(_flow.solve_args(data), WithTranspose)
-        _check(data, model, T, "cross_entropy", nc.DEFAULT_RTOL, 1e-5, wrt=("X",))
-        dW, dV, dX, uW, uV = _directions(model, data.x)
-        J = _objective(data, T, uW, uV, "cross_entropy")
-        x = jnp.asarray(data.x)
-        g = jax.grad(J, argnums=2)(model.W, model.V, x)
-        _, tangent = jax.jvp(lambda x: J(model.W, model.V, x), (x,), (jnp.asarray(dX),))
-        reverse = float(np.sum(np.asarray(g) * dX))
-        assert abs(float(tangent) - reverse) <= 1e-8 * abs(reverse)
-    finally:
-        jax.clear_caches()
+    K, per, dim, T = 3, 4, 15, 1.0
+    model = nc.TwoLayerReLU.init(jax.random.key(1), dim, 6, K, 0.1)
+    data = nc.datasets.orthogonally_separable(jax.random.key(0), K, per, dim, 0.5, 0.2)
+    assert isinstance(_flow.solve_args(data), WithTranspose)
+    _check(data, model, T, "cross_entropy", nc.DEFAULT_RTOL, 1e-5, wrt=("X",))
+    dW, dV, dX, uW, uV = _directions(model, data.x)
+    J = _objective(data, T, uW, uV, "cross_entropy")
+    x = jnp.asarray(data.x)
+    g = jax.grad(J, argnums=2)(model.W, model.V, x)
+    _, tangent = jax.jvp(lambda x: J(model.W, model.V, x), (x,), (jnp.asarray(dX),))
+    reverse = float(np.sum(np.asarray(g) * dX))
+    assert abs(float(tangent) - reverse) <= 1e-8 * abs(reverse)
 
 
 @pytest.mark.slow

@@ -53,6 +53,19 @@ def _scipy_reference(model, data, ts, loss="cross_entropy"):
     return sol.y.T
 
 
+def _default_call_within_1e6_of_scipy(model, data):
+    """The default call to `T1`, checked at every save time `TS` against SciPy's
+    DOP853 (relative error at most 1e-6); returns it."""
+    traj = nc.gradient_flow(model, data, t1=T1, saveat=TS)
+    assert int(traj.status) == nc.Status.SUCCESS
+    ref = _scipy_reference(model, data, TS)
+    for k in range(len(TS)):
+        ours = _flat(traj.model_at(k))
+        err = np.linalg.norm(ours - ref[k]) / np.linalg.norm(ref[k])
+        assert err <= 1e-6, (TS[k], err)
+    return traj
+
+
 @pytest.mark.parametrize(
     "eps",
     [
@@ -65,13 +78,7 @@ def _scipy_reference(model, data, ts, loss="cross_entropy"):
 def test_accuracy_against_scipy_dop853(small_problem, eps):
     """Default tolerances, float64: relative error <= 1e-6 at every save time."""
     model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, eps)
-    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS)
-    assert int(traj.status) == nc.Status.SUCCESS
-    ref = _scipy_reference(model, small_problem, TS)
-    for k in range(len(TS)):
-        ours = _flat(traj.model_at(k))
-        err = np.linalg.norm(ours - ref[k]) / np.linalg.norm(ref[k])
-        assert err <= 1e-6, (TS[k], err)
+    traj = _default_call_within_1e6_of_scipy(model, small_problem)
     # the flow went somewhere: the loss fell by orders of magnitude
     assert traj.loss[-1] < 1e-2 * traj.loss[0]
 
@@ -670,20 +677,6 @@ def test_default_solver_is_auto(small_problem):
         nc.gradient_flow(m, small_problem, t1=1.0, solver="automatic")
 
 
-@pytest.fixture
-def transpose_stored(monkeypatch):
-    """The solve's `args` hold the data's transpose whatever the number of samples
-    (the default stores it from `_flow.TRANSPOSE_FROM` samples on, on CPU; the test
-    problems are smaller). The constant is read when the solve is traced: the
-    compiled programs are dropped before and after."""
-    from neuralcollapse_jax import _flow
-
-    monkeypatch.setattr(_flow, "TRANSPOSE_ONCE", True)
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
-
-
 def test_the_solve_holds_the_datas_transpose_from_transpose_from_samples_on(getkey):
     """`solve_args` stores `X^T` for `TRANSPOSE_FROM` samples and more, on CPU, and
     `transposed` reads it (equal to `x.T`); below, the data go in as they are."""
@@ -714,13 +707,7 @@ def test_with_the_transpose_stored_the_default_call_matches_scipy(
 
     assert isinstance(_flow.solve_args(small_problem), WithTranspose)
     model = nc.TwoLayerReLU.init(jax.random.key(1), 12, 8, 3, 1e-5)
-    traj = nc.gradient_flow(model, small_problem, t1=T1, saveat=TS)
-    assert int(traj.status) == nc.Status.SUCCESS
-    ref = _scipy_reference(model, small_problem, TS)
-    for k in range(len(TS)):
-        ours = _flat(traj.model_at(k))
-        err = np.linalg.norm(ours - ref[k]) / np.linalg.norm(ref[k])
-        assert err <= 1e-6, (TS[k], err)
+    traj = _default_call_within_1e6_of_scipy(model, small_problem)
     assert int(traj.stats["crossings_located"] + traj.stats["crossings_started"]) > 0
 
 
