@@ -1862,10 +1862,21 @@ def exit_events(
             lambda: exits_between_crossings(mode, used, lo0, hi0, lo1, hi1, x, *crossings),
             lambda: (jnp.full_like(lo0, jnp.inf), jnp.zeros_like(lo0)),
         )
-        inside = theta_at < theta
+        # On a neuron with corrected crossings the step's ends alone mislead: the
+        # linear interpolant of the violation between them takes the jumps for a
+        # drift and puts an exit that a crossing brings about before that crossing
+        # (on MNIST-60 a retry ending just past the crossing located its exit at 43%
+        # of the step, was retried to end there, and the exit receded with every
+        # step: 11 retries and 11 short steps for one exit). There the exit is the
+        # one located between the crossings (the stretch after the last included),
+        # whether earlier or later than the interpolant's.
+        on_crossed = jnp.any(crossings[0], axis=0)[:, None] & used
+        inside = on_crossed | (theta_at < theta)
         theta = jnp.where(inside, theta_at, theta)
         cost = jnp.where(
-            inside, g_at * (1.0 - jnp.minimum(theta_at, 1.0)) * jnp.abs(dt) * x_norm, cost
+            inside & jnp.isfinite(theta_at),
+            g_at * (1.0 - jnp.minimum(theta_at, 1.0)) * jnp.abs(dt) * x_norm,
+            jnp.where(inside, 0.0, cost),
         )
     # Put out by a crossing started in this step: held with the wrong weight from
     # the crossing on (the whole violation, not half of it).
@@ -1889,8 +1900,10 @@ def exits_between_crossings(mode, used, lo0, hi0, lo1, hi1, x, crossed, theta, a
     """`(theta, g)` per slot (`h x m`; `inf`, 0 where none): the first time at which
     the slot's weight passes its level (`exit_events`), and the violation there: inside
     a stretch between the corrected crossings of the slot's neuron (on the linear
-    interpolant there) or at one of those crossings (just after it). The slots inside
-    their box at the step's start only. A crossing of sample `i` moves `X_S A` by
+    interpolant there, the stretch from the last crossing to the step's end included)
+    or at one of those crossings (just after it). The slots inside their box at the
+    step's start only; on a neuron without crossings, the exit on the linear
+    interpolant between the step's ends. A crossing of sample `i` moves `X_S A` by
     `X_S x_i` times its term `amount`, so `eta` by `-G^{-1} X_S x_i amount`; the
     crossings are taken in their order in the step (sorted per neuron) and their jumps
     summed."""
@@ -1901,6 +1914,11 @@ def exits_between_crossings(mode, used, lo0, hi0, lo1, hi1, x, crossed, theta, a
     order = jnp.argsort(t_c, axis=1)
     t_sorted = jnp.take_along_axis(t_c, order, axis=1)[:, None, :]
     d_sorted = jnp.take_along_axis(deta, order[:, None, :], axis=2)
+    # The step's end as a last "crossing" without a jump, so that the stretch after
+    # the last crossing is searched too.
+    h, m = lo0.shape
+    t_sorted = jnp.concatenate([t_sorted, jnp.ones((h, 1, 1), t_sorted.dtype)], axis=2)
+    d_sorted = jnp.concatenate([d_sorted, jnp.zeros((h, m, 1), d_sorted.dtype)], axis=2)
     cum = jnp.cumsum(d_sorted, axis=2)
     total = cum[:, :, -1]
     valid = jnp.isfinite(t_sorted)

@@ -502,6 +502,76 @@ def test_an_exit_between_two_crossings_is_located_at_the_first():
         assert np.isinf(float(t[0, 1])) and float(g[0, 1]) == 0.0
 
 
+def test_an_exit_after_the_last_crossing_is_located_in_that_stretch():
+    """The setting of the test above with one crossing, at 0.3 of the step, that moves
+    `eta` by -1 (deeper inside), and the weight out below at the step's end (+1): the
+    smooth part runs from -1 to +2 (the end less the jump), so the weight is inside
+    just after the crossing (-1.1) and leaves in the stretch after it, at `0.3 + 0.7
+    1.1 / 2.1` (by hand), with the violation at the end. (The stretch after the last
+    crossing was not searched.)"""
+    from neuralcollapse_jax._sliding_modes import Mode, exits_between_crossings
+
+    x = jnp.asarray([[1.0, 0.0], [1.0, 0.0]])  # x_s, x_a
+    xs = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]]])
+    ginv = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]]])
+    mode = Mode(mask=jnp.asarray([[True], [False]]), xs=xs, ginv=ginv)
+    used = jnp.asarray([[True, False]])
+    crossed = jnp.asarray([[False], [True]])
+    amount = jnp.asarray([[0.0], [1.0]])  # -<x_s, x_a> 1 = -1
+    theta = jnp.asarray([[np.inf], [0.3]])
+    lo0, lo1 = jnp.asarray([[-1.0, -1.0]]), jnp.asarray([[1.0, -1.0]])
+    hi = jnp.asarray([[-5.0, -5.0]])
+    t, g = exits_between_crossings(mode, used, lo0, hi, lo1, hi, x, crossed, theta, amount)
+    assert float(t[0, 0]) == pytest.approx(0.3 + 0.7 * 1.1 / 2.1, abs=1e-15)
+    assert float(g[0, 0]) == pytest.approx(1.0, abs=1e-15)
+    assert np.isinf(float(t[0, 1]))
+
+
+def test_an_exit_that_a_crossing_brings_about_is_located_at_it():
+    """`exit_events` on one neuron with one sliding sample `x_s = (1, 0)` (`c = -5`,
+    `eta = -1` at the start: weight 0.2) and one corrected crossing at 0.9 of the step
+    that moves `eta` by +2, with no drift: the weight leaves below at the crossing
+    (`eta = +1` at the end, the violation 1 by hand), and the exit is there, costing
+    the violation times the rest of the step. The linear interpolant of the
+    violation between the step's ends puts it at 0.5; taken as the earlier of the
+    two, it ended the step there (before the crossing) in a retry, again and again
+    as the crossing receded with the steps (11 retries for one exit on MNIST-60)."""
+    from neuralcollapse_jax._sliding_modes import Field, Mode, exit_events
+
+    x = jnp.asarray([[1.0, 0.0], [1.0, 0.0]])  # x_s, x_a
+    xs = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]]])
+    ginv = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]]])
+    mode = Mode(mask=jnp.asarray([[True], [False]]), xs=xs, ginv=ginv)
+    idx = jnp.asarray([[0, -1]])
+
+    def field(eta):  # eta = -<x_s, a>
+        zero = jnp.zeros((2, 1))
+        C = jnp.asarray([[-5.0], [1.0]])
+        return Field(
+            dW=zero, dV=jnp.zeros((1, 1)), Z=zero, C=C, A=jnp.asarray([[-eta], [0.0]])
+        )
+
+    crossed = jnp.asarray([[False], [True]])
+    theta_c = jnp.asarray([[np.inf], [0.9]])
+    amount = jnp.asarray([[0.0], [-2.0]])  # -<x_s, x_a> (-2) = +2
+    theta, cost = exit_events(
+        idx,
+        mode,
+        field(-1.0),
+        field(1.0),
+        x,
+        0.0,
+        0.0,
+        jnp.asarray(1.0),
+        jnp.zeros(1),
+        jnp.asarray([0.9]),
+        (crossed, theta_c, amount),
+    )
+    assert float(theta[0, 0]) == pytest.approx(0.9, abs=1e-15)
+    assert float(cost[0, 0]) == pytest.approx(1.0 * 0.1, abs=1e-15)
+    assert np.isinf(float(theta[1, 0])) and float(cost[1, 0]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def mnist60():
     """MNIST-60 (20 test digits each of 0, 1, 2, centered, `h = 50`, std 1e-3), its
@@ -719,12 +789,15 @@ def test_derivative_in_the_horizon_and_batched_gradients():
     velocity = neuron_field(np.asarray(data.x), np.ones(2), np.array([1.0, 1.0]))(
         T, exact(T)
     )
-    reverse = float(jax.grad(J)(T))
+    # One compiled gradient in both `t1` and the scale serves the derivative in `t1`
+    # and the single calls over scales (the scale passed as an array of the scales'
+    # type, so that all calls share one compilation).
+    scales = jnp.array([0.9, 1.1])
+    d_both = jax.jit(jax.grad(J, argnums=(0, 1)))
+    reverse = float(d_both(T, jnp.ones_like(scales[0]))[0])
     forward = float(jax.jvp(J, (T,), (1.0,))[1])
     np.testing.assert_allclose(reverse, float(np.sum(velocity)), rtol=1e-6)
     np.testing.assert_allclose(forward, reverse, rtol=1e-9)
-    scales = jnp.array([0.9, 1.1])
-    d_scale = jax.jit(jax.grad(J, argnums=1))
-    batched = np.asarray(jax.jit(jax.vmap(lambda s: d_scale(T, s)))(scales))
-    single = np.array([float(d_scale(T, s)) for s in scales])
+    batched = np.asarray(jax.jit(jax.vmap(lambda s: d_both(T, s)[1]))(scales))
+    single = np.array([float(d_both(T, s)[1]) for s in scales])
     np.testing.assert_allclose(batched, single, rtol=1e-9)
