@@ -1214,7 +1214,6 @@ class SlidingReLU(AbstractTableauSolver):
                 entry = event & back & (last.C < 0)
                 weight = jnp.where(entry, 1.0 - theta, 0.25)
                 charged = event
-                theta_switch = None
                 crossings = None
                 unmoved = None
                 inside_error = TwoLayerReLU(jnp.zeros_like(W1), jnp.zeros_like(V1), leak)
@@ -1273,7 +1272,6 @@ class SlidingReLU(AbstractTableauSolver):
                 self.tol,
                 dt,
                 jnp.max(started.tau, axis=0),
-                theta_switch,
                 crossings,
             )
             # Crossings of the stages alone: a pair on the same side at both ends of

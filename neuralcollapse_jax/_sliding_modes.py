@@ -1787,7 +1787,6 @@ def exit_events(
     tol: float,
     dt: Array,
     tau_started: Array,
-    theta_switch: Array | None = None,
     crossings: tuple[Array, Array, Array] | None = None,
 ) -> tuple[Array, Array]:
     """Exits from sliding inside a step: `(theta, cost)` as `n x h` arrays (`inf` and
@@ -1809,17 +1808,15 @@ def exit_events(
     neuron's sliding pairs: a weight that the switch puts beyond its bound is an exit
     at the crossing's time, with the wrong weight held for the rest of the step.
 
-    `theta_switch` (per neuron, `inf` where none): the first transversal crossing
-    corrected inside the step (`SlidingReLU(correct_crossings=True)`). It switches
-    the weights of its neuron's sliding pairs in the same way, so an exit located
-    after it is placed at it: the weight jumps there, and its linear interpolant put
-    the exit near the end of the step whatever the step's length (on MNIST-60, 30
-    retries in a row each shortened the step by 2.5%).
-
-    `crossings = (crossed, theta, amount)`: those corrected crossings (`n x h`), their
-    times and their switched terms `+-(1 - leak) c_ij` at them. Each moves the
-    weights of its neuron's sliding pairs by a jump, `-G^{-1} X_S x_i` times its
-    term, so a weight can leave its box at one crossing and come back at a later one,
+    `crossings = (crossed, theta, amount)`: the transversal crossings corrected inside
+    the step (`SlidingReLU(correct_crossings=True)`; `n x h`), their times and their
+    switched terms `+-(1 - leak) c_ij` at them. Each moves the weights of its
+    neuron's sliding pairs by a jump, `-G^{-1} X_S x_i` times its term, so the linear
+    interpolant between the step's ends misplaces their exits: it put an exit at a
+    crossing near the end of whatever step was tried (on MNIST-60, 30 retries in a
+    row each shortened the step by 2.5%), or, once a retry ended just past the
+    crossing, before it (11 retries and 11 short steps for one exit). And a weight
+    can leave its box at one crossing and come back at a later one,
     inside the ends of the step: on MNIST-60 at `rtol 1e-11` a crossing at 15% of a
     step put a sliding pair out (to the inactive side), another at 95% put it back,
     and the pair, held on its kink for the step, left `1e-8` of its neuron behind
@@ -1827,7 +1824,8 @@ def exit_events(
     just after each crossing, the smooth part linear between the step's ends plus the
     jumps so far, locates such an exit at the crossing, or inside the stretch before it
     where the smooth part took the weight out first (weights tied on a line are taken
-    untied here).
+    untied here); on a neuron with such crossings, that is the exit
+    (`exits_between_crossings`).
     """
     used = idx >= 0
     safe = jnp.maximum(idx, 0)
@@ -1846,13 +1844,6 @@ def exit_events(
     x_norm = jnp.linalg.norm(x, axis=1)[safe]  # h x m
     frac = jnp.where(jnp.isfinite(theta), theta, 1.0)
     cost = jnp.where(out_lo | out_hi, 0.5 * g * (1.0 - frac) * jnp.abs(dt) * x_norm, 0.0)
-    if theta_switch is not None:
-        # Put out at (or after) a crossing corrected inside the step: at the first
-        # such crossing of the neuron, with the whole violation held from it on.
-        at = theta_switch[:, None]
-        jumped = (out_lo | out_hi) & (at < theta)
-        theta = jnp.where(jumped, jnp.broadcast_to(at, theta.shape), theta)
-        cost = jnp.where(jumped, g * (1.0 - at) * jnp.abs(dt) * x_norm, cost)
     if crossings is not None:
         # (Only in steps with a corrected crossing of a neuron that has a sliding
         # pair.)
@@ -1873,10 +1864,9 @@ def exit_events(
         on_crossed = jnp.any(crossings[0], axis=0)[:, None] & used
         inside = on_crossed | (theta_at < theta)
         theta = jnp.where(inside, theta_at, theta)
+        # (No exit there: `theta_at` inf and `g_at` 0, so no cost.)
         cost = jnp.where(
-            inside & jnp.isfinite(theta_at),
-            g_at * (1.0 - jnp.minimum(theta_at, 1.0)) * jnp.abs(dt) * x_norm,
-            jnp.where(inside, 0.0, cost),
+            inside, g_at * (1.0 - jnp.minimum(theta_at, 1.0)) * jnp.abs(dt) * x_norm, cost
         )
     # Put out by a crossing started in this step: held with the wrong weight from
     # the crossing on (the whole violation, not half of it).

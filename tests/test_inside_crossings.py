@@ -564,7 +564,6 @@ def test_an_exit_that_a_crossing_brings_about_is_located_at_it():
         0.0,
         jnp.asarray(1.0),
         jnp.zeros(1),
-        jnp.asarray([0.9]),
         (crossed, theta_c, amount),
     )
     assert float(theta[0, 0]) == pytest.approx(0.9, abs=1e-15)
